@@ -1,0 +1,1 @@
+"""IDR on OpenStack: Pulumi components and the pure renderers behind them."""

@@ -1,0 +1,26 @@
+"""How remote commands reach a host: SSH through the proxy as bastion."""
+from __future__ import annotations
+
+import pulumi_command as command
+
+from .settings import Host, Settings
+
+
+def connection_for(settings: Settings, host: Host) -> command.remote.ConnectionArgs:
+    """Direct to the proxy at the bastion address; any other host by its fixed
+    IP through the proxy. The bastion's host key is pinned when
+    `idr:sshBastionHostKey` is set; internal hosts are only reachable through
+    it (see README, "Host keys")."""
+    host_key = settings.ssh_bastion_host_key or None
+    if host.role == "proxy":
+        return command.remote.ConnectionArgs(
+            host=settings.ssh_bastion, user=settings.ssh_user,
+            private_key=settings.ssh_private_key, host_key=host_key,
+        )
+    return command.remote.ConnectionArgs(
+        host=host.fixed_ip, user=settings.ssh_user, private_key=settings.ssh_private_key,
+        proxy=command.remote.ProxyConnectionArgs(
+            host=settings.ssh_bastion, user=settings.ssh_user,
+            private_key=settings.ssh_private_key, host_key=host_key,
+        ),
+    )

@@ -1,0 +1,72 @@
+"""IdrEnvironment: one whole IDR environment, composed of the other components."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+
+from . import floatingip
+from .hostfiles import HostFiles, HostFilesArgs
+from .network import Network, NetworkArgs
+from .render.host import hosts_files
+from .render.inventory import inventory
+from .server import Server, ServerArgs
+from .settings import Settings
+from .storage import DataVolume, DataVolumeArgs
+
+
+@dataclass
+class IdrEnvironmentArgs:
+    settings: Settings
+
+
+class IdrEnvironment(pulumi.ComponentResource):
+    def __init__(self, name: str, args: IdrEnvironmentArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("idr:environment:IdrEnvironment", name, None, opts)
+        s = args.settings
+        # Before anything is declared: never take an IP another environment holds.
+        if s.floating_ip:
+            floatingip.check_floating_ip(s)
+        child = pulumi.ResourceOptions(parent=self)
+
+        network = Network(f"{s.environment}-network", NetworkArgs(s), child)
+
+        # Volumes first and independent of servers: clones are slow and start at once.
+        clone_source = pulumi.StackReference(s.clone_from_stack, opts=child) if s.clone_from_stack else None
+        volumes = {h.role: DataVolume(f"{h.name}-data", DataVolumeArgs(s, h, clone_source), child)
+                   for h in s.hosts if h.volume}
+
+        proxy_host = s.host("proxy")
+        proxy = Server(proxy_host.name, ServerArgs(s, proxy_host, network, volumes.get("proxy")), child)
+        self.floating_ip = floatingip.associate(s, proxy.port, self)
+        # Remote commands reach every host through the proxy's public address.
+        reachable = [self.floating_ip] if self.floating_ip and s.ssh_bastion == s.floating_ip else []
+        proxy.ready += reachable
+        self.servers = {proxy_host.name: proxy}
+        for h in s.hosts:
+            if h.role != "proxy":
+                self.servers[h.name] = Server(
+                    h.name, ServerArgs(s, h, network, volumes.get(h.role), [*reachable, proxy.instance]), child)
+
+        files, run = hosts_files(s)
+        self.hosts_files = [
+            HostFiles(f"{h.name}-etc-hosts",
+                      HostFilesArgs(settings=s, host=h, files=files, run=run,
+                                    depends_on=self.servers[h.name].ready), child)
+            for h in s.hosts]
+        # Everything that configures services waits for mounts and /etc/hosts.
+        self.base = [r for srv in self.servers.values() for r in srv.ready] + self.hosts_files
+
+        self.outputs = {
+            "environment": s.environment,
+            "hosts": [{"name": h.name, "role": h.role, "alias": h.alias, "fixedIp": h.fixed_ip} for h in s.hosts],
+            "dataVolumes": {role: {"id": v.volume.id, "name": v.volume.name, "size": v.volume.size,
+                                   "mount": s.host(role).volume.mount}
+                            for role, v in volumes.items()},
+            "floatingIp": s.floating_ip,
+            "floatingIpUrn": self.floating_ip.urn if self.floating_ip else "",
+            "sshBastion": s.ssh_bastion,
+            "inventory": inventory(s),
+        }
+        self.register_outputs(self.outputs)

@@ -1,0 +1,61 @@
+"""The proxy's floating IP: a guard, then the association.
+
+Neutron moves an IP to whichever port asks, and the association's delete
+unbinds the IP wherever it is by then. So one stack must never take an IP
+another environment's port holds: the guard looks it up before anything is
+declared, and the association is protected so that a plain `pulumi destroy`
+of an environment holding an IP refuses (release it with the swap command).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import pulumi
+import pulumi_openstack as openstack
+
+from .settings import Settings
+
+
+class FloatingIpHeld(pulumi.RunError):
+    """The configured IP is bound to a port of another environment."""
+
+
+def release_hint(holder_env: str) -> str:
+    return (f"release it in the {holder_env} environment first: "
+            f"`python -m operations.swap --from {holder_env} --to <this stack>`, or by hand "
+            f"`pulumi state unprotect -s {holder_env} <its floatingIpUrn output> && "
+            f"pulumi config rm idr:floatingIp -s {holder_env} && pulumi up -s {holder_env}`")
+
+
+def check_floating_ip(settings: Settings) -> None:
+    """Refuse an IP whose port belongs to another environment (or to no proxy)."""
+    ip = settings.floating_ip
+    try:
+        fip = openstack.networking.get_floating_ip(address=ip)
+    except Exception as error:  # the provider's "no results" is an exception
+        raise FloatingIpHeld(f"config idr:floatingIp = {ip!r}: not found among this project's floating IPs "
+                             f"(allocate it first: openstack floating ip create --floating-ip-address {ip} "
+                             f"{settings.external_network}); lookup said: {error}") from None
+    if not fip.port_id:
+        return
+    port = openstack.networking.get_port(port_id=fip.port_id)
+    ours = f"{settings.environment}-proxy"
+    if port.name == ours:
+        return
+    holder_env = port.name[: -len("-proxy")] if port.name.endswith("-proxy") else None
+    holder = f"port {port.name or '(unnamed)'} ({fip.port_id})"
+    if holder_env:
+        raise FloatingIpHeld(f"config idr:floatingIp = {ip!r} is held by {holder} of environment "
+                             f"{holder_env}; {release_hint(holder_env)}")
+    raise FloatingIpHeld(f"config idr:floatingIp = {ip!r} is held by {holder}, which is no IDR proxy; "
+                         f"free it with `openstack floating ip unset --port {ip}` once you are sure it is unused")
+
+
+def associate(settings: Settings, port: openstack.networking.Port,
+              parent: pulumi.Resource) -> Optional[openstack.networking.FloatingIpAssociate]:
+    """Bind the configured IP to the proxy's port (call check_floating_ip first)."""
+    if not settings.floating_ip:
+        return None
+    return openstack.networking.FloatingIpAssociate(
+        f"{settings.environment}-proxy-floating-ip", floating_ip=settings.floating_ip, port_id=port.id,
+        opts=pulumi.ResourceOptions(parent=parent, protect=True))

@@ -1,0 +1,160 @@
+"""The proxy's nginx: settings -> nginx.conf, idr.conf, purge script, rsyncd.conf.
+
+Pure functions (no Pulumi): tests render these and run them in real nginx
+and a real rsync daemon. `components/proxy.py` only wires them to hosts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..settings import DATA_VOLUME_MOUNTS, Settings
+from . import HostFile, render_template
+
+# Where things live on the proxy (Rocky Linux 9 nginx package layout).
+NGINX_CONF = "/etc/nginx/nginx.conf"
+IDR_CONF = "/etc/nginx/conf.d/idr.conf"
+MAINTENANCE_ROOT = "/usr/share/nginx/idr"
+MAINTENANCE_PAGE = "maintenance.html"
+CACHE_DIR = DATA_VOLUME_MOUNTS["proxy"]          # the cache volume's mount point
+PURGE_SCRIPT = "/usr/local/sbin/idr-nginx-cache-purge"
+
+# Ports. OMERO.web answers on 4080 on every OMERO host; JupyterHub on 8000.
+OMERO_WEB_PORT = 4080
+JUPYTERHUB_PORT = 8000
+CACHE_BUSTER_PORT = 9000      # 127.0.0.1 only: operators come through an SSH tunnel
+LONG_REQUEST_PORT = 8009      # 127.0.0.1 only, as above
+RSYNC_PORT = 873
+
+# Where a refused login sends the browser: the public view.
+PUBLIC_VIEW = "/webclient/?experimenter=-1"
+# OMERO.web's (Django's) session cookie: a request carrying it is never stored.
+SESSION_COOKIE = "sessionid"
+
+# rsync: the public data on omeroreadwrite, served read-only through the proxy.
+RSYNCD_CONF = "/etc/rsyncd.conf"
+RSYNC_MODULE = "idr"
+RSYNC_PATH = DATA_VOLUME_MOUNTS["omeroreadwrite"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A URL family production caches: a regex on $uri and its cache zone
+    (falls back to 'default' when the zone is not configured)."""
+
+    name: str
+    regex: str
+    zone: str
+
+
+# Order matters: the first match picks the zone (thumbnails before render_).
+CACHED_FAMILIES = (
+    Family("thumbnails", r"^/web(?:client|gateway)/(?:get_thumbnail|render_thumbnail|render_birds_eye_view)", "thumbnails"),
+    Family("render", r"^/web(?:client|gateway)/render_", "render"),
+    Family("metadata", r"^/web(?:client|gateway)/metadata_", "metadata"),
+    Family("api", r"^/(?:webclient/)?api/", "api"),
+    Family("static", r"^/static/", "static"),
+    Family("gallery-api", r"^/gallery-api/", "default"),
+    Family("img_detail", r"^/webclient/img_detail/", "default"),
+    Family("iviewer", r"^/iviewer/", "default"),
+)
+
+
+def _keys_zone_mb(size_bytes: int) -> int:
+    """Shared memory for cache keys: about 1/64 of the zone's disk size
+    (1 MB holds ~8000 keys), at least 1 MB, at most 512 MB."""
+    return max(1, min(512, size_bytes // (64 * 1024**2)))
+
+
+def _context(settings: Settings) -> dict:
+    zone_names = {z.name for z in settings.nginx_cache_zones}
+    families = [
+        {"name": f.name, "regex": f.regex, "zone": f.zone if f.zone in zone_names else "default"}
+        for f in CACHED_FAMILIES
+    ]
+    # One location for every cached family; regexes are all anchored at ^.
+    cached_regex = "^(?:" + "|".join(f.regex[1:] for f in CACHED_FAMILIES) + ")"
+    return {
+        "settings": settings,
+        "zones": [
+            {"name": z.name, "size": z.size, "keys_mb": _keys_zone_mb(z.bytes)}
+            for z in settings.nginx_cache_zones
+        ],
+        "families": families,
+        "cached_regex": cached_regex,
+        "cache_dir": CACHE_DIR,
+        "readonly": [f"{h.fixed_ip}:{OMERO_WEB_PORT}" for h in settings.hosts_of("omeroreadonly")],
+        "readwrite": f"{settings.host('omeroreadwrite').fixed_ip}:{OMERO_WEB_PORT}",
+        "jupyterhub": f"{settings.host('dockermanager').fixed_ip}:{JUPYTERHUB_PORT}",
+        "rsync_backend": f"{settings.host('omeroreadwrite').fixed_ip}:{RSYNC_PORT}",
+        "rsync_port": RSYNC_PORT,
+        "cache_buster_port": CACHE_BUSTER_PORT,
+        "long_request_port": LONG_REQUEST_PORT,
+        "public_view": PUBLIC_VIEW,
+        "session_cookie": SESSION_COOKIE,
+        "maintenance_root": MAINTENANCE_ROOT,
+        "maintenance_page": MAINTENANCE_PAGE,
+        "idr_conf": IDR_CONF,
+    }
+
+
+def nginx_conf(settings: Settings) -> str:
+    """/etc/nginx/nginx.conf: main context, http shell, and the rsync stream."""
+    return render_template("nginx/nginx.conf.j2", **_context(settings))
+
+
+def idr_conf(settings: Settings) -> str:
+    """/etc/nginx/conf.d/idr.conf: caches, upstreams and every server."""
+    return render_template("nginx/idr.conf.j2", **_context(settings))
+
+
+def maintenance_html(settings: Settings) -> str:
+    return render_template("nginx/maintenance.html.j2", server_name=settings.server_name)
+
+
+def nginx_files(settings: Settings) -> list[HostFile]:
+    """Every file nginx reads on the proxy."""
+    return [
+        HostFile(NGINX_CONF, nginx_conf(settings)),
+        HostFile(IDR_CONF, idr_conf(settings)),
+        HostFile(f"{MAINTENANCE_ROOT}/{MAINTENANCE_PAGE}", maintenance_html(settings)),
+    ]
+
+
+def setup_script(settings: Settings) -> str:
+    """Shell run as root on the proxy after the files are in place: install,
+    check, reload (or start on first run)."""
+    return render_template(
+        "nginx/setup.sh.j2",
+        settings=settings,
+        cache_dir=CACHE_DIR,
+        maintenance_root=MAINTENANCE_ROOT,
+        rsync_port=RSYNC_PORT,
+    )
+
+
+def purge_script(settings: Settings) -> str:
+    """The page's `rm -rf /var/cache/nginx/*`, guarded, then a reload."""
+    return render_template("nginx/cache-purge.sh.j2", cache_dir=CACHE_DIR)
+
+
+def purge_files(settings: Settings) -> list[HostFile]:
+    return [HostFile(PURGE_SCRIPT, purge_script(settings), mode="0755")]
+
+
+def rsyncd_conf(settings: Settings) -> str:
+    """/etc/rsyncd.conf on omeroreadwrite: one read-only module over /data,
+    reachable only from the proxy (which forwards its public 873)."""
+    return render_template(
+        "rsync/rsyncd.conf.j2",
+        module=RSYNC_MODULE,
+        path=RSYNC_PATH,
+        proxy_ip=settings.host("proxy").fixed_ip,
+    )
+
+
+def rsyncd_files(settings: Settings) -> list[HostFile]:
+    return [HostFile(RSYNCD_CONF, rsyncd_conf(settings))]
+
+
+def rsyncd_setup_script(settings: Settings) -> str:
+    return render_template("rsync/setup.sh.j2", path=RSYNC_PATH)

@@ -1,0 +1,66 @@
+"""One host: port with a fixed address, instance on that port, and its data
+volume attached and mounted."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_openstack as openstack
+
+from .hostfiles import HostFiles, HostFilesArgs
+from .network import Network
+from .render.host import cloud_config, mount_command, mount_script
+from .settings import Host, Settings
+from .storage import DataVolume
+
+
+@dataclass
+class ServerArgs:
+    settings: Settings
+    host: Host
+    network: Network
+    volume: Optional[DataVolume] = None
+    # Must exist before remote commands can reach the host (the bastion's IP).
+    reachable_after: Sequence[pulumi.Resource] = field(default_factory=list)
+
+
+class Server(pulumi.ComponentResource):
+    def __init__(self, name: str, args: ServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("idr:server:Server", name, None, opts)
+        s, host, net = args.settings, args.host, args.network
+        groups = [net.internal_group.id] + ([net.proxy_group.id] if host.role == "proxy" else [])
+        self.port = openstack.networking.Port(
+            host.name, name=host.name, network_id=net.network_id, admin_state_up=True,
+            fixed_ips=[openstack.networking.PortFixedIpArgs(subnet_id=net.subnet_id, ip_address=host.fixed_ip)],
+            security_group_ids=groups,
+            tags=[f"idr-environment={s.environment}", f"idr-role={host.role}"],
+            opts=pulumi.ResourceOptions(parent=self))
+
+        # A host that holds data is never replaced by a change of first-boot
+        # data or image: `pulumi up --replace <urn>` does it on purpose (README).
+        holds_data = host.volume is not None
+        self.instance = openstack.compute.Instance(
+            host.name, name=host.name, flavor_name=host.flavor, image_name=host.image,
+            user_data=cloud_config(s, host),
+            availability_zone=s.availability_zone or None,
+            networks=[openstack.compute.InstanceNetworkArgs(port=self.port.id)],
+            metadata={"idr-environment": s.environment, "idr-role": host.role},
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # The port outlives the instance; a new instance cannot take a
+                # port the old one still uses.
+                delete_before_replace=True,
+                ignore_changes=["userData", "imageName", "imageId"] if holds_data else None))
+
+        self.ready: list[pulumi.Resource] = [self.instance, *args.reachable_after]
+        if args.volume is not None:
+            attach = openstack.compute.VolumeAttach(
+                f"{host.name}-data", instance_id=self.instance.id, volume_id=args.volume.volume.id,
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
+            self.mount = HostFiles(f"{host.name}-mount", HostFilesArgs(
+                settings=s, host=host, files=[mount_script()],
+                run=args.volume.volume.id.apply(lambda vid: mount_command(vid, host.volume.mount)),
+                depends_on=[attach, *self.ready]), opts=pulumi.ResourceOptions(parent=self))
+            self.ready = [self.mount]
+        self.register_outputs({"fixedIp": host.fixed_ip, "instanceId": self.instance.id})

@@ -1,0 +1,474 @@
+"""The only module that reads Pulumi config.
+
+Every `idr:` key is declared here once (name, type, default, what is allowed)
+and in `Pulumi.yaml` for the CLI; a test keeps the two in step. Bad values
+raise `ConfigError`, a `pulumi.RunError`, so `pulumi up` prints one line naming
+the key, the value and what is allowed, without a Python traceback, before any
+resource is declared.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import pulumi
+
+NAMESPACE = "idr"
+
+# Roles as the operators' page names them; order is the order hosts are listed.
+ROLES = ("proxy", "omeroreadwrite", "database", "omeroreadonly", "dockermanager")
+OMERO_ROLES = ("omeroreadwrite", "omeroreadonly")
+
+# Data volumes: which host holds which, and where it is mounted.
+DATA_VOLUME_MOUNTS = {
+    "omeroreadwrite": "/data",
+    "database": "/var/lib/pgsql",
+    "proxy": "/var/cache/nginx",
+}
+
+# Fixed addresses inside the environment's subnet, so every rendered file
+# (nginx upstreams, /etc/hosts) is a pure function of config and a host keeps
+# its address for life. omeroreadonly-n gets READONLY_BASE + n.
+FIXED_HOST_OFFSETS = {"proxy": 10, "omeroreadwrite": 11, "database": 12, "dockermanager": 13}
+READONLY_BASE = 100
+
+# External ports of the proxy (from the page and production).
+PROXY_PUBLIC_TCP_PORTS = (80, 443, 4063, 4064)
+PROXY_OMERO_PORT_RANGE = (14060, 14079)
+RSYNC_PORT = 873
+SSH_PORT = 22
+
+_SIZE_RE = re.compile(r"^([1-9][0-9]*)([kmg])$")
+_DURATION_RE = re.compile(r"^[1-9][0-9]*(ms|s|m|h|d|w|M|y)$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+_STACK_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$")
+_ZONE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class ConfigError(pulumi.RunError):
+    """A config value is not allowed. Its message is the whole explanation."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key = key if ":" in key else f"{NAMESPACE}:{key}"
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"config {self.key} = {value!r} is not allowed: {allowed}")
+
+
+# --------------------------------------------------------------------------
+# Key declarations. `kind` is the Pulumi.yaml type; `check` returns the parsed
+# value or raises ConfigError.
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    kind: str  # string | integer | boolean | array
+    default: Any
+    description: str
+    secret: bool = False
+    required: bool = False
+
+
+KEYS: dict[str, Key] = {}
+
+
+def _key(name, kind, default, description, secret=False, required=False):
+    KEYS[name] = Key(name, kind, default, description, secret, required)
+
+
+# Environment and network
+_key("environment", "string", "", "Environment name used in host names (<env>-<role>); empty means the stack name.")
+_key("externalNetwork", "string", "public", "Name of the external (provider) network the router connects to and floating IPs come from.")
+_key("existingNetwork", "string", "", "Use this existing network instead of creating one (give existingSubnet too); empty creates network, subnet and router.")
+_key("existingSubnet", "string", "", "Subnet of existingNetwork; its CIDR must equal subnetCidr.")
+_key("subnetCidr", "string", "192.168.1.0/24", "IPv4 CIDR of the environment's subnet; hosts get fixed addresses in it.")
+_key("dnsNameservers", "array", [], "DNS servers handed out on the subnet; empty uses the cloud's default.")
+# Hosts
+_key("image", "string", "Rocky-9-GenericCloud", "Glance image name for every host (Rocky Linux 9).")
+_key("imageOverrides", "array", [], "Per-role image as 'role=image', e.g. 'database=Rocky-9.4'.")
+_key("proxyFlavor", "string", "m1.large", "Flavor of <env>-proxy.")
+_key("omeroreadwriteFlavor", "string", "m1.xlarge", "Flavor of <env>-omeroreadwrite.")
+_key("databaseFlavor", "string", "m1.large", "Flavor of <env>-database.")
+_key("omeroreadonlyFlavor", "string", "m1.large", "Flavor of each <env>-omeroreadonly-n.")
+_key("dockermanagerFlavor", "string", "m1.large", "Flavor of <env>-dockermanager.")
+_key("omeroreadonlyCount", "integer", 4, "Number of read-only OMERO servers (1 to 120, and they must fit the subnet).")
+_key("availabilityZone", "string", "", "Availability zone of servers and volumes; empty lets the cloud choose.")
+# SSH and access
+_key("sshUser", "string", "rocky", "Login user of the image, used by remote commands.")
+_key("sshPublicKey", "string", "", "OpenSSH public key installed for sshUser on every host (required).", required=True)
+_key("sshPrivateKey", "string", None, "Private key matching sshPublicKey, used by remote commands (secret, required).", secret=True, required=True)
+_key("sshBastion", "string", "", "Address remote commands use to reach the proxy on port 22 (an IP or DNS name); empty means floatingIp.")
+_key("sshBastionHostKey", "string", "", "The proxy's SSH host public key; when set, the bastion connection is refused if it differs.")
+_key("sshAllowedCidrs", "array", ["0.0.0.0/0"], "IPv4 CIDRs allowed to reach SSH (22) on the proxy.")
+_key("rsyncEnabled", "boolean", False, "Open rsync (873) on the proxy and serve the public data read-only. Off: production closed it as a security risk.")
+_key("floatingIp", "string", "", "Floating IP held by the proxy's port; empty holds none. Moving the public IP is a change of this key.")
+# Data volumes
+for _role, _size in (("omeroreadwrite", 1500), ("database", 800), ("proxy", 100)):
+    _mount = DATA_VOLUME_MOUNTS[_role]
+    _key(f"{_role}VolumeSize", "integer", _size, f"Size in GB of the {_role} data volume ({_mount}). Never shrinks.")
+    _key(f"{_role}VolumeFromVolume", "string", "", f"Clone the {_role} data volume from this volume ID.")
+    _key(f"{_role}VolumeFromSnapshot", "string", "", f"Create the {_role} data volume from this snapshot ID (restore).")
+    _key(f"{_role}VolumeSourceSize", "integer", 0, f"Size in GB of the {_role} clone source when known (0: unknown); the new volume may not be smaller.")
+_key("volumeType", "string", "", "Cinder volume type of the data volumes; empty uses the cloud's default.")
+_key("cloneFromStack", "string", "", "Stack whose dataVolumes output is cloned for every data volume without its own source, e.g. 'organization/idr/prod'.")
+# Proxy / nginx
+_key("serverName", "string", "idr.openmicroscopy.org", "Public host name served by nginx.")
+_key("nginxCacheZones", "array", ["thumbnails=10g", "render=40g", "metadata=25g", "api=10g", "static=200m", "default=1g"],
+     "nginx cache zones as 'name=size' (k, m or g); their total must fit proxyVolumeSize.")
+_key("nginxCacheInactive", "string", "180d", "How long an unused cache entry is kept.")
+_key("nginxCacheValid", "string", "1d", "How long a cached 200 answer is fresh.")
+_key("nginxPublicReadTimeout", "integer", 60, "Read timeout in seconds of the public servers towards the read-only backends.")
+_key("nginxLongReadTimeout", "integer", 900, "Read timeout in seconds of the cache-buster (9000) and long-request (8009) servers towards omeroreadwrite.")
+_key("tlsCertificate", "string", "/etc/pki/tls/certs/idr.crt", "Path on the proxy of the TLS certificate chain.")
+_key("tlsCertificateKey", "string", "/etc/pki/tls/private/idr.key", "Path on the proxy of the TLS private key.")
+_key("maintenance", "boolean", False, "Serve 503 and a maintenance page on the public ports.")
+_key("jupyterEnabled", "boolean", False, "Route /jupyter on the proxy to JupyterHub on the dockermanager.")
+_key("cachePurgeGeneration", "integer", 0, "Bump to empty /var/cache/nginx on the proxy once and reload nginx.")
+# Bio-Formats cache regeneration
+_key("bfcacheGeneration", "integer", 0, "Bump to start one Bio-Formats cache regeneration run; 0 never runs.")
+_key("bfcacheSlots", "array", ["omeroreadwrite=10", "omeroreadonly=1"], "Parallel jobs per node as 'role=N' for omeroreadwrite and omeroreadonly.")
+_key("omeroBin", "string", "/opt/omero/server/OMERO.server/bin/omero", "Path of the omero executable on the OMERO servers.")
+# Database
+_key("databaseName", "string", "idr", "OMERO database name.")
+_key("statementTimeoutMs", "integer", 60000, "statement_timeout of the omeroreadonly database role, in milliseconds.")
+# Releases
+_key("healthCheckPath", "string", "/webclient/?experimenter=-1", "Path that must answer HTTP 200 on an environment's floating IP before it takes the public IP.")
+
+
+# --------------------------------------------------------------------------
+# Typed settings
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    role: str
+    mount: str
+    size: int
+    from_volume: str = ""
+    from_snapshot: str = ""
+    source_size: int = 0
+    from_stack: bool = False  # source comes from cloneFromStack's outputs
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str        # <env>-<role>[-n]
+    role: str
+    alias: str       # <role>[-n]
+    fixed_ip: str
+    flavor: str
+    image: str
+    index: int = 0   # n for omeroreadonly, else 0
+    volume: Optional[VolumeSpec] = None
+
+
+@dataclass(frozen=True)
+class CacheZone:
+    name: str
+    size: str
+
+    @property
+    def bytes(self) -> int:
+        number, unit = _SIZE_RE.match(self.size).groups()
+        return int(number) * {"k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack: str
+    environment: str
+    external_network: str
+    existing_network: str
+    existing_subnet: str
+    subnet_cidr: str
+    dns_nameservers: tuple[str, ...]
+    hosts: tuple[Host, ...]
+    availability_zone: str
+    ssh_user: str
+    ssh_public_key: str
+    ssh_private_key: Any  # pulumi.Output[str] (secret) or str offline
+    ssh_bastion: str
+    ssh_bastion_host_key: str
+    ssh_allowed_cidrs: tuple[str, ...]
+    rsync_enabled: bool
+    floating_ip: str
+    volume_type: str
+    clone_from_stack: str
+    server_name: str
+    nginx_cache_zones: tuple[CacheZone, ...]
+    nginx_cache_inactive: str
+    nginx_cache_valid: str
+    nginx_public_read_timeout: int
+    nginx_long_read_timeout: int
+    tls_certificate: str
+    tls_certificate_key: str
+    maintenance: bool
+    jupyter_enabled: bool
+    cache_purge_generation: int
+    bfcache_generation: int
+    bfcache_slots: dict
+    omero_bin: str
+    database_name: str
+    statement_timeout_ms: int
+    health_check_path: str
+
+    def hosts_of(self, role: str) -> tuple[Host, ...]:
+        return tuple(h for h in self.hosts if h.role == role)
+
+    def host(self, role: str) -> Host:
+        (only,) = self.hosts_of(role)
+        return only
+
+    @property
+    def volumes(self) -> tuple[VolumeSpec, ...]:
+        return tuple(h.volume for h in self.hosts if h.volume)
+
+
+# --------------------------------------------------------------------------
+# Parsing raw config strings (as Pulumi hands them) into typed values.
+
+
+def _parse(key: Key, raw: Optional[str]) -> Any:
+    if raw is None:
+        return key.default
+    if key.kind == "string":
+        return raw
+    if key.kind == "integer":
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(key.name, raw, "a whole number") from None
+    if key.kind == "boolean":
+        text = str(raw).strip().lower()
+        if text in ("true", "false"):
+            return text == "true"
+        raise ConfigError(key.name, raw, "true or false")
+    if key.kind == "array":
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else raw
+        except json.JSONDecodeError:
+            raise ConfigError(key.name, raw, "a list of strings, e.g. [\"a\", \"b\"]") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key.name, raw, "a list of strings")
+        return value
+    raise AssertionError(key.kind)
+
+
+def _int_range(name, value, lo, hi, unit=""):
+    if not lo <= value <= hi:
+        raise ConfigError(name, value, f"a whole number from {lo} to {hi}{unit}")
+    return value
+
+
+def _ipv4(name, value, allow_empty=True):
+    if allow_empty and value == "":
+        return value
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ConfigError(name, value, "an IPv4 address such as 203.0.113.10" + (", or empty" if allow_empty else "")) from None
+
+
+def _cidr(name, value):
+    try:
+        return str(ipaddress.IPv4Network(value, strict=True))
+    except ValueError:
+        raise ConfigError(name, value, "an IPv4 network in CIDR form with no host bits set, such as 192.168.1.0/24") from None
+
+
+def _role_map(name, items, allowed_roles, parse_value, value_text):
+    out = {}
+    for item in items:
+        role, sep, value = item.partition("=")
+        if not sep or not value:
+            raise ConfigError(name, item, f"entries 'role={value_text}'")
+        if role not in allowed_roles:
+            raise ConfigError(name, item, f"a known role: one of {', '.join(allowed_roles)}")
+        if role in out:
+            raise ConfigError(name, item, f"each role at most once ({role} is repeated)")
+        parsed = parse_value(value)
+        if parsed is None:
+            raise ConfigError(name, item, f"entries 'role={value_text}'")
+        out[role] = parsed
+    return out
+
+
+def _path(name, value):
+    if not value.startswith("/") or any(c in value for c in " \n\t'\"$`;\\") or "/../" in value + "/":
+        raise ConfigError(name, value, "an absolute path without spaces, quotes, '..' or shell characters")
+    return value
+
+
+def _zones(name, items):
+    zones = []
+    for item in items:
+        zone, sep, size = item.partition("=")
+        if not sep or not _ZONE_RE.match(zone) or not _SIZE_RE.match(size):
+            raise ConfigError(name, item, "entries 'name=size' with a lower-case name and a size such as 200m or 10g")
+        if zone in {z.name for z in zones}:
+            raise ConfigError(name, item, f"each zone at most once ({zone} is repeated)")
+        zones.append(CacheZone(zone, size))
+    if not zones:
+        raise ConfigError(name, items, "at least one cache zone")
+    if "default" not in {z.name for z in zones}:
+        raise ConfigError(name, items, "a zone named 'default' among them (it caches what no other zone does)")
+    return tuple(zones)
+
+
+def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Callable[[str], Any]) -> Settings:
+    """Parse and validate config. `raw(name)` returns the plain string or None;
+    `secret(name)` returns the secret value (an Output under Pulumi) or None."""
+    v = {name: _parse(key, raw(name)) for name, key in KEYS.items() if not key.secret}
+
+    environment = v["environment"] or stack
+    if not _NAME_RE.match(environment):
+        raise ConfigError("environment", environment,
+                          "2 to 32 lower-case letters, digits and dashes, starting with a letter (it prefixes host names); empty means the stack name")
+
+    if bool(v["existingNetwork"]) != bool(v["existingSubnet"]):
+        raise ConfigError("existingSubnet" if v["existingNetwork"] else "existingNetwork",
+                          v["existingSubnet"] or v["existingNetwork"],
+                          "existingNetwork and existingSubnet set together, or neither")
+    subnet = ipaddress.IPv4Network(_cidr("subnetCidr", v["subnetCidr"]))
+    dns = tuple(_ipv4("dnsNameservers", d, allow_empty=False) for d in v["dnsNameservers"])
+
+    count = _int_range("omeroreadonlyCount", v["omeroreadonlyCount"], 1, 120)
+    if READONLY_BASE + count >= subnet.num_addresses - 1:
+        raise ConfigError("omeroreadonlyCount", count,
+                          f"at most {subnet.num_addresses - READONLY_BASE - 2} in subnet {subnet} (read-only hosts use .{READONLY_BASE + 1} upwards)")
+
+    images = _role_map("imageOverrides", v["imageOverrides"], ROLES, lambda s: s.strip() or None, "image")
+    for role in ROLES:
+        if not v[f"{role}Flavor"].strip():
+            raise ConfigError(f"{role}Flavor", v[f"{role}Flavor"], "a flavor name")
+
+    floating_ip = _ipv4("floatingIp", v["floatingIp"].strip())
+    cidrs = tuple(_cidr("sshAllowedCidrs", c) for c in v["sshAllowedCidrs"])
+    if not cidrs:
+        raise ConfigError("sshAllowedCidrs", [], "at least one CIDR (SSH to the bastion is how the program configures hosts)")
+
+    if not v["sshPublicKey"].startswith(("ssh-ed25519 ", "ssh-rsa ", "ecdsa-sha2-")):
+        raise ConfigError("sshPublicKey", v["sshPublicKey"], "an OpenSSH public key line (ssh-ed25519 ..., ssh-rsa ... or ecdsa-sha2-...)")
+    private_key = secret("sshPrivateKey")
+    if private_key is None:
+        raise ConfigError("sshPrivateKey", None,
+                          "a secret: set it with `pulumi config set --secret idr:sshPrivateKey < key-file`")
+    bastion = v["sshBastion"].strip() or floating_ip
+    if not bastion:
+        raise ConfigError("sshBastion", v["sshBastion"], "an address of the proxy for SSH; required when floatingIp is empty")
+    if not re.match(r"^[A-Za-z0-9.:-]+$", bastion):
+        raise ConfigError("sshBastion", bastion, "an IP address or DNS name")
+
+    clone_from = v["cloneFromStack"].strip()
+    if clone_from and not _STACK_RE.match(clone_from):
+        raise ConfigError("cloneFromStack", clone_from, "a stack name such as 'prod' or 'organization/idr/prod'")
+    if clone_from and clone_from.split("/")[-1] == stack:
+        raise ConfigError("cloneFromStack", clone_from, "another stack than this one")
+
+    volumes = {}
+    for role, mount in DATA_VOLUME_MOUNTS.items():
+        size = _int_range(f"{role}VolumeSize", v[f"{role}VolumeSize"], 1, 65536, " (GB)")
+        from_volume = v[f"{role}VolumeFromVolume"].strip()
+        from_snapshot = v[f"{role}VolumeFromSnapshot"].strip()
+        source_size = _int_range(f"{role}VolumeSourceSize", v[f"{role}VolumeSourceSize"], 0, 65536, " (GB, 0 when unknown)")
+        if from_volume and from_snapshot:
+            raise ConfigError(f"{role}VolumeFromSnapshot", from_snapshot,
+                              f"one source only: {role}VolumeFromVolume is set too ({from_volume}); clear one of them")
+        for k, ident in ((f"{role}VolumeFromVolume", from_volume), (f"{role}VolumeFromSnapshot", from_snapshot)):
+            if ident and not re.match(r"^[0-9a-fA-F-]{8,64}$", ident):
+                raise ConfigError(k, ident, "an OpenStack ID (hex digits and dashes)")
+        if source_size and size < source_size:
+            raise ConfigError(f"{role}VolumeSize", size,
+                              f"at least the size of its source ({source_size} GB): a volume cannot be smaller than what it is cloned from")
+        volumes[role] = VolumeSpec(role, mount, size, from_volume, from_snapshot, source_size,
+                                   from_stack=bool(clone_from) and not (from_volume or from_snapshot))
+
+    zones = _zones("nginxCacheZones", v["nginxCacheZones"])
+    cache_bytes = sum(z.bytes for z in zones)
+    volume_bytes = volumes["proxy"].size * 1024**3
+    if cache_bytes > volume_bytes * 0.9:
+        raise ConfigError("nginxCacheZones", v["nginxCacheZones"],
+                          f"zones totalling at most 90% of proxyVolumeSize ({volumes['proxy'].size} GB); these total "
+                          f"{cache_bytes / 1024**3:.1f} GB")
+    for name in ("nginxCacheInactive", "nginxCacheValid"):
+        if not _DURATION_RE.match(v[name]):
+            raise ConfigError(name, v[name], "an nginx time such as 1d, 12h or 180d")
+    public_timeout = _int_range("nginxPublicReadTimeout", v["nginxPublicReadTimeout"], 1, 3600, " seconds")
+    long_timeout = _int_range("nginxLongReadTimeout", v["nginxLongReadTimeout"], 1, 86400, " seconds")
+    if long_timeout < public_timeout:
+        raise ConfigError("nginxLongReadTimeout", long_timeout,
+                          f"at least nginxPublicReadTimeout ({public_timeout}): 9000 and 8009 exist for slow requests")
+    if not re.match(r"^[A-Za-z0-9.-]+$", v["serverName"]):
+        raise ConfigError("serverName", v["serverName"], "a DNS name")
+
+    slots = _role_map("bfcacheSlots", v["bfcacheSlots"], OMERO_ROLES,
+                      lambda s: int(s) if s.isdigit() and 1 <= int(s) <= 64 else None, "N', N from 1 to 64")
+    for role in OMERO_ROLES:
+        slots.setdefault(role, 1)
+
+    hosts = []
+    for role in ROLES:
+        image = images.get(role, v["image"])
+        flavor = v[f"{role}Flavor"]
+        if role == "omeroreadonly":
+            for n in range(1, count + 1):
+                hosts.append(Host(f"{environment}-{role}-{n}", role, f"{role}-{n}",
+                                  str(subnet.network_address + READONLY_BASE + n), flavor, image, n))
+        else:
+            hosts.append(Host(f"{environment}-{role}", role, role,
+                              str(subnet.network_address + FIXED_HOST_OFFSETS[role]), flavor, image,
+                              volume=volumes.get(role)))
+
+    return Settings(
+        stack=stack,
+        environment=environment,
+        external_network=v["externalNetwork"],
+        existing_network=v["existingNetwork"],
+        existing_subnet=v["existingSubnet"],
+        subnet_cidr=str(subnet),
+        dns_nameservers=dns,
+        hosts=tuple(hosts),
+        availability_zone=v["availabilityZone"],
+        ssh_user=v["sshUser"],
+        ssh_public_key=v["sshPublicKey"].strip(),
+        ssh_private_key=private_key,
+        ssh_bastion=bastion,
+        ssh_bastion_host_key=v["sshBastionHostKey"].strip(),
+        ssh_allowed_cidrs=cidrs,
+        rsync_enabled=v["rsyncEnabled"],
+        floating_ip=floating_ip,
+        volume_type=v["volumeType"],
+        clone_from_stack=clone_from,
+        server_name=v["serverName"],
+        nginx_cache_zones=zones,
+        nginx_cache_inactive=v["nginxCacheInactive"],
+        nginx_cache_valid=v["nginxCacheValid"],
+        nginx_public_read_timeout=public_timeout,
+        nginx_long_read_timeout=long_timeout,
+        tls_certificate=_path("tlsCertificate", v["tlsCertificate"]),
+        tls_certificate_key=_path("tlsCertificateKey", v["tlsCertificateKey"]),
+        maintenance=v["maintenance"],
+        jupyter_enabled=v["jupyterEnabled"],
+        cache_purge_generation=_int_range("cachePurgeGeneration", v["cachePurgeGeneration"], 0, 10**9),
+        bfcache_generation=_int_range("bfcacheGeneration", v["bfcacheGeneration"], 0, 10**9),
+        bfcache_slots=slots,
+        omero_bin=_path("omeroBin", v["omeroBin"]),
+        database_name=v["databaseName"] if re.match(r"^[a-z_][a-z0-9_]{0,62}$", v["databaseName"])
+        else _raise(ConfigError("databaseName", v["databaseName"], "a PostgreSQL identifier in lower case")),
+        statement_timeout_ms=_int_range("statementTimeoutMs", v["statementTimeoutMs"], 1000, 3_600_000, " ms"),
+        health_check_path=v["healthCheckPath"] if v["healthCheckPath"].startswith("/")
+        else _raise(ConfigError("healthCheckPath", v["healthCheckPath"], "a URL path starting with /")),
+    )
+
+
+def _raise(error: Exception):
+    raise error
+
+
+def load() -> Settings:
+    """Read the current stack's `idr:` config through Pulumi."""
+    config = pulumi.Config(NAMESPACE)
+    return build_settings(pulumi.get_stack(), config.get, config.get_secret)
