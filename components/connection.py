@@ -5,6 +5,9 @@ import pulumi_command as command
 
 from .settings import Host, Settings
 
+# A new server answers SSH a minute or two after OpenStack calls it ACTIVE.
+DIAL = {"dial_error_limit": 40, "per_dial_timeout": 15}
+
 
 def connection_for(settings: Settings, host: Host) -> command.remote.ConnectionArgs:
     """Direct to the proxy at the bastion address; any other host by its fixed
@@ -15,12 +18,12 @@ def connection_for(settings: Settings, host: Host) -> command.remote.ConnectionA
     if host.role == "proxy":
         return command.remote.ConnectionArgs(
             host=settings.ssh_bastion, user=settings.ssh_user,
-            private_key=settings.ssh_private_key, host_key=host_key,
+            private_key=settings.ssh_private_key, host_key=host_key, **DIAL,
         )
     return command.remote.ConnectionArgs(
-        host=host.fixed_ip, user=settings.ssh_user, private_key=settings.ssh_private_key,
+        host=host.fixed_ip, user=settings.ssh_user, private_key=settings.ssh_private_key, **DIAL,
         proxy=command.remote.ProxyConnectionArgs(
             host=settings.ssh_bastion, user=settings.ssh_user,
-            private_key=settings.ssh_private_key, host_key=host_key,
+            private_key=settings.ssh_private_key, host_key=host_key, **DIAL,
         ),
     )

@@ -100,6 +100,21 @@ def effective_config(stack: str, overrides: Optional[dict] = None,
 
 # ------------------------------------------------------------- recording
 
+_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's wire marker for special values
+
+
+def _unwrap(value: Any) -> Any:
+    """Inputs with secrets in them arrive wrapped; tests and the render read
+    the plain value (offline, the secret is only a placeholder)."""
+    if isinstance(value, dict):
+        if _SIG in value and "value" in value:
+            return _unwrap(value["value"])
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
 @dataclass
 class Options:
     protect: bool
@@ -211,7 +226,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         state = self.resources[urn].state if urn in self.resources else {}
         self.recording.resources.append(RecordedResource(
             type=request.type, name=request.name, urn=urn, custom=bool(request.custom),
-            inputs=rpc.deserialize_properties(request.object), state=state, id=response.id,
+            inputs=_unwrap(rpc.deserialize_properties(request.object)), state=_unwrap(state), id=response.id,
             options=Options(
                 protect=bool(getattr(request, "protect", False)),
                 delete_before_replace=bool(request.deleteBeforeReplace),
@@ -237,6 +252,10 @@ def _reset_runtime() -> None:
     from pulumi.runtime import settings as runtime_settings
     from pulumi.runtime import config as runtime_config
     runtime_settings.set_root_resource(None)
+    # A failed run (a refused config) leaves outputs and RPCs behind; the
+    # next run must not inherit them.
+    runtime_settings.SETTINGS.rpc_manager.clear()
+    runtime_settings.SETTINGS.outputs.clear()
     runtime_config.set_all_config({}, [])
 
 

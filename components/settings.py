@@ -336,6 +336,9 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
     dns = tuple(_ipv4("dnsNameservers", d, allow_empty=False) for d in v["dnsNameservers"])
 
     count = _int_range("omeroreadonlyCount", v["omeroreadonlyCount"], 1, 120)
+    if subnet.num_addresses < READONLY_BASE + 3:
+        raise ConfigError("subnetCidr", str(subnet),
+                          f"a /25 or larger network: read-only hosts take fixed addresses from .{READONLY_BASE + 1} up")
     if READONLY_BASE + count >= subnet.num_addresses - 1:
         raise ConfigError("omeroreadonlyCount", count,
                           f"at most {subnet.num_addresses - READONLY_BASE - 2} in subnet {subnet} (read-only hosts use .{READONLY_BASE + 1} upwards)")

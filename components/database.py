@@ -1,0 +1,37 @@
+"""Database: the omeroreadonly role's statement timeout on <env>-database.
+
+Only wiring: the SQL and the script that runs it come from
+components/render/database.py. The command re-runs when the rendered text
+changes (a new idr:statementTimeoutMs); the SQL itself is idempotent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import pulumi
+
+from .hostfiles import HostFiles, HostFilesArgs
+from .render import database as render
+from .settings import Settings
+
+TYPE = "idr:database:Database"
+
+
+@dataclass
+class DatabaseArgs:
+    settings: Settings
+    depends_on: Sequence[pulumi.Resource] = field(default_factory=list)
+
+
+class Database(pulumi.ComponentResource):
+    def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__(TYPE, name, None, opts)
+        s = args.settings
+        host = s.host("database")
+        self.statement_timeout = HostFiles(
+            f"{name}-statement-timeout",
+            HostFilesArgs(s, host, render.database_files(s), run=render.run_command()),
+            pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+        )
+        self.register_outputs({"host": host.name, "statementTimeoutMs": s.statement_timeout_ms})

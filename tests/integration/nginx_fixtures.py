@@ -1,0 +1,324 @@
+"""Real nginx on loopback with the rendered proxy config, and a stub OMERO.web.
+
+The rendered files are rewritten for the test only: paths into a tmp dir,
+public listen ports onto 127.0.0.1:<free port>, 9000/8009 onto
+127.0.0.1:<free port> (the address is kept), upstream addresses onto the stubs.
+Everything else is the text a proxy would receive.
+"""
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from components.render import nginx as render
+from components.settings import build_settings
+from tests.tools import tool
+
+NGINX = tool("nginx")
+GIXY = tool("gixy")
+OPENSSL = tool("openssl")
+RSYNC = tool("rsync")
+# The proxy loads nginx's stream module (Rocky: nginx-mod-stream) for rsync;
+# Debian ships it as libnginx-mod-stream.
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+if not Path(STREAM_MODULE).exists():
+    subprocess.run(["apt-get", "install", "-y", "-q", "libnginx-mod-stream"], check=True,
+                   env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+BASE_RAW = {
+    "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test",
+    "sshBastion": "203.0.113.10",
+    "omeroreadonlyCount": "2",
+}
+
+
+def make_settings(stack: str = "test", **raw):
+    """Settings from raw config strings, as Pulumi would hand them."""
+    values = {**BASE_RAW, **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}}
+    return build_settings(stack, values.get, lambda k: "PRIVATE KEY" if k == "sshPrivateKey" else None)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- stub OMERO.web
+
+@dataclass
+class Seen:
+    backend: str
+    method: str
+    path: str
+    headers: dict
+
+
+@dataclass
+class StubState:
+    """Shared by every stub: the content version and what each backend saw."""
+
+    version: int = 1
+    delays: dict = field(default_factory=dict)   # path prefix -> seconds
+    seen: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, path: str | None = None, backend: str | None = None) -> int:
+        with self.lock:
+            return sum(1 for s in self.seen
+                       if (path is None or s.path == path) and (backend is None or s.backend == backend))
+
+
+class StubBackend:
+    """HTTP server in a thread answering like an OMERO.web that forbids caching."""
+
+    def __init__(self, name: str, state: StubState, host: str = "127.0.0.1"):
+        self.name, self.state = name, state
+        self.connections: set = set()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"   # keep-alive, as nginx's upstream keepalive expects
+
+            def setup(self):
+                super().setup()
+                stub.connections.add(self.connection)
+
+            def finish(self):
+                stub.connections.discard(self.connection)
+                super().finish()
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                with state.lock:
+                    state.seen.append(Seen(stub.name, self.command, self.path, dict(self.headers)))
+                    version = state.version
+                for prefix, seconds in state.delays.items():
+                    if self.path.startswith(prefix):
+                        time.sleep(seconds)
+                body = f"{self.path} v{version} from {stub.name}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Expires", "0")
+                self.send_header("Set-Cookie", "sessionid=from-backend; Path=/; HttpOnly")
+                self.send_header("Vary", "Cookie")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_HEAD = _answer
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"{host}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        """Down for real: no listener and no kept-alive connection left."""
+        self.server.shutdown()
+        self.server.server_close()
+        for conn in list(self.connections):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- nginx
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "test.crt", directory / "test.key"
+    subprocess.run(
+        [OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    return cert, key
+
+
+@dataclass
+class Ports:
+    http: int
+    https: int
+    buster: int
+    long: int
+    rsync: int
+
+
+def rewrite(text: str, settings, tmp: Path, ports: Ports, backends: dict, cert: Path, key: Path) -> str:
+    """The test-only rewrite of a rendered nginx file (paths, listens, upstreams)."""
+    text = text.replace("user nginx;", "user root;")
+    text = text.replace("include /usr/share/nginx/modules/*.conf;", f"load_module {STREAM_MODULE};")
+    text = text.replace("pid /run/nginx.pid;", f"pid {tmp}/nginx.pid;")
+    text = text.replace("/var/log/nginx/", f"{tmp}/log/")
+    text = text.replace("/etc/nginx/", f"{tmp}/etc/nginx/")
+    text = text.replace(render.CACHE_DIR + "/", f"{tmp}/cache/")
+    text = text.replace(render.MAINTENANCE_ROOT, f"{tmp}/www")
+    text = text.replace(f"ssl_certificate {settings.tls_certificate};", f"ssl_certificate {cert};")
+    text = text.replace(f"ssl_certificate_key {settings.tls_certificate_key};", f"ssl_certificate_key {key};")
+    listens = {
+        "80": f"127.0.0.1:{ports.http}",
+        "443": f"127.0.0.1:{ports.https}",
+        f"127.0.0.1:{render.CACHE_BUSTER_PORT}": f"127.0.0.1:{ports.buster}",   # address kept
+        f"127.0.0.1:{render.LONG_REQUEST_PORT}": f"127.0.0.1:{ports.long}",     # address kept
+        str(render.RSYNC_PORT): f"127.0.0.1:{ports.rsync}",
+    }
+
+    def listen(m):
+        return f"listen {listens[m.group(1)]}{m.group(2)}"
+
+    text = re.sub(r"listen (\S+?)([ ;])", listen, text)
+    for host in settings.hosts:
+        for port, target in backends.get(host.role, {}).items():
+            text = text.replace(f"server {host.fixed_ip}:{port};", f"server {target};")
+    return text
+
+
+class Nginx:
+    """nginx -p <tmp> with the rewritten rendered config, not the system service."""
+
+    def __init__(self, settings, tmp: Path, backends: dict, cert: Path, key: Path):
+        self.settings, self.tmp = settings, tmp
+        self.ports = Ports(*(free_port() for _ in range(5)))
+        self.conf = tmp / "etc" / "nginx" / "nginx.conf"
+        for d in ("log", "cache", "www", "etc/nginx/conf.d"):
+            (tmp / d).mkdir(parents=True, exist_ok=True)
+        shutil.copy("/etc/nginx/mime.types", tmp / "etc" / "nginx" / "mime.types")
+        self.files = {}
+        for f in render.nginx_files(settings):
+            text = f.content
+            if f.path.endswith(".conf"):
+                text = rewrite(text, settings, tmp, self.ports, backends, cert, key)
+            target = self.host_path(f.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            self.files[f.path] = target
+        self.proc = None
+
+    def host_path(self, path: str) -> Path:
+        for prefix, local in (("/etc/nginx/", "etc/nginx/"), (render.MAINTENANCE_ROOT + "/", "www/")):
+            if path.startswith(prefix):
+                return self.tmp / local / path[len(prefix):]
+        raise AssertionError(f"no test location for {path}")
+
+    def cmd(self, *extra):
+        return [NGINX, "-p", str(self.tmp), "-c", str(self.conf), *extra]
+
+    def test_config(self) -> subprocess.CompletedProcess:
+        return subprocess.run(self.cmd("-t"), capture_output=True, text=True)
+
+    def start(self):
+        checked = self.test_config()
+        assert checked.returncode == 0, checked.stderr
+        self.proc = subprocess.Popen(self.cmd("-g", "daemon off;"), stderr=subprocess.PIPE, text=True)
+        ports = [self.ports.http, self.ports.https, self.ports.buster, self.ports.long]
+        if self.settings.rsync_enabled:
+            ports.append(self.ports.rsync)
+        deadline = time.monotonic() + 10
+        for port in ports:
+            while True:
+                assert self.proc.poll() is None, self.proc.stderr.read()
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"nginx not listening on {port}"
+                    time.sleep(0.05)
+        return self
+
+    def reload(self):
+        """What `systemctl reload nginx` does: SIGHUP to the master."""
+        self.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    # -------------------------------------------------------- client
+    def port(self, name: str) -> int:
+        return getattr(self.ports, name)
+
+    def request(self, port: str, path: str, method: str = "GET", headers: dict | None = None,
+                body: bytes | None = None, timeout: float = 30):
+        """-> (status, headers as a list of (name, value), body text)."""
+        number = self.port(port)
+        if port == "https":
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            conn = http.client.HTTPSConnection("127.0.0.1", number, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", number, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.getheaders(), resp.read().decode()
+        finally:
+            conn.close()
+
+
+class ProxyUnderTest:
+    """Stubs for omeroreadonly, omeroreadwrite and JupyterHub, plus nginx."""
+
+    def __init__(self, tmp: Path, cert_pair, rsync_daemon: str | None = None, **raw):
+        self.settings = make_settings(**raw)
+        self.state = StubState()
+        self.ro = StubBackend("omeroreadonly", self.state)
+        self.rw = StubBackend("omeroreadwrite", self.state)
+        self.jupyter = StubBackend("jupyterhub", self.state)
+        backends = {
+            "omeroreadonly": {render.OMERO_WEB_PORT: self.ro.address},
+            "omeroreadwrite": {render.OMERO_WEB_PORT: self.rw.address},
+            "dockermanager": {render.JUPYTERHUB_PORT: self.jupyter.address},
+        }
+        if rsync_daemon:
+            backends["omeroreadwrite"][render.RSYNC_PORT] = rsync_daemon
+        self.backends = backends
+        self.tmp = tmp
+        self.nginx = Nginx(self.settings, tmp, backends, *cert_pair)
+
+    def start(self):
+        self.nginx.start()
+        return self
+
+    def stop(self):
+        self.nginx.stop()
+        for stub in (self.ro, self.rw, self.jupyter):
+            try:
+                stub.stop()
+            except Exception:  # already stopped by the test
+                pass
+
+    def get(self, port, path, **kw):
+        return self.nginx.request(port, path, **kw)
+
+
+def header(headers, name):
+    return [v for k, v in headers if k.lower() == name.lower()]
+
+
+def gixy_report(conf: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(GIXY), "-f", "json", str(conf)], capture_output=True, text=True)

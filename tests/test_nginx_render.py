@@ -1,0 +1,257 @@
+"""The proxy's rendered files, read as text, and the Proxy component under mocks.
+Behaviour in real nginx is in tests/integration/test_nginx.py."""
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pulumi
+import pytest
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from components.offline import IdrMocks, Recording, RecordingMonitor, _reset_runtime
+from components.proxy import Proxy, ProxyArgs
+from components.render import nginx as render
+from components.render.hostfiles import install_script
+from components.settings import ConfigError, build_settings
+from tests.tools import tool
+
+BASE = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10"}
+
+
+def settings(**raw):
+    values = {**BASE, **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}}
+    return build_settings("prod", values.get, lambda k: "KEY" if k == "sshPrivateKey" else None)
+
+
+def servers(conf: str) -> dict[str, str]:
+    """server blocks of idr.conf by a short name: http, https, buster, long."""
+    blocks = re.findall(r"^server \{\n(.*?)^\}", conf, flags=re.S | re.M)
+    out = {}
+    for block in blocks:
+        listen = re.search(r"listen ([^\s;]+)", block).group(1)
+        name = {"80": "http", "443": "https", "127.0.0.1:9000": "buster", "127.0.0.1:8009": "long"}[listen]
+        out[name] = block
+    assert set(out) == {"http", "https", "buster", "long"}
+    return out
+
+
+def locations(block: str) -> dict[str, str]:
+    return dict(re.findall(r"^    location (.*?) \{\n(.*?)^    \}", block, flags=re.S | re.M))
+
+
+def test_cache_zones_from_config():
+    s = settings(nginxCacheZones='["thumbnails=10g", "render=40g", "static=200m", "default=1g"]',
+                 nginxCacheInactive="90d")
+    conf = render.idr_conf(s)
+    zones = re.findall(r"^proxy_cache_path (\S+) levels=1:2 keys_zone=(\w+):(\d+)m max_size=(\w+) "
+                       r"inactive=(\w+) use_temp_path=off;$", conf, flags=re.M)
+    assert zones == [
+        ("/var/cache/nginx/thumbnails", "thumbnails", "160", "10g", "90d"),
+        ("/var/cache/nginx/render", "render", "512", "40g", "90d"),
+        ("/var/cache/nginx/static", "static", "3", "200m", "90d"),
+        ("/var/cache/nginx/default", "default", "16", "1g", "90d"),
+    ]
+    assert conf.count("proxy_cache_path") == 4
+
+
+def test_cache_zones_must_fit_the_volume():
+    with pytest.raises(ConfigError, match="nginxCacheZones"):
+        settings(proxyVolumeSize=50)          # the default zones total 86 GB
+    settings(proxyVolumeSize=100)
+
+
+def zone_of_family(conf: str) -> dict[str, str]:
+    return {fam: zone for zone, fam in re.findall(r'^    "~\S+" (\w+);  # ([\w-]+)$', conf, flags=re.M)}
+
+
+def test_families_pick_their_zone_or_default():
+    conf = render.idr_conf(settings(nginxCacheZones='["thumbnails=1g", "default=1g"]'))
+    assert zone_of_family(conf) == {
+        "thumbnails": "thumbnails", "render": "default", "metadata": "default", "api": "default",
+        "static": "default", "gallery-api": "default", "img_detail": "default", "iviewer": "default"}
+    full = zone_of_family(render.idr_conf(settings()))
+    assert (full["render"], full["metadata"], full["api"], full["static"]) == ("render", "metadata", "api", "static")
+
+
+@pytest.mark.parametrize("url, cached", [
+    ("/webgateway/render_thumbnail/1/96/", True), ("/webclient/get_thumbnail/1/", True),
+    ("/webgateway/render_image/1/0/0/", True), ("/webclient/render_image_region/1/0/0/", True),
+    ("/webgateway/metadata_details/1/", True), ("/webclient/metadata_details/image/1/", True),
+    ("/api/v0/m/projects/", True), ("/webclient/api/containers/", True), ("/static/webgateway/x.js", True),
+    ("/gallery-api/projects/", True), ("/webclient/img_detail/1/", True), ("/iviewer/", True),
+    ("/webclient/", False), ("/webclient/?show=image-1", False), ("/webclient/login/", False),
+    ("/webgateway/imgData/1/", False), ("/", False), ("/mapr/", False),
+])
+def test_cached_location_covers_the_families(url, cached):
+    conf = render.idr_conf(settings())
+    regex = re.search(r"^    location ~ (\^\S+) \{", conf, flags=re.M).group(1)
+    assert bool(re.match(regex, url)) is cached
+
+
+def test_cache_key_has_no_host_and_drops_jquery_timestamp():
+    conf = render.idr_conf(settings())
+    assert re.findall(r"^proxy_cache_key (.*);$", conf, flags=re.M) == ["$idr_cache_key"]
+    key_map = re.search(r"map \$request_uri \$idr_cache_key \{(.*?)\}", conf, flags=re.S).group(1)
+    assert "default $request_uri;" in key_map
+    assert not re.search(r"\$(host|http_host|scheme|server_name)", key_map)
+    assert key_map.count("_=[0-9]+") == 3
+
+
+def test_backend_headers_ignored_and_cookies_cut_everywhere():
+    conf = render.idr_conf(settings())
+    assert "proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;" in conf
+    assert re.findall(r"proxy_cache_valid .*;", conf) == ["proxy_cache_valid 200 1d;"]
+    for line in ("proxy_cache_use_stale error timeout invalid_header updating http_500 http_502 http_503 http_504;",
+                 "proxy_cache_background_update on;", "proxy_cache_lock on;", "proxy_no_cache $cookie_sessionid;"):
+        assert line in conf
+    for name, block in servers(conf).items():
+        omero = {k: v for k, v in locations(block).items() if "proxy_pass http://omero" in v}
+        assert len(omero) == 2, name                       # cached families and the rest
+        for body in omero.values():
+            assert 'proxy_set_header Cookie "";' in body and "proxy_hide_header Set-Cookie;" in body
+    assert render.idr_conf(settings(nginxCacheValid="12h")).count("proxy_cache_valid 200 12h;") == 1
+
+
+def test_listens_and_upstreams():
+    s = settings(omeroreadonlyCount=3, tlsCertificate="/etc/ssl/idr.pem", tlsCertificateKey="/etc/ssl/idr.key")
+    conf = render.idr_conf(s)
+    blocks = servers(conf)
+    assert re.findall(r"listen .*;", conf) == [
+        "listen 80 default_server;", "listen 443 ssl http2 default_server;",
+        "listen 127.0.0.1:9000;", "listen 127.0.0.1:8009;"]
+    https = blocks["https"]
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in https
+    assert "ssl_certificate /etc/ssl/idr.pem;" in https and "ssl_certificate_key /etc/ssl/idr.key;" in https
+    readonly = re.search(r"upstream omeroreadonly \{(.*?)\}", conf, flags=re.S).group(1)
+    assert "ip_hash;" in readonly
+    assert re.findall(r"server (\S+);", readonly) == [f"{h.fixed_ip}:4080" for h in s.hosts_of("omeroreadonly")]
+    readwrite = re.search(r"upstream omeroreadwrite \{(.*?)\}", conf, flags=re.S).group(1)
+    assert re.findall(r"server (\S+);", readwrite) == [f"{s.host('omeroreadwrite').fixed_ip}:4080"]
+    for name in ("http", "https"):
+        assert "proxy_pass http://omeroreadonly;" in blocks[name] and "omeroreadwrite" not in blocks[name]
+    for name in ("buster", "long"):
+        assert "proxy_pass http://omeroreadwrite;" in blocks[name] and "omeroreadonly" not in blocks[name]
+
+
+def test_timeouts_and_cache_buster():
+    blocks = servers(render.idr_conf(settings(nginxPublicReadTimeout=45, nginxLongReadTimeout=1200)))
+    for name, timeout in (("http", 45), ("https", 45), ("buster", 1200), ("long", 1200)):
+        assert set(re.findall(r"proxy_read_timeout (\d+)s;", blocks[name])) == {str(timeout)}
+        assert "proxy_cache $idr_cache_zone;" in blocks[name]   # one shared cache
+    assert [n for n, b in blocks.items() if "proxy_cache_bypass" in b] == ["buster"]
+    assert "proxy_cache_bypass 1;" in blocks["buster"]
+
+
+@pytest.mark.parametrize("maintenance", [False, True])
+def test_login_guard_and_maintenance(maintenance):
+    blocks = servers(render.idr_conf(settings(maintenance=maintenance)))
+    guarded = ("buster", "long") if maintenance else ("http", "https", "buster", "long")
+    for name in guarded:
+        locs = list(locations(blocks[name]).items())
+        assert locs[0] == ("~* ^/api/v[0-9]+/login", "        return 403;\n")
+        assert locs[1] == ("~* ^/(?:[^/]+/)?login(?:/|$)", f"        return 302 {render.PUBLIC_VIEW};\n")
+        assert "503" not in blocks[name]
+    if maintenance:
+        for name in ("http", "https"):
+            assert "return 503;" in blocks[name] and "proxy_pass" not in blocks[name]
+            assert "error_page 503 /maintenance.html;" in blocks[name]
+    guard = re.compile(r"^/(?:[^/]+/)?login(?:/|$)", re.I)
+    for url in ("/webclient/login/", "/webgateway/login", "/api/v0/login/", "/WEBCLIENT/LOGIN/", "/login"):
+        assert guard.match(url) or re.match(r"^/api/v[0-9]+/login", url, re.I)
+    for url in ("/webclient/", "/webclient/logout/", "/api/v0/m/images/", "/webclient/api/login_needed/"):
+        assert not guard.match(url)
+
+
+def test_jupyter_only_when_enabled():
+    off = render.idr_conf(settings())
+    assert "jupyter" not in off.replace("# ", "")
+    s = settings(jupyterEnabled=True)
+    on = render.idr_conf(s)
+    assert f"server {s.host('dockermanager').fixed_ip}:8000;" in on
+    blocks = servers(on)
+    for name in ("http", "https"):
+        body = locations(blocks[name])["^~ /jupyter/"]
+        assert "proxy_set_header Upgrade $http_upgrade;" in body
+        assert "proxy_set_header Connection $idr_connection_upgrade;" in body
+    assert "jupyter" not in blocks["buster"] + blocks["long"]
+
+
+def test_rsync_switch():
+    s = settings()
+    assert "stream {" not in render.nginx_conf(s) and "nginx-mod-stream" not in render.setup_script(s)
+    s = settings(rsyncEnabled=True)
+    main = render.nginx_conf(s)
+    assert "stream {" in main and f"server {s.host('omeroreadwrite').fixed_ip}:873;" in main
+    assert "listen 873;" in main and "nginx-mod-stream" in render.setup_script(s)
+    rsyncd = render.rsyncd_conf(s)
+    for line in ("uid = nobody", "read only = yes", "path = /data", f"hosts allow = {s.host('proxy').fixed_ip}",
+                 "hosts deny = *", "use chroot = yes"):
+        assert line in rsyncd
+
+
+def test_setup_installs_checks_then_reloads():
+    script = render.setup_script(settings())
+    steps = [script.index(s) for s in ("dnf install -y nginx", "nginx -t", "systemctl reload nginx")]
+    assert steps == sorted(steps)
+    assert "systemctl start nginx" in script and "systemctl enable nginx" in script
+    assert not re.search(r"\bservice nginx|nginx -s|omero (admin|web)", script)
+    files = {f.path for f in render.nginx_files(settings())}
+    assert files == {"/etc/nginx/nginx.conf", "/etc/nginx/conf.d/idr.conf", "/usr/share/nginx/idr/maintenance.html"}
+    assert "include /etc/nginx/conf.d/idr.conf;" in render.nginx_conf(settings())
+
+
+@pytest.mark.parametrize("raw", [{}, {"rsyncEnabled": True}])
+def test_scripts_pass_shellcheck(tmp_path, raw):
+    s = settings(**raw)
+    scripts = {
+        "nginx.sh": install_script("prod-proxy", render.nginx_files(s), render.setup_script(s)),
+        "purge-install.sh": install_script("prod-proxy", render.purge_files(s), render.PURGE_SCRIPT),
+        "purge.sh": render.purge_script(s),
+        "rsyncd.sh": install_script("prod-omeroreadwrite", render.rsyncd_files(s), render.rsyncd_setup_script(s)),
+    }
+    for name, text in scripts.items():
+        (tmp_path / name).write_text(text)
+    done = subprocess.run([tool("shellcheck"), "-s", "bash", *sorted(str(p) for p in tmp_path.iterdir())],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+# ------------------------------------------------------------ component
+
+def run_proxy(**raw) -> Recording:
+    s = settings(**raw)
+    _reset_runtime()
+    mocks, recording = IdrMocks(), Recording("prod")
+    pulumi.runtime.set_mocks(mocks, project="idr", stack="prod", preview=False,
+                             monitor=RecordingMonitor(mocks, recording))
+    try:
+        _sync_await(run_pulumi_func(lambda: Proxy("prod-proxy", ProxyArgs(settings=s, depends_on=[]))))
+    finally:
+        _reset_runtime()
+    return recording
+
+
+def test_component_wires_nginx_only_by_default():
+    rec = run_proxy()
+    (proxy,) = rec.of_type("idr:proxy:Proxy")
+    files = rec.of_type("idr:host:HostFiles")
+    assert [f.name for f in files] == ["prod-proxy-nginx"]
+    assert files[0].inputs["host"] == "prod-proxy"
+    assert files[0].options.parent == proxy.urn
+    assert {f["path"] for f in files[0].inputs["files"]} == {f.path for f in render.nginx_files(settings())}
+    assert files[0].inputs["run"] == render.setup_script(settings())
+
+
+def test_component_purge_per_generation_and_rsync():
+    rec = run_proxy(cachePurgeGeneration=3, rsyncEnabled=True)
+    purge = rec.named("prod-proxy-cache-purge", "idr:host:HostFiles")
+    assert purge.inputs["host"] == "prod-proxy" and purge.inputs["run"] == render.PURGE_SCRIPT
+    # After nginx is set up (a component dependency means its command).
+    assert rec.named("prod-proxy-nginx", "command:remote:Command").urn in purge.options.depends_on
+    command = rec.named("prod-proxy-cache-purge", "command:remote:Command")
+    assert command.inputs["triggers"] == [3]
+    rsyncd = rec.named("prod-proxy-rsyncd", "idr:host:HostFiles")
+    assert rsyncd.inputs["host"] == "prod-omeroreadwrite"
+    assert [f["path"] for f in rsyncd.inputs["files"]] == ["/etc/rsyncd.conf"]

@@ -1,0 +1,50 @@
+"""Pulumi.yaml, the stack files, settings.py and the README agree."""
+from __future__ import annotations
+
+import yaml
+
+from components.offline import PROJECT_DIR
+from components.settings import KEYS
+
+PROJECT = yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())
+SIMPLE_TYPES = {"string", "integer", "boolean", "array"}  # what the Pulumi CLI accepts
+PY_TYPES = {"string": str, "integer": int, "boolean": bool, "array": list}
+
+
+def test_project_is_idr_on_python_with_a_virtualenv():
+    assert PROJECT["name"] == "idr"
+    assert PROJECT["runtime"]["name"] == "python"
+    assert PROJECT["runtime"]["options"]["virtualenv"] == ".venv"
+
+
+def test_every_key_declared_with_type_description_default():
+    config = PROJECT["config"]
+    assert set(config) == {f"idr:{name}" for name in KEYS}
+    for name, key in KEYS.items():
+        decl = config[f"idr:{name}"]
+        assert decl["type"] in SIMPLE_TYPES and decl["type"] == key.kind, name
+        assert decl["description"] == key.description
+        if decl["type"] == "array":
+            assert decl["items"] == {"type": "string"}
+        if key.secret:
+            assert decl.get("secret") is True and "default" not in decl, name
+        else:
+            assert decl["default"] == key.default and isinstance(decl["default"], PY_TYPES[key.kind]), name
+
+
+def test_stack_files_use_declared_keys_with_their_types():
+    for stack in ("prod", "newidr"):
+        data = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text())
+        for full, value in data["config"].items():
+            assert full in PROJECT["config"], f"{stack}: {full} is not declared in Pulumi.yaml"
+            kind = PROJECT["config"][full]["type"]
+            if isinstance(value, dict):
+                assert set(value) == {"secure"} and PROJECT["config"][full].get("secret")
+            else:
+                assert isinstance(value, PY_TYPES[kind]), (stack, full)
+
+
+def test_readme_documents_every_key():
+    readme = (PROJECT_DIR / "README.md").read_text()
+    missing = [name for name in KEYS if f"`idr:{name}`" not in readme]
+    assert missing == []
