@@ -123,6 +123,7 @@ class Options:
     ignore_changes: list[str]
     depends_on: list[str]  # URNs
     parent: str
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)  # input -> URNs
 
 
 @dataclass
@@ -233,7 +234,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 retain_on_delete=bool(getattr(request, "retainOnDelete", False)),
                 ignore_changes=list(request.ignoreChanges),
                 depends_on=list(request.dependencies),
-                parent=request.parent)))
+                parent=request.parent,
+                property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()})))
         return response
 
     def ReadResource(self, request):

@@ -79,6 +79,14 @@ class StubState:
                        if (path is None or s.path == path) and (backend is None or s.backend == backend))
 
 
+class _StubServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256          # a benchmark opens many connections at once
+
+    def handle_error(self, request, client_address):
+        pass                          # clients (and a stopped stub) drop connections mid-request
+
+
 class StubBackend:
     """HTTP server in a thread answering like an OMERO.web that forbids caching."""
 
@@ -125,8 +133,7 @@ class StubBackend:
 
             do_GET = do_POST = do_HEAD = _answer
 
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _StubServer((host, 0), Handler)
         self.address = f"{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
