@@ -8,7 +8,9 @@ import pulumi
 
 from . import floatingip
 from .hostfiles import HostFiles, HostFilesArgs
+from .database import Database, DatabaseArgs
 from .network import Network, NetworkArgs
+from .proxy import Proxy, ProxyArgs
 from .render.host import hosts_files
 from .render.inventory import inventory
 from .server import Server, ServerArgs
@@ -57,6 +59,9 @@ class IdrEnvironment(pulumi.ComponentResource):
             for h in s.hosts]
         # Everything that configures services waits for mounts and /etc/hosts.
         self.base = [r for srv in self.servers.values() for r in srv.ready] + self.hosts_files
+
+        self.proxy = Proxy(f"{s.environment}-proxy-nginx", ProxyArgs(s, self.base), child)
+        self.database = Database(f"{s.environment}-database-settings", DatabaseArgs(s, self.base), child)
 
         self.outputs = {
             "environment": s.environment,

@@ -30,6 +30,12 @@ class HostFilesArgs:
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)
 
 
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 class HostFiles(pulumi.ComponentResource):
     def __init__(self, name: str, args: HostFilesArgs, opts: Optional[pulumi.ResourceOptions] = None):
         files = [{"path": f.path, "mode": f.mode, "content": f.content} for f in args.files]
@@ -44,7 +50,9 @@ class HostFiles(pulumi.ComponentResource):
             triggers=list(args.triggers) or None,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=list(args.depends_on),
+                # A component's own depends_on does not hold back its children
+                # in every Pulumi version: pass it to the command explicitly.
+                depends_on=[*args.depends_on, *_as_list(opts.depends_on if opts else None)],
                 # A new bastion address (floating-IP swap) or key must not
                 # re-run provisioning; the script's hostname guard refuses a
                 # stored connection that now reaches another machine.

@@ -5,7 +5,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -157,6 +156,7 @@ def connect(cloud: Optional[str] = None):
 def confirm(question: str, assume_yes: bool) -> bool:
     if assume_yes:
         return True
-    if not sys.stdin.isatty():
-        raise OperationError("confirmation needed but stdin is not a terminal: re-run with --yes")
-    return input(f"{question} [yes/no] ").strip().lower() == "yes"
+    try:
+        return input(f"{question} [yes/no] ").strip().lower() == "yes"
+    except EOFError:  # no terminal: only --yes can agree
+        return False
