@@ -8,6 +8,7 @@ import pulumi
 
 from . import floatingip
 from .hostfiles import HostFiles, HostFilesArgs
+from .bfcache import BfCache, BfCacheArgs
 from .database import Database, DatabaseArgs
 from .network import Network, NetworkArgs
 from .proxy import Proxy, ProxyArgs
@@ -62,6 +63,7 @@ class IdrEnvironment(pulumi.ComponentResource):
 
         self.proxy = Proxy(f"{s.environment}-proxy-nginx", ProxyArgs(s, self.base), child)
         self.database = Database(f"{s.environment}-database-settings", DatabaseArgs(s, self.base), child)
+        self.bfcache = BfCache(f"{s.environment}-bfcache", BfCacheArgs(s, self.base), child)
 
         self.outputs = {
             "environment": s.environment,

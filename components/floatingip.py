@@ -58,4 +58,5 @@ def associate(settings: Settings, port: openstack.networking.Port,
         return None
     return openstack.networking.FloatingIpAssociate(
         f"{settings.environment}-proxy-floating-ip", floating_ip=settings.floating_ip, port_id=port.id,
-        opts=pulumi.ResourceOptions(parent=parent, protect=True))
+        # Unbind before binding anew: an IP may be held by one association only.
+        opts=pulumi.ResourceOptions(parent=parent, protect=True, delete_before_replace=True))

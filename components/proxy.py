@@ -37,13 +37,14 @@ class Proxy(pulumi.ComponentResource):
         )
 
         # Full cache purge: once per value of idr:cachePurgeGeneration (a new
-        # value replaces the command, which runs the script again); 0 never runs.
+        # value replaces the command, which runs the script again); 0 never
+        # runs. The script itself is installed with nginx above, so this
+        # command's text stays the same and nothing else re-runs it.
         self.cache_purge = None
         if s.cache_purge_generation:
             self.cache_purge = HostFiles(
                 f"{name}-cache-purge",
-                HostFilesArgs(s, proxy, render.purge_files(s), run=render.PURGE_SCRIPT,
-                              triggers=[s.cache_purge_generation]),
+                HostFilesArgs(s, proxy, render.purge_files(s), run=render.PURGE_SCRIPT, triggers=[s.cache_purge_generation]),
                 pulumi.ResourceOptions(parent=self, depends_on=[self.nginx]),
             )
 

@@ -198,7 +198,8 @@ def test_setup_installs_checks_then_reloads():
     assert "systemctl start nginx" in script and "systemctl enable nginx" in script
     assert not re.search(r"\bservice nginx|nginx -s|omero (admin|web)", script)
     files = {f.path for f in render.nginx_files(settings())}
-    assert files == {"/etc/nginx/nginx.conf", "/etc/nginx/conf.d/idr.conf", "/usr/share/nginx/idr/maintenance.html"}
+    assert files == {"/etc/nginx/nginx.conf", "/etc/nginx/conf.d/idr.conf", "/usr/share/nginx/idr/maintenance.html",
+                     render.PURGE_SCRIPT}
     assert "include /etc/nginx/conf.d/idr.conf;" in render.nginx_conf(settings())
 
 
@@ -207,7 +208,7 @@ def test_scripts_pass_shellcheck(tmp_path, raw):
     s = settings(**raw)
     scripts = {
         "nginx.sh": install_script("prod-proxy", render.nginx_files(s), render.setup_script(s)),
-        "purge-install.sh": install_script("prod-proxy", render.purge_files(s), render.PURGE_SCRIPT),
+        "purge-run.sh": install_script("prod-proxy", render.purge_files(s), render.PURGE_SCRIPT),
         "purge.sh": render.purge_script(s),
         "rsyncd.sh": install_script("prod-omeroreadwrite", render.rsyncd_files(s), render.rsyncd_setup_script(s)),
     }
@@ -248,6 +249,8 @@ def test_component_purge_per_generation_and_rsync():
     rec = run_proxy(cachePurgeGeneration=3, rsyncEnabled=True)
     purge = rec.named("prod-proxy-cache-purge", "idr:host:HostFiles")
     assert purge.inputs["host"] == "prod-proxy" and purge.inputs["run"] == render.PURGE_SCRIPT
+    # The script comes with nginx: editing it never purges.
+    assert purge.inputs["files"] == [{"path": render.PURGE_RECORD, "mode": "0644", "content": "3\n"}]
     # After nginx is set up (a component dependency means its command).
     assert rec.named("prod-proxy-nginx", "command:remote:Command").urn in purge.options.depends_on
     command = rec.named("prod-proxy-cache-purge", "command:remote:Command")

@@ -17,6 +17,7 @@ MAINTENANCE_ROOT = "/usr/share/nginx/idr"
 MAINTENANCE_PAGE = "maintenance.html"
 CACHE_DIR = DATA_VOLUME_MOUNTS["proxy"]          # the cache volume's mount point
 PURGE_SCRIPT = "/usr/local/sbin/idr-nginx-cache-purge"
+PURGE_RECORD = "/var/lib/idr/nginx-cache-purge-generation"   # last generation purged
 
 # Ports. OMERO.web answers on 4080 on every OMERO host; JupyterHub on 8000.
 OMERO_WEB_PORT = 4080
@@ -112,11 +113,14 @@ def maintenance_html(settings: Settings) -> str:
 
 
 def nginx_files(settings: Settings) -> list[HostFile]:
-    """Every file nginx reads on the proxy."""
+    """Every file nginx reads on the proxy, and the purge script. The script
+    travels with nginx, not with the purge command, so that a change of its
+    text never re-runs a purge: only a new idr:cachePurgeGeneration does."""
     return [
         HostFile(NGINX_CONF, nginx_conf(settings)),
         HostFile(IDR_CONF, idr_conf(settings)),
         HostFile(f"{MAINTENANCE_ROOT}/{MAINTENANCE_PAGE}", maintenance_html(settings)),
+        HostFile(PURGE_SCRIPT, purge_script(settings), mode="0755"),
     ]
 
 
@@ -138,7 +142,10 @@ def purge_script(settings: Settings) -> str:
 
 
 def purge_files(settings: Settings) -> list[HostFile]:
-    return [HostFile(PURGE_SCRIPT, purge_script(settings), mode="0755")]
+    """What the purge command itself installs: the generation it runs for,
+    so the host shows which purge it last did. It changes only together
+    with the trigger, so it never causes a run of its own."""
+    return [HostFile(PURGE_RECORD, f"{settings.cache_purge_generation}\n")]
 
 
 def rsyncd_conf(settings: Settings) -> str:

@@ -169,8 +169,10 @@ class Ports:
     rsync: int
 
 
-def rewrite(text: str, settings, tmp: Path, ports: Ports, backends: dict, cert: Path, key: Path) -> str:
-    """The test-only rewrite of a rendered nginx file (paths, listens, upstreams)."""
+def rewrite(text: str, settings, tmp: Path, ports: Ports | None, backends: dict, cert: Path, key: Path) -> str:
+    """The test-only rewrite of a rendered nginx file (paths, listens, upstreams).
+    With `ports` None the listen directives stay as rendered (nginx -t and
+    gixy do not bind; gixy also reads any listen containing "443" as TLS)."""
     text = text.replace("user nginx;", "user root;")
     text = text.replace("include /usr/share/nginx/modules/*.conf;", f"load_module {STREAM_MODULE};")
     text = text.replace("pid /run/nginx.pid;", f"pid {tmp}/nginx.pid;")
@@ -180,7 +182,7 @@ def rewrite(text: str, settings, tmp: Path, ports: Ports, backends: dict, cert: 
     text = text.replace(render.MAINTENANCE_ROOT, f"{tmp}/www")
     text = text.replace(f"ssl_certificate {settings.tls_certificate};", f"ssl_certificate {cert};")
     text = text.replace(f"ssl_certificate_key {settings.tls_certificate_key};", f"ssl_certificate_key {key};")
-    listens = {
+    listens = ports and {
         "80": f"127.0.0.1:{ports.http}",
         "443": f"127.0.0.1:{ports.https}",
         f"127.0.0.1:{render.CACHE_BUSTER_PORT}": f"127.0.0.1:{ports.buster}",   # address kept
@@ -191,7 +193,8 @@ def rewrite(text: str, settings, tmp: Path, ports: Ports, backends: dict, cert: 
     def listen(m):
         return f"listen {listens[m.group(1)]}{m.group(2)}"
 
-    text = re.sub(r"listen (\S+?)([ ;])", listen, text)
+    if ports is not None:
+        text = re.sub(r"listen (\S+?)([ ;])", listen, text)
     for host in settings.hosts:
         for port, target in backends.get(host.role, {}).items():
             text = text.replace(f"server {host.fixed_ip}:{port};", f"server {target};")
@@ -201,7 +204,7 @@ def rewrite(text: str, settings, tmp: Path, ports: Ports, backends: dict, cert: 
 class Nginx:
     """nginx -p <tmp> with the rewritten rendered config, not the system service."""
 
-    def __init__(self, settings, tmp: Path, backends: dict, cert: Path, key: Path):
+    def __init__(self, settings, tmp: Path, backends: dict, cert: Path, key: Path, keep_listens: bool = False):
         self.settings, self.tmp = settings, tmp
         self.ports = Ports(*(free_port() for _ in range(5)))
         self.conf = tmp / "etc" / "nginx" / "nginx.conf"
@@ -210,9 +213,11 @@ class Nginx:
         shutil.copy("/etc/nginx/mime.types", tmp / "etc" / "nginx" / "mime.types")
         self.files = {}
         for f in render.nginx_files(settings):
+            if f.path == render.PURGE_SCRIPT:
+                continue                  # run by the tests themselves, rewritten
             text = f.content
             if f.path.endswith(".conf"):
-                text = rewrite(text, settings, tmp, self.ports, backends, cert, key)
+                text = rewrite(text, settings, tmp, None if keep_listens else self.ports, backends, cert, key)
             target = self.host_path(f.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)

@@ -224,7 +224,8 @@ def test_6_purge_refuses_wrong_paths(proxy, bad):
                                  {"nginxCacheZones": '["default=1g", "thumbnails=2g"]'}])
 def test_7_nginx_t_and_gixy(tmp_path, cert_pair, raw):
     settings = make_settings(**raw)
-    nginx = Nginx(settings, tmp_path, {}, *cert_pair)
+    nginx = Nginx(settings, tmp_path, {}, *cert_pair, keep_listens=True)   # listens as rendered
+    assert "listen 443 ssl http2 default_server;" in (tmp_path / "etc/nginx/conf.d/idr.conf").read_text()
     checked = nginx.test_config()
     assert checked.returncode == 0 and "test is successful" in checked.stderr, checked.stderr
     report = gixy_report(nginx.conf)
@@ -255,7 +256,7 @@ def test_8_backend_down_serves_stale_and_fails_fast(proxy_factory):
     proxy = proxy_factory(nginxCacheValid="1s")
     assert "v1" in proxy.get("http", THUMB)[2]
     proxy.ro.stop()
-    time.sleep(1.5)                                      # the entry is now stale
+    time.sleep(2.5)               # the entry is now stale (nginx counts whole seconds)
     status, headers, body = proxy.get("http", THUMB)
     assert status == 200 and "v1" in body and cache_status(headers) == ["STALE"]
     started = time.monotonic()

@@ -1,0 +1,79 @@
+"""BfCache: Bio-Formats cache regeneration across the OMERO nodes.
+
+Bumping `idr:bfcacheGeneration` starts one run; 0 declares nothing. Order:
+coordinator key on the proxy -> key trusted by every node and (for the ID
+query only) the database -> omero-cli-render on the nodes -> old cache moved
+aside on omeroreadwrite -> run started detached on the proxy. Every step is
+idempotent on the host; the run's start script refuses a finished generation,
+so an unrelated `pulumi up` that re-runs it repeats nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import pulumi
+import pulumi_command as command
+
+from .connection import connection_for
+from .hostfiles import HostFiles, HostFilesArgs
+from .render import bfcache as render
+from .settings import Settings
+
+TYPE = "idr:bfcache:BfCache"
+
+
+@dataclass
+class BfCacheArgs:
+    settings: Settings
+    depends_on: Sequence[Any] = field(default_factory=list)
+
+
+class BfCache(pulumi.ComponentResource):
+    def __init__(self, name: str, args: BfCacheArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        s = args.settings
+        super().__init__(TYPE, name, {"generation": s.bfcache_generation}, opts)
+        self.public_key: Optional[pulumi.Output] = None
+        if s.bfcache_generation <= 0:
+            self.register_outputs({"generation": 0})
+            return
+
+        def child(*deps):
+            return pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on) + list(deps))
+
+        proxy = s.host("proxy")
+        keygen = HostFiles(f"{name}-key", HostFilesArgs(
+            s, proxy, render.keygen_files(s), run=render.keygen_run()), child())
+        self.public_key = keygen.command.stdout.apply(render.public_key_of)
+
+        def authorize(host, forced=""):
+            # Own command, not HostFiles: the key is an Output, known only
+            # after the keygen step ran on the proxy.
+            return command.remote.Command(
+                f"{name}-trust-{host.alias}",
+                connection=connection_for(s, host),
+                create="sudo bash -s",
+                stdin=self.public_key.apply(lambda key: render.authorize_script(s, host, key, forced)),
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=list(args.depends_on) + [keygen],
+                    ignore_changes=["connection"]),
+            )
+
+        ready = []
+        for node in render.nodes(s):
+            host = next(h for h in s.hosts if h.name == node.name)
+            ready.append(authorize(host))
+            ready.append(HostFiles(f"{name}-node-{host.alias}", HostFilesArgs(
+                s, host, render.node_files(s, host), run=render.node_run()), child()))
+
+        database = s.host("database")
+        ready.append(authorize(database, render.ids_command()))
+        ready.append(HostFiles(f"{name}-ids", HostFilesArgs(
+            s, database, render.database_files(s)), child()))
+
+        ready.append(HostFiles(f"{name}-backup", HostFilesArgs(
+            s, s.host("omeroreadwrite"), render.backup_files(), run=render.backup_run(s)), child()))
+
+        self.run = HostFiles(f"{name}-run", HostFilesArgs(
+            s, proxy, render.coordinator_files(s), run=render.start_run(s)), child(*ready))
+        self.register_outputs({"generation": s.bfcache_generation, "publicKey": self.public_key})

@@ -1,0 +1,142 @@
+"""The first-image-per-fileset query on a real PostgreSQL, against the page's
+window-function query, on an OMERO-shaped schema.
+
+The test starts its own cluster (initdb + pg_ctl as the postgres OS user,
+Unix socket only) and runs the rendered .sql with `psql -At` as is.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from components.render import bfcache as render
+
+pytestmark = pytest.mark.integration
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PORT = 5441
+
+PAGE_QUERY = """select r.i from (select f.id, i.id as i, rank()
+              over (partition by f.id order by i.id) as x
+              from fileset f, image i where f.id = i.fileset)
+              as r where r.x = 1"""
+
+SCHEMA = """
+CREATE TABLE fileset (id bigint PRIMARY KEY, templateprefix text NOT NULL DEFAULT 'prefix/');
+CREATE TABLE image (id bigint PRIMARY KEY, name text NOT NULL DEFAULT 'img',
+                    acquisitiondate timestamp, fileset bigint REFERENCES fileset (id));
+CREATE TABLE filesetentry (id bigint PRIMARY KEY, fileset bigint NOT NULL REFERENCES fileset (id),
+                           clientpath text NOT NULL DEFAULT 'file.tif');
+"""
+
+
+def as_postgres(*cmd: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True,
+                          text=True, cwd="/", **kw)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if not (PG_BIN / "initdb").exists():
+        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if subprocess.run(["id", "postgres"], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--home-dir", "/var/lib/postgresql", "postgres"], check=True)
+    root = Path(tempfile.mkdtemp(prefix="idr-bfcache-pg-"))
+    root.chmod(0o755)
+    shutil.chown(root, "postgres", "postgres")
+    data = root / "data"
+    as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
+                "-o", f"-c listen_addresses='' -c unix_socket_directories={root} -p {PORT}", "start")
+    try:
+        with psycopg.connect(host=str(root), port=PORT, user="postgres", dbname="postgres", autocommit=True) as db:
+            db.execute("CREATE DATABASE idr")
+        yield root
+    finally:
+        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def load(root: Path, seed: int, index: bool):
+    """Filesets of skewed sizes, some without images; images without a
+    fileset; image IDs interleaved across filesets, not in fileset order."""
+    rng = random.Random(seed)
+    filesets = list(range(1, 400))
+    sizes = {f: rng.choice([0, 0, 1, 1, 1, 2, 3, 5, 8, 40]) for f in filesets}
+    sizes[7] = 300  # a plate
+    images = [(f) for f, n in sizes.items() for _ in range(n)] + [None] * 50
+    rng.shuffle(images)
+    ids = rng.sample(range(1, 10 * len(images)), len(images))
+    with psycopg.connect(host=str(root), port=PORT, user="postgres", dbname="idr", autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS filesetentry, image, fileset")
+        db.execute(SCHEMA)
+        if index:
+            db.execute("CREATE INDEX i_image_fileset ON image (fileset)")
+        with db.cursor() as cur:
+            cur.executemany("INSERT INTO fileset (id) VALUES (%s)", [(f,) for f in filesets])
+            cur.executemany("INSERT INTO image (id, fileset) VALUES (%s, %s)", list(zip(ids, images)))
+            cur.executemany("INSERT INTO filesetentry (id, fileset) VALUES (%s, %s)",
+                            [(i, f) for i, f in enumerate((f for f in filesets for _ in range(2)), 1)])
+        db.execute("ANALYZE")
+    expected = defaultdict(list)
+    for image, fileset in zip(ids, images):
+        if fileset is not None:
+            expected[fileset].append(image)
+    return expected, sizes
+
+
+def page_ids(root: Path) -> list[int]:
+    with psycopg.connect(host=str(root), port=PORT, user="postgres", dbname="idr") as db:
+        return [r[0] for r in db.execute(PAGE_QUERY).fetchall()]
+
+
+def run_rendered_sql(root: Path, tmp_path: Path) -> list[str]:
+    """The file as it lands on the database host, run as the hosts do."""
+    (sql,) = [f for f in render.database_files(
+        __import__("tests.test_bfcache_render", fromlist=["settings"]).settings()) if f.path.endswith(".sql")]
+    path = root / "first_image_per_fileset.sql"  # readable by postgres
+    path.write_text(sql.content)
+    path.chmod(0o644)
+    out = as_postgres("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(root), "-p", str(PORT),
+                      "-d", "idr", "-f", str(path))
+    return out.stdout.splitlines()
+
+
+@pytest.mark.parametrize("seed, index", [(1, False), (2, True), (3, True)])
+def test_same_ids_as_the_page_with_cost_largest_first(cluster, tmp_path, seed, index):
+    expected, sizes = load(cluster, seed, index)
+    lines = run_rendered_sql(cluster, tmp_path)
+    rows = [tuple(int(v) for v in line.split("|")) for line in lines]
+    assert all(len(r) == 2 for r in rows)
+    ours = [image for image, _ in rows]
+    page = page_ids(cluster)
+    # The same IDs as the page, each once: one per fileset that has images.
+    assert sorted(ours) == sorted(page)
+    assert len(ours) == len(set(ours)) == len(expected) == sum(1 for n in sizes.values() if n)
+    assert set(ours) == {min(v) for v in expected.values()}
+    # The cost is the fileset's image count, and the list is largest first.
+    for image, cost in rows:
+        (fileset,) = [f for f, v in expected.items() if min(v) == image]
+        assert cost == sizes[fileset]
+    costs = [c for _, c in rows]
+    assert costs == sorted(costs, reverse=True)
+    assert rows[0] == (min(expected[7]), 300)
+
+
+def test_empty_database_gives_an_empty_list(cluster, tmp_path):
+    with psycopg.connect(host=str(cluster), port=PORT, user="postgres", dbname="idr", autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS filesetentry, image, fileset")
+        db.execute(SCHEMA)
+        db.execute("INSERT INTO fileset (id) VALUES (1)")
+        db.execute("INSERT INTO image (id, fileset) VALUES (5, NULL)")
+    assert run_rendered_sql(cluster, tmp_path) == []
+    assert page_ids(cluster) == []

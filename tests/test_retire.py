@@ -1,0 +1,65 @@
+"""Retiring an environment, against the stand-in `pulumi` (tests/pulumi_standin.py)."""
+from __future__ import annotations
+
+from operations import retire
+from tests.pulumi_standin import ASSOC_TYPE, VOLUME_TYPE, install
+
+PUBLIC = "203.0.113.10"
+
+
+def destroys(world):
+    return [c for c in world.calls if c[:1] == ["destroy"]]
+
+
+def test_refuses_while_holding_the_public_ip(tmp_path, monkeypatch, capsys):
+    world = install(tmp_path, monkeypatch)
+    world.add_stack("prod", PUBLIC)
+    before = world.snapshot()
+    assert retire.main(["--stack", "prod", "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert f"refusing to retire prod: it holds floating IP {PUBLIC}" in err
+    assert "python -m operations.swap --from prod --to <next stack>" in err
+    assert "pulumi state unprotect -s prod 'urn:pulumi:prod::idr::" in err
+    assert destroys(world) == [] and world.snapshot() == before
+
+
+def test_refuses_when_only_the_state_still_has_an_association(tmp_path, monkeypatch, capsys):
+    """Config already cleared but the association not yet deleted (a swap cut short)."""
+    world = install(tmp_path, monkeypatch)
+    world.add_stack("oldidr", PUBLIC)
+    state = world.stack("oldidr")
+    state["config"] = {"idr:sshBastion": PUBLIC}
+    (world.home / "stacks" / "oldidr.json").write_text(__import__("json").dumps(state))
+    assert retire.main(["--stack", "oldidr", "--yes"]) == 2
+    assert "holds floating IP" in capsys.readouterr().err
+    assert destroys(world) == []
+
+
+def test_destroys_unprotected_and_lists_data_volumes(tmp_path, monkeypatch, capsys):
+    world = install(tmp_path, monkeypatch)
+    world.add_stack("oldidr", "", {"idr:sshBastion": "198.51.100.7"})
+    assert retire.main(["--stack", "oldidr", "--yes"]) == 0
+    assert [c[:2] for c in destroys(world)] == [["destroy", "--exclude-protected"]]
+    left = world.stack("oldidr")["resources"]
+    assert {r["type"] for r in left} == {VOLUME_TYPE} and all(r["protect"] for r in left)
+    out = capsys.readouterr().out
+    for r in left:
+        assert f"pulumi state unprotect -s oldidr '{r['urn']}'" in out
+        assert f"pulumi destroy -s oldidr --target '{r['urn']}'" in out
+    assert ASSOC_TYPE not in out
+
+
+def test_asks_first(tmp_path, monkeypatch):
+    world = install(tmp_path, monkeypatch)
+    world.add_stack("oldidr", "", {"idr:sshBastion": "198.51.100.7"})
+    monkeypatch.setattr("builtins.input", lambda q: "no")
+    assert retire.main(["--stack", "oldidr"]) == 1
+    assert destroys(world) == []
+
+
+def test_destroy_failure_is_reported(tmp_path, monkeypatch, capsys):
+    world = install(tmp_path, monkeypatch)
+    world.add_stack("oldidr", "", {"idr:sshBastion": "198.51.100.7"})
+    world.fail_at(4)  # output, config, export, then destroy
+    assert retire.main(["--stack", "oldidr", "--yes"]) == 2
+    assert "injected failure of call 4" in capsys.readouterr().err
