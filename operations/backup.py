@@ -9,7 +9,7 @@ database:/var/lib/pgsql; the nginx cache (proxy) only with --include-cache,
 as it can be regenerated. Snapshots are named `<volume name>-YYYYMMDD` (as
 production names them) and taken with force, since the volumes are in use.
 Volume IDs come from the stack's `dataVolumes` output. Restoring is a config
-change: `idr:<role>VolumeFromSnapshot` (docs/operations.md).
+change: `idr:<role>VolumeFromSnapshot` (README, Operating procedures).
 """
 from __future__ import annotations
 

@@ -125,6 +125,8 @@ def test_floating_ip_only_on_the_proxy_port_and_protected(prod_run):
     (assoc,) = prod_run.of_type(FIP)
     assert assoc.inputs == {"floatingIp": "203.0.113.10", "portId": prod_run.named("prod-proxy", PORT).id}
     assert assoc.options.protect
+    # A replaced association unbinds first: never two bindings of one IP.
+    assert assoc.options.delete_before_replace
     assert prod_run.outputs["floatingIp"] == "203.0.113.10"
     assert prod_run.outputs["floatingIpUrn"] == assoc.urn
 
@@ -197,17 +199,29 @@ def test_outputs_hosts_volumes_and_inventory(prod_run):
     assert set(groups["omeroreadonly"]["hosts"]) == {f"prod-omeroreadonly-{n}" for n in range(1, 5)}
 
 
-def test_remote_commands_go_through_the_proxy_and_ignore_connection_changes(prod_run):
-    commands = prod_run.of_type(COMMAND)
-    assert commands
+def _intended_host(run, cmd) -> str:
+    """The host a command is for: its HostFiles parent's, else the alias its name ends in."""
+    parent = run.by_urn(cmd.options.parent)
+    if parent.type == "idr:host:HostFiles":
+        return parent.inputs["host"]
+    return f"{run.stack}-{cmd.name.rsplit('-trust-', 1)[1]}"
+
+
+def test_remote_commands_go_through_the_proxy_and_ignore_connection_changes():
+    # Every feature that adds commands on: cache regeneration, purge, rsync.
+    run = run_stack("prod", {"bfcacheGeneration": "1", "cachePurgeGeneration": "1", "rsyncEnabled": "true"})
+    fixed = {h["name"]: h["fixedIp"] for h in run.outputs["hosts"]}
+    commands = run.of_type(COMMAND)
+    assert len(commands) > 20
     for cmd in commands:
         conn = cmd.inputs["connection"]
-        assert "connection" in cmd.options.ignore_changes
-        if cmd.name.startswith("prod-proxy-"):
-            assert conn["host"] == "203.0.113.10" and "proxy" not in conn
+        assert "connection" in cmd.options.ignore_changes, cmd.name
+        host = _intended_host(run, cmd)
+        if host == "prod-proxy":
+            assert conn["host"] == "203.0.113.10" and "proxy" not in conn, cmd.name
         else:
-            assert conn["proxy"]["host"] == "203.0.113.10"
-            assert conn["host"].startswith("192.168.1.")
+            assert conn["proxy"]["host"] == "203.0.113.10", cmd.name
+            assert conn["host"] == fixed[host], cmd.name
 
 
 def _scripts(run):
@@ -247,3 +261,16 @@ def test_readonly_count_scales_hosts():
     run = run_stack("prod", {"omeroreadonlyCount": "1"})
     names = {r.inputs["name"] for r in run.of_type(INSTANCE)}
     assert {n for n in names if "omeroreadonly" in n} == {"prod-omeroreadonly-1"}
+
+
+def test_cache_regeneration_is_part_of_the_environment_and_waits_for_every_node(prod_run):
+    assert [r.name for r in prod_run.of_type("idr:bfcache:BfCache")] == ["prod-bfcache"]
+    assert not [c for c in prod_run.of_type(COMMAND) if "bfcache" in c.name]   # generation 0: nothing runs
+    run = run_stack("prod", {"bfcacheGeneration": "1"})
+    start = run.named("prod-bfcache-run", COMMAND)
+    waits_for = {run.by_urn(u).name for u in start.options.depends_on}
+    nodes = ["omeroreadwrite"] + [f"omeroreadonly-{n}" for n in range(1, 5)]
+    assert {f"prod-{h}-etc-hosts" for h in nodes + ["proxy", "database"]} <= waits_for
+    assert {"prod-omeroreadwrite-mount", "prod-proxy-mount", "prod-database-mount"} <= waits_for
+    assert {f"prod-bfcache-node-{n}" for n in nodes} | {f"prod-bfcache-trust-{n}" for n in nodes} <= waits_for
+    assert {"prod-bfcache-ids", "prod-bfcache-backup", "prod-bfcache-trust-database"} <= waits_for

@@ -305,13 +305,13 @@ def test_urn_matches_the_program(prod_run):
 
 
 def test_documented_commands_exist():
-    """Every `python -m operations.X ...` line of docs/operations.md uses flags the command has."""
+    """Every `python -m operations.X ...` line of the README uses flags the command has."""
     import re
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent
-    doc = (root / "docs" / "operations.md").read_text()
+    doc = (root / "README.md").read_text()
     used = re.findall(r"python -m operations\.(\w+)([^`\n]*)", doc)
     assert {m for m, _ in used} == {"swap", "backup", "retire"}
     helps = {}
