@@ -13,29 +13,21 @@ the best of three runs counts.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.render import bfcache as render  # noqa: E402
+from tests.integration.postgres import pg_cluster  # noqa: E402
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PORT = 5442
 PAGE = """select r.i from (select f.id, i.id as i, rank()
               over (partition by f.id order by i.id) as x
               from fileset f, image i where f.id = i.fileset)
               as r where r.x = 1"""
-
-
-def as_postgres(*cmd):
-    subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True, cwd="/")
 
 
 def load(db, images: int, filesets: int) -> None:
@@ -90,15 +82,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2_000_000)
     ap.add_argument("--filesets", type=int, default=200_000)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bfcache-pg-"))
-    root.chmod(0o755)
-    shutil.chown(root, "postgres", "postgres")
-    as_postgres(str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust")
-    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-w", "-l", str(root / "log"),
-                "-o", f"-c listen_addresses='' -c unix_socket_directories={root} -p {PORT}", "start")
     ours_sql = render.first_image_sql()
-    try:
-        with psycopg.connect(host=str(root), port=PORT, user="postgres", dbname="postgres", autocommit=True) as db:
+    with pg_cluster(PORT, "bfcache-pg-") as cluster:
+        with cluster.connect() as db:
             t0 = time.monotonic()
             load(db, args.images, args.filesets)
             n_images, n_sets, big = db.execute(
@@ -116,9 +102,6 @@ def main() -> None:
                 label = "with index on image.fileset   " if index else "without index on image.fileset"
                 print(f"{label}: page {page_t:6.2f} s, ours {ours_t:6.2f} s, "
                       f"{page_t / ours_t:4.1f}x faster ({len(ours_rows)} IDs, same set)")
-    finally:
-        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

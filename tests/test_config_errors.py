@@ -61,7 +61,7 @@ def test_bad_config_names_key_value_and_what_is_allowed(overrides, key, value, a
 
 
 def test_bad_config_declares_no_resource():
-    from components.offline import IdrMocks, Recording, RecordingMonitor, run_config
+    from components.offline import IdrMocks, run_config
     config, secrets = effective_config("prod", {"omeroreadonlyCount": "0"})
     mocks = IdrMocks()
     with pytest.raises(ConfigError):

@@ -149,7 +149,7 @@ def test_guard_refuses_an_ip_held_by_another_environment():
 
 
 def test_guard_refuses_before_any_resource_is_declared():
-    from components.offline import IdrMocks, Recording, effective_config, run_config
+    from components.offline import IdrMocks, effective_config, run_config
     config, secrets = effective_config("prod")
     mocks = IdrMocks(floating_ip_holders={"203.0.113.10": "some-other-port"})
     with pytest.raises(pulumi.RunError, match="no IDR proxy"):

@@ -48,3 +48,29 @@ def test_readme_documents_every_key():
     readme = (PROJECT_DIR / "README.md").read_text()
     missing = [name for name in KEYS if f"`idr:{name}`" not in readme]
     assert missing == []
+
+
+def test_readme_names_only_keys_that_exist():
+    """Every idr:<key> the README mentions (in commands and prose) is a real key."""
+    import re
+    readme = (PROJECT_DIR / "README.md").read_text()
+    # Component type tokens in URNs (idr:server:Server, ...) are not keys.
+    named = set(re.findall(r"idr:([A-Za-z]+)\b(?!:)", readme))
+    assert len(named) > 40
+    assert {k for k in named if k not in KEYS} == set()
+
+
+def test_readme_paths_on_hosts_are_rendered(tmp_path):
+    """Every host path the README tells operators to use is a file the program puts there."""
+    import re
+    from components.offline import run_stack
+    from components.render.__main__ import write_tree
+    readme = (PROJECT_DIR / "README.md").read_text()
+    paths = set(re.findall(r"(/usr/local/[\w./-]+\w)", readme))
+    assert paths, "the README names the operator scripts"
+    tree = tmp_path
+    # Every feature on, so that every script is rendered.
+    write_tree(run_stack("prod", {"bfcacheGeneration": "1", "cachePurgeGeneration": "1"}), tree)
+    missing = [p for p in paths if not any((tree / host / p.lstrip("/")).is_file()
+                                           for host in ("prod-proxy", "prod-database", "prod-omeroreadwrite"))]
+    assert missing == []

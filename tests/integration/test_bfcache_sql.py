@@ -6,22 +6,18 @@ Unix socket only) and runs the rendered .sql with `psql -At` as is.
 """
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import subprocess
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from components.render import bfcache as render
+from tests.test_bfcache_render import settings as bfcache_settings
+from tests.integration.postgres import Cluster, as_postgres, pg_cluster
 
 pytestmark = pytest.mark.integration
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PORT = 5441
 
 PAGE_QUERY = """select r.i from (select f.id, i.id as i, rank()
@@ -38,35 +34,15 @@ CREATE TABLE filesetentry (id bigint PRIMARY KEY, fileset bigint NOT NULL REFERE
 """
 
 
-def as_postgres(*cmd: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True,
-                          text=True, cwd="/", **kw)
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    if not (PG_BIN / "initdb").exists():
-        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if subprocess.run(["id", "postgres"], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--system", "--home-dir", "/var/lib/postgresql", "postgres"], check=True)
-    root = Path(tempfile.mkdtemp(prefix="idr-bfcache-pg-"))
-    root.chmod(0o755)
-    shutil.chown(root, "postgres", "postgres")
-    data = root / "data"
-    as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                "-o", f"-c listen_addresses='' -c unix_socket_directories={root} -p {PORT}", "start")
-    try:
-        with psycopg.connect(host=str(root), port=PORT, user="postgres", dbname="postgres", autocommit=True) as db:
+    with pg_cluster(PORT, "idr-bfcache-pg-") as c:
+        with c.connect() as db:
             db.execute("CREATE DATABASE idr")
-        yield root
-    finally:
-        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        yield c
 
 
-def load(root: Path, seed: int, index: bool):
+def load(cluster: Cluster, seed: int, index: bool):
     """Filesets of skewed sizes, some without images; images without a
     fileset; image IDs interleaved across filesets, not in fileset order."""
     rng = random.Random(seed)
@@ -76,7 +52,7 @@ def load(root: Path, seed: int, index: bool):
     images = [(f) for f, n in sizes.items() for _ in range(n)] + [None] * 50
     rng.shuffle(images)
     ids = rng.sample(range(1, 10 * len(images)), len(images))
-    with psycopg.connect(host=str(root), port=PORT, user="postgres", dbname="idr", autocommit=True) as db:
+    with cluster.connect("idr") as db:
         db.execute("DROP TABLE IF EXISTS filesetentry, image, fileset")
         db.execute(SCHEMA)
         if index:
@@ -94,19 +70,19 @@ def load(root: Path, seed: int, index: bool):
     return expected, sizes
 
 
-def page_ids(root: Path) -> list[int]:
-    with psycopg.connect(host=str(root), port=PORT, user="postgres", dbname="idr") as db:
+def page_ids(cluster: Cluster) -> list[int]:
+    with cluster.connect("idr") as db:
         return [r[0] for r in db.execute(PAGE_QUERY).fetchall()]
 
 
-def run_rendered_sql(root: Path, tmp_path: Path) -> list[str]:
+def run_rendered_sql(cluster: Cluster, tmp_path: Path) -> list[str]:
     """The file as it lands on the database host, run as the hosts do."""
     (sql,) = [f for f in render.database_files(
-        __import__("tests.test_bfcache_render", fromlist=["settings"]).settings()) if f.path.endswith(".sql")]
-    path = root / "first_image_per_fileset.sql"  # readable by postgres
+        bfcache_settings()) if f.path.endswith(".sql")]
+    path = cluster.socket_dir / "first_image_per_fileset.sql"  # readable by postgres
     path.write_text(sql.content)
     path.chmod(0o644)
-    out = as_postgres("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(root), "-p", str(PORT),
+    out = as_postgres("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(cluster.socket_dir), "-p", str(PORT),
                       "-d", "idr", "-f", str(path))
     return out.stdout.splitlines()
 
@@ -133,7 +109,7 @@ def test_same_ids_as_the_page_with_cost_largest_first(cluster, tmp_path, seed, i
 
 
 def test_empty_database_gives_an_empty_list(cluster, tmp_path):
-    with psycopg.connect(host=str(cluster), port=PORT, user="postgres", dbname="idr", autocommit=True) as db:
+    with cluster.connect("idr") as db:
         db.execute("DROP TABLE IF EXISTS filesetentry, image, fileset")
         db.execute(SCHEMA)
         db.execute("INSERT INTO fileset (id) VALUES (1)")

@@ -7,21 +7,18 @@ Unix socket only) and runs the rendered script exactly as HostFiles would
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from components.render import database as render
 from components.settings import build_settings
+from tests.integration.postgres import Cluster, pg_cluster
 
 pytestmark = pytest.mark.integration
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RAW = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10",
        "omeroreadonlyCount": "1"}
 
@@ -31,50 +28,29 @@ def settings(timeout_ms: int):
     return build_settings("test", raw.get, lambda k: "KEY" if k == "sshPrivateKey" else None)
 
 
-def as_postgres(*cmd: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True,
-                          text=True, cwd="/", **kw)
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    """A throw-away cluster; yields the environment that points psql at it."""
-    if not (PG_BIN / "initdb").exists():
-        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    root = Path(tempfile.mkdtemp(prefix="idr-pg-"))
-    root.chmod(0o755)
-    shutil.chown(root, "postgres", "postgres")
-    data = root / "data"
-    as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                "-o", f"-c listen_addresses='' -c unix_socket_directories={root} -p 5439", "start")
-    env = {"PGHOST": str(root), "PGPORT": "5439"}
-    try:
-        with psycopg.connect(host=str(root), port=5439, user="postgres", dbname="postgres", autocommit=True) as db:
+    with pg_cluster(5439) as c:
+        with c.connect() as db:
             db.execute("CREATE ROLE omeroreadonly LOGIN")
             db.execute("CREATE ROLE omero LOGIN")
-        yield env
-    finally:
-        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        yield c
 
 
-def superuser(env):
-    return psycopg.connect(host=env["PGHOST"], port=int(env["PGPORT"]), user="postgres", dbname="postgres",
-                           autocommit=True)
+def superuser(cluster: Cluster):
+    return cluster.connect()
 
 
-def role_setting(env):
+def role_setting(cluster: Cluster):
     """The omeroreadonly row of pg_db_role_setting with its xmin: any ALTER
     ROLE ... SET rewrites the row, so an unchanged xmin proves nothing ran."""
-    with superuser(env) as db:
+    with superuser(cluster) as db:
         return db.execute(
             "SELECT s.xmin::text, s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
             "WHERE r.rolname = 'omeroreadonly'").fetchone()
 
 
-def apply(env, tmp_path, timeout_ms) -> subprocess.CompletedProcess:
+def apply(cluster: Cluster, tmp_path, timeout_ms) -> subprocess.CompletedProcess:
     """Install the rendered files under tmp_path and run the follow-up step
     with the paths mapped there, as root like HostFiles."""
     for f in render.database_files(settings(timeout_ms)):
@@ -84,7 +60,7 @@ def apply(env, tmp_path, timeout_ms) -> subprocess.CompletedProcess:
         target.chmod(int(f.mode, 8))
     command = render.run_command().replace("/usr/", f"{tmp_path}/usr/").replace("/etc/", f"{tmp_path}/etc/")
     return subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, **env, "PATH": f"{PG_BIN}:{os.environ['PATH']}"})
+                          env={**os.environ, **cluster.env})
 
 
 def test_scripts_pass_shellcheck():
@@ -135,14 +111,13 @@ def test_changed_config_updates_setting(cluster, tmp_path):
 
 def test_slow_query_cancelled_for_omeroreadonly_only(cluster, tmp_path):
     assert apply(cluster, tmp_path, 1000).returncode == 0
-    kw = dict(host=cluster["PGHOST"], port=int(cluster["PGPORT"]), dbname="postgres")
-    with psycopg.connect(user="omeroreadonly", **kw) as db:
+    with cluster.connect(user="omeroreadonly", autocommit=False) as db:
         assert db.execute("SHOW statement_timeout").fetchone()[0] == "1s"
         start = time.monotonic()
         with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
             db.execute("SELECT pg_sleep(3)")
         assert time.monotonic() - start < 2.5
-    with psycopg.connect(user="omero", **kw) as db:
+    with cluster.connect(user="omero", autocommit=False) as db:
         assert db.execute("SHOW statement_timeout").fetchone()[0] == "0"
         db.execute("SELECT pg_sleep(1.5)")  # longer than omeroreadonly's limit, finishes
 
