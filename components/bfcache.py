@@ -9,24 +9,20 @@ so an unrelated `pulumi up` that re-runs it repeats nothing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional
 
 import pulumi
-import pulumi_command as command
 
-from .connection import connection_for
-from .hostfiles import HostFiles, HostFilesArgs
+from .hostfiles import HostFiles, HostFilesArgs, HostStepsArgs, remote_step
 from .render import bfcache as render
-from .settings import Settings
 
 TYPE = "idr:bfcache:BfCache"
 
 
 @dataclass
-class BfCacheArgs:
-    settings: Settings
-    depends_on: Sequence[Any] = field(default_factory=list)
+class BfCacheArgs(HostStepsArgs):
+    pass
 
 
 class BfCache(pulumi.ComponentResource):
@@ -42,37 +38,41 @@ class BfCache(pulumi.ComponentResource):
             return pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on) + list(deps))
 
         proxy = s.host("proxy")
+        ids = args.instance_ids
+        # Instance triggers: a replaced host gets its step again. Not the run:
+        # its state is on the proxy's root disk, and a new proxy must not start
+        # a finished regeneration over; the next generation starts afresh.
         keygen = HostFiles(f"{name}-key", HostFilesArgs(
-            s, proxy, render.keygen_files(s), run=render.keygen_run()), child())
+            s, proxy, render.keygen_files(s), run=render.keygen_run(), instance_id=ids.get(proxy.name),
+            # Its stdout is the public key the nodes trust: print it again.
+            on_reconnect="sudo bash -s"), child())
         self.public_key = keygen.command.stdout.apply(render.public_key_of)
 
         def authorize(host, forced=""):
-            # Own command, not HostFiles: the key is an Output, known only
-            # after the keygen step ran on the proxy.
-            return command.remote.Command(
-                f"{name}-trust-{host.alias}",
-                connection=connection_for(s, host),
-                create="sudo bash -s",
-                stdin=self.public_key.apply(lambda key: render.authorize_script(s, host, key, forced)),
-                opts=pulumi.ResourceOptions(
-                    parent=self, depends_on=list(args.depends_on) + [keygen],
-                    ignore_changes=["connection"]),
-            )
+            # Not HostFiles: the key is an Output, known only after the keygen
+            # step ran on the proxy.
+            return remote_step(
+                f"{name}-trust-{host.alias}", s, host,
+                self.public_key.apply(lambda key: render.authorize_script(s, host, key, forced)),
+                [ids[host.name]] if host.name in ids else [],
+                pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on) + [keygen]))
 
         ready = []
         for node in render.nodes(s):
             host = next(h for h in s.hosts if h.name == node.name)
             ready.append(authorize(host))
             ready.append(HostFiles(f"{name}-node-{host.alias}", HostFilesArgs(
-                s, host, render.node_files(s, host), run=render.node_run()), child()))
+                s, host, render.node_files(s, host), run=render.node_run(), instance_id=ids.get(host.name)),
+                child()))
 
         database = s.host("database")
         ready.append(authorize(database, render.ids_command()))
         ready.append(HostFiles(f"{name}-ids", HostFilesArgs(
-            s, database, render.database_files(s)), child()))
+            s, database, render.database_files(s), instance_id=ids.get(database.name)), child()))
 
         ready.append(HostFiles(f"{name}-backup", HostFilesArgs(
-            s, s.host("omeroreadwrite"), render.backup_files(), run=render.backup_run(s)), child()))
+            s, s.host("omeroreadwrite"), render.backup_files(), run=render.backup_run(s),
+            instance_id=ids.get(s.host("omeroreadwrite").name)), child()))
 
         self.run = HostFiles(f"{name}-run", HostFilesArgs(
             s, proxy, render.coordinator_files(s), run=render.start_run(s)), child(*ready))

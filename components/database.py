@@ -6,22 +6,20 @@ changes (a new idr:statementTimeoutMs); the SQL itself is idempotent.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional
 
 import pulumi
 
-from .hostfiles import HostFiles, HostFilesArgs
+from .hostfiles import HostFiles, HostFilesArgs, HostStepsArgs
 from .render import database as render
-from .settings import Settings
 
 TYPE = "idr:database:Database"
 
 
 @dataclass
-class DatabaseArgs:
-    settings: Settings
-    depends_on: Sequence[pulumi.Resource] = field(default_factory=list)
+class DatabaseArgs(HostStepsArgs):
+    pass
 
 
 class Database(pulumi.ComponentResource):
@@ -31,7 +29,8 @@ class Database(pulumi.ComponentResource):
         host = s.host("database")
         self.statement_timeout = HostFiles(
             f"{name}-statement-timeout",
-            HostFilesArgs(s, host, render.database_files(s), run=render.run_command()),
+            HostFilesArgs(s, host, render.database_files(s), run=render.run_command(),
+                          instance_id=args.instance_ids.get(host.name)),
             pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
         )
         self.register_outputs({"host": host.name, "statementTimeoutMs": s.statement_timeout_ms})

@@ -52,18 +52,19 @@ class IdrEnvironment(pulumi.ComponentResource):
                 self.servers[h.name] = Server(
                     h.name, ServerArgs(s, h, network, volumes.get(h.role), [*reachable, proxy.instance]), child)
 
+        instance_ids = {name: srv.instance.id for name, srv in self.servers.items()}
         files, run = hosts_files(s)
         self.hosts_files = [
             HostFiles(f"{h.name}-etc-hosts",
                       HostFilesArgs(settings=s, host=h, files=files, run=run,
-                                    depends_on=self.servers[h.name].ready), child)
+                                    depends_on=self.servers[h.name].ready, instance_id=instance_ids[h.name]), child)
             for h in s.hosts]
         # Everything that configures services waits for mounts and /etc/hosts.
         self.base = [r for srv in self.servers.values() for r in srv.ready] + self.hosts_files
 
-        self.proxy = Proxy(f"{s.environment}-proxy-nginx", ProxyArgs(s, self.base), child)
-        self.database = Database(f"{s.environment}-database-settings", DatabaseArgs(s, self.base), child)
-        self.bfcache = BfCache(f"{s.environment}-bfcache", BfCacheArgs(s, self.base), child)
+        self.proxy = Proxy(f"{s.environment}-proxy-nginx", ProxyArgs(s, self.base, instance_ids), child)
+        self.database = Database(f"{s.environment}-database-settings", DatabaseArgs(s, self.base, instance_ids), child)
+        self.bfcache = BfCache(f"{s.environment}-bfcache", BfCacheArgs(s, self.base, instance_ids), child)
 
         self.outputs = {
             "environment": s.environment,

@@ -6,8 +6,9 @@ properties `host` and `files`.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pulumi
 import pulumi_command as command
@@ -19,6 +20,34 @@ from .settings import Host, Settings
 
 TYPE = "idr:host:HostFiles"
 
+# What a command runs when only its connection changed (a new bastion address
+# after a floating-IP swap, a new key or host key): nothing but reading its
+# input, so Pulumi stores the new connection without re-running provisioning.
+# A step re-runs only when its script or a trigger changes: triggers replace
+# the command, and replacing runs `create`.
+REFRESH_CONNECTION = "cat > /dev/null"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def remote_step(name: str, settings: Settings, host: Host, stdin: pulumi.Input[str],
+                triggers: Sequence[Any], opts: pulumi.ResourceOptions,
+                on_reconnect: str = REFRESH_CONNECTION) -> command.remote.Command:
+    """One script run as root on `host`: again when the script or a trigger
+    changes, never because the way to reach the host changed."""
+    stdin = pulumi.Output.from_input(stdin)
+    return command.remote.Command(
+        name,
+        connection=connection_for(settings, host),
+        create="sudo bash -s",
+        update=on_reconnect,
+        stdin=stdin,
+        triggers=[stdin.apply(_digest), *triggers],
+        opts=opts,
+    )
+
 
 @dataclass
 class HostFilesArgs:
@@ -28,6 +57,21 @@ class HostFilesArgs:
     run: pulumi.Input[str] = ""      # shell, as root, after the files are in place
     triggers: Sequence[Any] = field(default_factory=list)  # extra values whose change re-runs it
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)
+    # The host's instance ID: a replaced server gets this step again. Left out
+    # for steps that must not repeat on a new server (a cache purge, a run).
+    instance_id: Optional[pulumi.Input[str]] = None
+    # Run on a connection-only change. A step whose stdout others read must
+    # print it again ("sudo bash -s": the step itself, which must then be
+    # harmless to repeat): an update replaces the stored stdout.
+    on_reconnect: str = REFRESH_CONNECTION
+
+
+@dataclass
+class HostStepsArgs:
+    """Arguments of a component made of host steps (Proxy, Database, BfCache)."""
+    settings: Settings
+    depends_on: Sequence[Any] = field(default_factory=list)     # mounts and /etc/hosts
+    instance_ids: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # host name -> instance ID
 
 
 def _as_list(value) -> list:
@@ -42,21 +86,14 @@ class HostFiles(pulumi.ComponentResource):
         super().__init__(TYPE, name, {"host": args.host.name, "files": files, "run": args.run}, opts)
         script = pulumi.Output.from_input(args.run).apply(
             lambda run: install_script(args.host.name, args.files, run))
-        self.command = command.remote.Command(
-            name,
-            connection=connection_for(args.settings, args.host),
-            create="sudo bash -s",
-            stdin=script,
-            triggers=list(args.triggers) or None,
+        triggers = [*args.triggers] + ([args.instance_id] if args.instance_id is not None else [])
+        self.command = remote_step(
+            name, args.settings, args.host, script, triggers, on_reconnect=args.on_reconnect,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # A component's own depends_on does not hold back its children
                 # in every Pulumi version: pass it to the command explicitly.
                 depends_on=[*args.depends_on, *_as_list(opts.depends_on if opts else None)],
-                # A new bastion address (floating-IP swap) or key must not
-                # re-run provisioning; the script's hostname guard refuses a
-                # stored connection that now reaches another machine.
-                ignore_changes=["connection"],
             ),
         )
         self.script = script

@@ -37,9 +37,9 @@ class Server(pulumi.ComponentResource):
             tags=[f"idr-environment={s.environment}", f"idr-role={host.role}"],
             opts=pulumi.ResourceOptions(parent=self))
 
-        # A host that holds data is never replaced by a change of first-boot
-        # data or image: `pulumi up --replace <urn>` does it on purpose (README).
-        holds_data = host.volume is not None
+        # No server is replaced by a change of first-boot data (cloud-init
+        # reads it once) or of image: `pulumi up --replace <urn>` does that on
+        # purpose (README). Data holders above all; the others serve the site.
         self.instance = openstack.compute.Instance(
             host.name, name=host.name, flavor_name=host.flavor, image_name=host.image,
             user_data=cloud_config(s, host),
@@ -51,16 +51,19 @@ class Server(pulumi.ComponentResource):
                 # The port outlives the instance; a new instance cannot take a
                 # port the old one still uses.
                 delete_before_replace=True,
-                ignore_changes=["userData", "imageName", "imageId"] if holds_data else None))
+                ignore_changes=["userData", "imageName", "imageId"]))
 
         self.ready: list[pulumi.Resource] = [self.instance, *args.reachable_after]
         if args.volume is not None:
             attach = openstack.compute.VolumeAttach(
                 f"{host.name}-data", instance_id=self.instance.id, volume_id=args.volume.volume.id,
                 opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
+            # Again on a new server (the volume comes back attached but not
+            # mounted) and on a larger volume (the filesystem is grown).
             self.mount = HostFiles(f"{host.name}-mount", HostFilesArgs(
                 settings=s, host=host, files=[mount_script()],
                 run=args.volume.volume.id.apply(lambda vid: mount_command(vid, host.volume.mount)),
+                triggers=[args.volume.volume.size], instance_id=self.instance.id,
                 depends_on=[attach, *self.ready]), opts=pulumi.ResourceOptions(parent=self))
             self.ready = [self.mount]
         self.register_outputs({"fixedIp": host.fixed_ip, "instanceId": self.instance.id})

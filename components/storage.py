@@ -51,6 +51,9 @@ class DataVolume(pulumi.ComponentResource):
             source_vol_id=source_vol_id,
             snapshot_id=spec.from_snapshot or None,
             volume_type=s.volume_type or None,
+            # Growing idr:<role>VolumeSize extends the volume while attached
+            # (the mount step then grows the filesystem); a shrink fails.
+            enable_online_resize=True,
             availability_zone=s.availability_zone or None,
             metadata={"idr-environment": s.environment, "idr-role": spec.role, "idr-mount": spec.mount},
             # Where a clone came from is history once it exists: a later change of

@@ -16,6 +16,7 @@ import sys
 from .common import ASSOCIATION_TYPE, OperationError, Pulumi, association_urn, confirm, stack_environment
 
 ROOT_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:")
+VOLUME_TYPE = "openstack:blockstorage/volume:Volume"
 
 
 def held_ip(pulumi: Pulumi, stack: str) -> tuple[str, str]:
@@ -72,6 +73,11 @@ def main(argv=None) -> int:
     for r in protected:
         print(f"  pulumi state unprotect -s {s} {shlex.quote(r['urn'])}")
         print(f"  pulumi destroy -s {s} --target {shlex.quote(r['urn'])}")
+        if r.get("type") == VOLUME_TYPE:
+            # Data volumes are retained on delete: the destroy above only
+            # forgets the volume; deleting it in OpenStack is a separate act.
+            print(f"  openstack volume delete {shlex.quote(r.get('id') or '<volume id>')}"
+                  "   # the volume stays in OpenStack until this")
     print(f"then `pulumi stack rm {s}` once nothing is left.")
     return 0
 

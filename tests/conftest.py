@@ -27,3 +27,12 @@ def rendered(tmp_path_factory, prod_run, newidr_run):
         write_tree(run, out)
         trees[run.stack] = out
     return trees
+
+
+@pytest.fixture(scope="session")
+def rendered_every_feature(tmp_path_factory, prod_run):
+    """prod rendered with every switch on, so that every script exists."""
+    out = tmp_path_factory.mktemp("render-prod-every-feature")
+    write_tree(run_stack("prod", {"bfcacheGeneration": "1", "cachePurgeGeneration": "1", "rsyncEnabled": "true",
+                                  "jupyterEnabled": "true", "maintenance": "true"}), out)
+    return out

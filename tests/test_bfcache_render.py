@@ -172,6 +172,16 @@ def test_backup_moves_the_cache_once_per_generation(tmp_path):
     assert (cache / "backup/generation-2/data/new").read_text() == "new"
     assert not (cache / "backup/generation-2/backup").exists()
     assert (cache / "backup/generation-1/data/a/memo").exists()
+    # A third generation drops the oldest backup, and only backup folders.
+    (cache / "data").mkdir()
+    (cache / "data/third").write_text("3")
+    (cache / "backup/generation-notes").mkdir()
+    third = subprocess.run([str(script), "3"], check=True, capture_output=True, text=True)
+    assert "removing the old backup generation-1" in third.stdout
+    assert sorted(p.name for p in (cache / "backup").iterdir() if not p.name.startswith(".")) == [
+        "generation-2", "generation-3", "generation-notes"]
+    assert (cache / "backup/generation-3/data/third").read_text() == "3"
+    assert sorted(p.name for p in cache.iterdir()) == ["backup"]
 
 
 @pytest.mark.parametrize("output, rc, status, code", [
@@ -303,7 +313,7 @@ def test_component_wires_key_nodes_backup_and_run_in_order():
     assert set(trust) == {"test-bfcache-trust-omeroreadwrite", "test-bfcache-trust-database"} | {
         f"test-bfcache-trust-omeroreadonly-{n}" for n in (1, 2, 3)}
     for r in trust.values():
-        assert r.options.ignore_changes == ["connection"]
+        assert r.inputs["update"] == "cat > /dev/null"   # a new connection re-runs nothing
         assert any(u.endswith("Command::test-bfcache-key") for u in r.options.depends_on)
     # Offline the key is unknown, so the trust step would refuse, not guess.
     assert "line=''" in trust["test-bfcache-trust-database"].inputs["stdin"]

@@ -1,6 +1,8 @@
 """The program under Pulumi mocks with the real Pulumi.yaml and stack files."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import pulumi
 
@@ -102,11 +104,12 @@ def test_volume_source_from_config():
     assert "sourceVolId" not in run.named("prod-proxy-data", VOLUME).inputs
 
 
-def test_instances_delete_before_replace_and_data_hosts_never_silently_replaced(prod_run):
+def test_instances_delete_before_replace_and_never_silently_replaced(prod_run):
+    # No server, and above all none holding data, is replaced by a change of
+    # first-boot data or image: that takes `pulumi up --replace` (README).
     for inst in prod_run.of_type(INSTANCE):
         assert inst.options.delete_before_replace, inst.name
-        holds_data = inst.name in {"prod-omeroreadwrite", "prod-database", "prod-proxy"}
-        assert set(inst.options.ignore_changes) == ({"userData", "imageName", "imageId"} if holds_data else set())
+        assert set(inst.options.ignore_changes) == {"userData", "imageName", "imageId"}, inst.name
     for attach in prod_run.of_type(ATTACH):
         assert attach.options.delete_before_replace
 
@@ -207,7 +210,7 @@ def _intended_host(run, cmd) -> str:
     return f"{run.stack}-{cmd.name.rsplit('-trust-', 1)[1]}"
 
 
-def test_remote_commands_go_through_the_proxy_and_ignore_connection_changes():
+def test_remote_commands_go_through_the_proxy_and_a_new_connection_reruns_nothing():
     # Every feature that adds commands on: cache regeneration, purge, rsync.
     run = run_stack("prod", {"bfcacheGeneration": "1", "cachePurgeGeneration": "1", "rsyncEnabled": "true"})
     fixed = {h["name"]: h["fixedIp"] for h in run.outputs["hosts"]}
@@ -215,13 +218,34 @@ def test_remote_commands_go_through_the_proxy_and_ignore_connection_changes():
     assert len(commands) > 20
     for cmd in commands:
         conn = cmd.inputs["connection"]
-        assert "connection" in cmd.options.ignore_changes, cmd.name
+        # The connection is not ignored (it must follow a swap), and a change
+        # of it alone runs only the no-op update; the script's digest is a
+        # trigger, so a changed script replaces the command and runs it.
+        assert "connection" not in cmd.options.ignore_changes, cmd.name
+        assert cmd.inputs["create"] == "sudo bash -s"
+        if cmd.name == "prod-bfcache-key":   # its stdout (the key) is read: it prints it again
+            assert cmd.inputs["update"] == "sudo bash -s"
+        else:
+            assert cmd.inputs["update"] == "cat > /dev/null", cmd.name
+        assert cmd.inputs["triggers"][0] == hashlib.sha256(cmd.inputs["stdin"].encode()).hexdigest()
         host = _intended_host(run, cmd)
         if host == "prod-proxy":
             assert conn["host"] == "203.0.113.10" and "proxy" not in conn, cmd.name
         else:
             assert conn["proxy"]["host"] == "203.0.113.10", cmd.name
             assert conn["host"] == fixed[host], cmd.name
+
+
+def test_a_replaced_server_gets_its_steps_again_but_no_purge_or_run():
+    run = run_stack("prod", {"bfcacheGeneration": "1", "cachePurgeGeneration": "1", "rsyncEnabled": "true"})
+    instance_id = {i.name: i.id for i in run.of_type(INSTANCE)}
+    assert all(instance_id.values())
+    once_only = {"prod-proxy-nginx-cache-purge", "prod-bfcache-run"}
+    for cmd in run.of_type(COMMAND):
+        carries_instance = instance_id[_intended_host(run, cmd)] in cmd.inputs["triggers"]
+        assert carries_instance == (cmd.name not in once_only), cmd.name
+    mount = run.named("prod-database-mount", COMMAND)
+    assert 800 in mount.inputs["triggers"]   # a larger volume re-runs the mount step: it grows the filesystem
 
 
 def _scripts(run):

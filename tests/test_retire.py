@@ -46,6 +46,8 @@ def test_destroys_unprotected_and_lists_data_volumes(tmp_path, monkeypatch, caps
     for r in left:
         assert f"pulumi state unprotect -s oldidr '{r['urn']}'" in out
         assert f"pulumi destroy -s oldidr --target '{r['urn']}'" in out
+        # Retained on delete: the volume itself goes only with an explicit delete.
+        assert f"openstack volume delete {r['id']}" in out
     assert ASSOC_TYPE not in out
 
 

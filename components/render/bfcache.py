@@ -140,8 +140,12 @@ def ids_command() -> str:
     return f"{LIBEXEC}/ids.sh"
 
 
+KEEP_BACKUPS = 2   # cache backups kept on /data: this generation's and the one before
+
+
 def backup_files() -> list[HostFile]:
-    return [HostFile(f"{LIBEXEC}/backup.sh", render_template("bfcache/backup.sh.j2", cache_dir=CACHE_DIR), "0755")]
+    return [HostFile(f"{LIBEXEC}/backup.sh", render_template("bfcache/backup.sh.j2", cache_dir=CACHE_DIR,
+                                                             keep=KEEP_BACKUPS), "0755")]
 
 
 def backup_run(settings) -> str:

@@ -87,6 +87,26 @@ def test_volume_with_data_is_mounted_and_never_reformatted(loop_volume, mount_sc
     assert sh("blkid", "-p", "-s", "UUID", "-o", "value", device).stdout.strip() == uuid
 
 
+def test_extended_volume_is_grown_and_keeps_its_data(loop_volume, mount_script):
+    """Cinder extends the volume (a larger idr:<role>VolumeSize); the mount
+    step, run again, grows the filesystem online without touching the data."""
+    device, env, fstab, mountpoint = loop_volume
+    sh(mount_script, VOLUME_ID, mountpoint, env=env)
+    (mountpoint / "PG_VERSION").write_text("15\n")
+    size = lambda: int(sh("df", "--output=size", "-B1", mountpoint).stdout.split()[-1])  # noqa: E731
+    small = size()
+    backing = Path(sh(tool("losetup"), "-n", "-O", "BACK-FILE", device).stdout.strip())
+    with open(backing, "r+b") as f:
+        f.truncate(640 * 1024 * 1024)
+    sh(tool("losetup"), "-c", device)          # the kernel sees the new size, as virtio does
+    grown = sh(mount_script, VOLUME_ID, mountpoint, env=env)
+    assert "grew the filesystem" in grown.stdout and "not formatting" in grown.stdout
+    assert size() > 1.8 * small
+    assert (mountpoint / "PG_VERSION").read_text() == "15\n"
+    again = sh(mount_script, VOLUME_ID, mountpoint, env=env)
+    assert "grew" not in again.stdout
+
+
 def test_foreign_signature_is_neither_formatted_nor_mounted(loop_volume, mount_script):
     device, env, fstab, mountpoint = loop_volume
     sh("mkfs.ext4", "-q", "-F", device)
@@ -173,9 +193,11 @@ def _is_shell(path: Path) -> bool:
     return path.suffix == ".sh" or first.startswith("#!") and ("bash" in first or first.endswith("/sh"))
 
 
-def test_every_shell_script_passes_shellcheck(rendered):
-    scripts = _files(rendered, _is_shell)
-    assert any(p.name == "idr-mount-volume" for p in scripts)
+def test_every_shell_script_passes_shellcheck(rendered, rendered_every_feature):
+    scripts = _files({**rendered, "every-feature": rendered_every_feature}, _is_shell)
+    names = {p.name for p in scripts}
+    assert {"idr-mount-volume", "backup.sh", "start.sh", "run.sh", "idr-nginx-cache-purge",
+            "prod-proxy-nginx-rsyncd.sh"} <= names, names
     result = sh(tool("shellcheck"), "--severity=style", *scripts, check=False)
     assert result.returncode == 0, result.stdout
 
