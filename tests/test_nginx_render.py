@@ -2,6 +2,7 @@
 Behaviour in real nginx is in tests/integration/test_nginx.py."""
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 
@@ -10,11 +11,12 @@ import pytest
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from components.network import proxy_external_rules
 from components.offline import IdrMocks, Recording, RecordingMonitor, _reset_runtime
 from components.proxy import Proxy, ProxyArgs
 from components.render import nginx as render
 from components.render.hostfiles import install_script
-from components.settings import ConfigError, build_settings
+from components.settings import PROXY_OMERO_PORT_RANGE, PROXY_PUBLIC_TCP_PORTS, SSH_PORT, ConfigError, build_settings
 from tests.tools import tool
 
 BASE = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10"}
@@ -180,15 +182,106 @@ def test_jupyter_only_when_enabled():
 
 def test_rsync_switch():
     s = settings()
-    assert "stream {" not in render.nginx_conf(s) and "nginx-mod-stream" not in render.setup_script(s)
+    main = render.nginx_conf(s)
+    assert "stream {" in main                             # OMERO's ports, always
+    assert "listen 873;" not in main and "idr_rsync" not in main
     s = settings(rsyncEnabled=True)
     main = render.nginx_conf(s)
-    assert "stream {" in main and f"server {s.host('omeroreadwrite').fixed_ip}:873;" in main
+    assert main.count("stream {") == 1 and f"server {s.host('omeroreadwrite').fixed_ip}:873;" in main
     assert "listen 873;" in main and "nginx-mod-stream" in render.setup_script(s)
     rsyncd = render.rsyncd_conf(s)
     for line in ("uid = nobody", "read only = yes", "path = /data", f"hosts allow = {s.host('proxy').fixed_ip}",
                  "hosts deny = *", "use chroot = yes"):
         assert line in rsyncd
+
+
+# ------------------------------------------------------------ OMERO ports (stream)
+
+def stream_block(main: str) -> str:
+    (block,) = re.findall(r"^stream \{\n(.*?)^\}", main, flags=re.S | re.M)
+    return block
+
+
+def stream_servers(main: str) -> dict[str, str]:
+    """listen -> proxy_pass of every server of the stream block."""
+    return dict(re.findall(r"^    server \{\n        listen (\S+?);.*?\n        proxy_pass (\S+);\n    \}",
+                           stream_block(main), flags=re.M))
+
+
+def upstream_servers(main: str, name: str) -> tuple[str, list[str]]:
+    body = re.search(rf"^    upstream {name} \{{\n(.*?)^    \}}", stream_block(main), flags=re.S | re.M).group(1)
+    return body, re.findall(r"^        server (\S+);$", body, flags=re.M)
+
+
+def public_listens(*confs: str) -> set[int]:
+    """Ports nginx listens on from anywhere (not 127.0.0.1)."""
+    found = set()
+    for conf in confs:
+        for target in re.findall(r"^\s*listen (\S+?)[ ;]", conf, flags=re.M):
+            if not target.startswith("127.0.0.1:"):
+                found.add(int(target))
+    return found
+
+
+@pytest.mark.parametrize("count, pinned", [(3, 3), (22, 20)])
+def test_omero_ports_forward_to_readonly_servers(count, pinned):
+    s = settings(omeroreadonlyCount=count)
+    readonly = s.hosts_of("omeroreadonly")
+    assert len(readonly) == count
+    main = render.nginx_conf(s)
+    block = stream_block(main)
+    assert "proxy_connect_timeout 5s;" in block and "proxy_timeout 1h;" in block
+    for port in (4063, 4064):
+        body, servers_ = upstream_servers(main, f"omeroreadonly_{port}")
+        assert servers_ == [f"{h.fixed_ip}:{port}" for h in readonly]     # exactly the read-only servers
+        assert "hash $remote_addr consistent;" in body
+    expected = {"4063": "omeroreadonly_4063", "4064": "omeroreadonly_4064"}
+    expected |= {str(14060 + h.index - 1): f"{h.fixed_ip}:4064" for h in readonly[:pinned]}
+    assert stream_servers(main) == expected
+    for h in readonly[:pinned]:
+        assert f"listen {14060 + h.index - 1};    # {h.alias}\n" in block
+    # Beyond the 20th: no pinned port, and the file says so.
+    assert "beyond the 20th gets no pinned port" in block
+    unpinned = [h.alias for h in readonly[20:]]
+    assert unpinned == (["omeroreadonly-21", "omeroreadonly-22"] if count == 22 else [])
+    if unpinned:
+        assert "here omeroreadonly-21, omeroreadonly-22." in block
+    assert "here " not in block or unpinned
+    # Nothing but read-only servers behind the OMERO ports.
+    others = [h.fixed_ip for h in s.hosts if h.role != "omeroreadonly"]
+    assert not any(f"{ip}:" in block for ip in others)
+
+
+@pytest.mark.parametrize("count", [1, 4, 20, 22])
+@pytest.mark.parametrize("rsync", [False, True])
+def test_security_group_and_nginx_listeners_agree(count, rsync):
+    """Every port the proxy's security group opens to the world (but SSH) has
+    an nginx listener, and nginx listens publicly on nothing else. The pinned
+    range is opened whole: ports of servers that do not exist are refused."""
+    s = settings(omeroreadonlyCount=count, rsyncEnabled=rsync, jupyterEnabled=True)
+    opened = set()
+    for rule in proxy_external_rules(s):
+        assert rule.protocol == "tcp"
+        opened |= set(range(rule.port_min, rule.port_max + 1))
+    opened.discard(SSH_PORT)
+    listening = public_listens(render.nginx_conf(s), render.idr_conf(s))
+    lo, hi = PROXY_OMERO_PORT_RANGE
+    unused = set(range(lo + min(count, hi - lo + 1), hi + 1))      # pinned ports of absent servers
+    assert listening == opened - unused
+    assert listening <= opened
+    if count >= 20:
+        assert listening == opened
+    # The renderer and settings share their port lists.
+    assert set(render.OMERO_PORTS) <= set(PROXY_PUBLIC_TCP_PORTS)
+    assert (render.PINNED_FIRST, render.PINNED_LAST) == PROXY_OMERO_PORT_RANGE
+
+
+def test_setup_installs_stream_module_and_labels_omero_ports():
+    script = render.setup_script(settings())          # rsync off: the stream block is still there
+    assert re.search(r"^dnf install -y nginx nginx-mod-stream ", script, flags=re.M)
+    selinux = script[script.index("selinuxenabled"):]
+    for port in ("4063", "4064", "14060-14079"):
+        assert re.search(rf"semanage port .*-t http_port_t -p tcp {port}\b", selinux), port
 
 
 def test_setup_installs_checks_then_reloads():
@@ -254,7 +347,8 @@ def test_component_purge_per_generation_and_rsync():
     # After nginx is set up (a component dependency means its command).
     assert rec.named("prod-proxy-nginx", "command:remote:Command").urn in purge.options.depends_on
     command = rec.named("prod-proxy-cache-purge", "command:remote:Command")
-    assert command.inputs["triggers"] == [3]
+    # The script's digest (components/hostfiles.py), then the generation: no instance ID.
+    assert command.inputs["triggers"] == [hashlib.sha256(command.inputs["stdin"].encode()).hexdigest(), 3]
     rsyncd = rec.named("prod-proxy-rsyncd", "idr:host:HostFiles")
     assert rsyncd.inputs["host"] == "prod-omeroreadwrite"
     assert [f["path"] for f in rsyncd.inputs["files"]] == ["/etc/rsyncd.conf"]

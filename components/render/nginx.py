@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import DATA_VOLUME_MOUNTS, Settings
+from ..settings import DATA_VOLUME_MOUNTS, PROXY_OMERO_PORT_RANGE, Settings
 from . import HostFile, render_template
 
 # Where things live on the proxy (Rocky Linux 9 nginx package layout).
@@ -25,6 +25,16 @@ JUPYTERHUB_PORT = 8000
 CACHE_BUSTER_PORT = 9000      # 127.0.0.1 only: operators come through an SSH tunnel
 LONG_REQUEST_PORT = 8009      # 127.0.0.1 only, as above
 RSYNC_PORT = 873
+
+# OMERO's own ports (Ice: 4063 plain, 4064 SSL), forwarded by nginx's stream
+# module to the same port of every read-only server. PROXY_OMERO_PORT_RANGE
+# pins one public port per read-only server: first + (n - 1) -> omeroreadonly-n.
+OMERO_PORTS = (4063, 4064)
+PINNED_BACKEND_PORT = 4064
+PINNED_FIRST, PINNED_LAST = PROXY_OMERO_PORT_RANGE
+PINNED_MAX = PINNED_LAST - PINNED_FIRST + 1
+STREAM_CONNECT_TIMEOUT = "5s"
+STREAM_TIMEOUT = "1h"        # idle time after which a forwarded connection is closed
 
 # Where a refused login sends the browser: the public view.
 PUBLIC_VIEW = "/webclient/?experimenter=-1"
@@ -66,6 +76,15 @@ def _keys_zone_mb(size_bytes: int) -> int:
     return max(1, min(512, size_bytes // (64 * 1024**2)))
 
 
+def pinned_ports(settings: Settings) -> list[dict]:
+    """One public port per read-only server, for the first PINNED_MAX of them:
+    {"port", "alias", "backend"}."""
+    return [
+        {"port": PINNED_FIRST + h.index - 1, "alias": h.alias, "backend": f"{h.fixed_ip}:{PINNED_BACKEND_PORT}"}
+        for h in settings.hosts_of("omeroreadonly") if h.index <= PINNED_MAX
+    ]
+
+
 def _context(settings: Settings) -> dict:
     zone_names = {z.name for z in settings.nginx_cache_zones}
     families = [
@@ -88,6 +107,17 @@ def _context(settings: Settings) -> dict:
         "jupyterhub": f"{settings.host('dockermanager').fixed_ip}:{JUPYTERHUB_PORT}",
         "rsync_backend": f"{settings.host('omeroreadwrite').fixed_ip}:{RSYNC_PORT}",
         "rsync_port": RSYNC_PORT,
+        "omero_ports": OMERO_PORTS,
+        "omero_upstreams": {
+            port: [f"{h.fixed_ip}:{port}" for h in settings.hosts_of("omeroreadonly")] for port in OMERO_PORTS
+        },
+        "pinned": pinned_ports(settings),
+        "unpinned": [h.alias for h in settings.hosts_of("omeroreadonly") if h.index > PINNED_MAX],
+        "pinned_first": PINNED_FIRST,
+        "pinned_max": PINNED_MAX,
+        "pinned_backend_port": PINNED_BACKEND_PORT,
+        "stream_connect_timeout": STREAM_CONNECT_TIMEOUT,
+        "stream_timeout": STREAM_TIMEOUT,
         "cache_buster_port": CACHE_BUSTER_PORT,
         "long_request_port": LONG_REQUEST_PORT,
         "public_view": PUBLIC_VIEW,
@@ -99,7 +129,8 @@ def _context(settings: Settings) -> dict:
 
 
 def nginx_conf(settings: Settings) -> str:
-    """/etc/nginx/nginx.conf: main context, http shell, and the rsync stream."""
+    """/etc/nginx/nginx.conf: main context, http shell, and the stream block
+    (OMERO's ports; rsync when enabled)."""
     return render_template("nginx/nginx.conf.j2", **_context(settings))
 
 
@@ -133,6 +164,8 @@ def setup_script(settings: Settings) -> str:
         cache_dir=CACHE_DIR,
         maintenance_root=MAINTENANCE_ROOT,
         rsync_port=RSYNC_PORT,
+        # Ports nginx's stream listens on for OMERO (SELinux labels them http_port_t).
+        omero_stream_ports=[*map(str, OMERO_PORTS), f"{PINNED_FIRST}-{PINNED_LAST}"],
     )
 
 

@@ -1,8 +1,10 @@
-"""Real nginx on loopback with the rendered proxy config, and a stub OMERO.web.
+"""Real nginx on loopback with the rendered proxy config, a stub OMERO.web,
+and stub OMERO servers (TCP) for the stream ports.
 
 The rendered files are rewritten for the test only: paths into a tmp dir,
-public listen ports onto 127.0.0.1:<free port>, 9000/8009 onto
-127.0.0.1:<free port> (the address is kept), upstream addresses onto the stubs.
+public listen ports (HTTP, and the stream ports: OMERO's, rsync) onto
+127.0.0.1:<free port>, 9000/8009 onto 127.0.0.1:<free port> (the address is
+kept), upstream addresses onto the stubs (loopback only).
 Everything else is the text a proxy would receive.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import socketserver
 import ssl
 import subprocess
 import threading
@@ -52,6 +55,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports: every socket is held until all are chosen."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            socks.append(s)
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 # ---------------------------------------------------------------- stub OMERO.web
@@ -149,6 +166,63 @@ class StubBackend:
                 pass
 
 
+# ---------------------------------------------------------------- stub OMERO (TCP)
+
+class OmeroStub:
+    """A TCP server standing for one OMERO port of one server: says its name
+    on connect ("omeroreadonly-2:4064"), then echoes what it receives."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1"):
+        self.name = name
+        stub = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                try:
+                    self.request.sendall(f"{stub.name}\n".encode())
+                    while data := self.request.recv(4096):
+                        self.request.sendall(data)
+                except OSError:
+                    pass
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server((host, 0), Handler)
+        self.address = f"{host}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def omero_stubs(settings, ports=render.OMERO_PORTS) -> tuple[dict, list]:
+    """One OmeroStub per read-only server and OMERO port, server n on
+    127.0.0.(20+n). -> (backends by host name for rewrite(), every stub)."""
+    backends, stubs = {}, []
+    for h in settings.hosts_of("omeroreadonly"):
+        for port in ports:
+            stub = OmeroStub(f"{h.alias}:{port}", host=f"127.0.0.{20 + h.index}")
+            backends.setdefault(h.name, {})[port] = stub.address
+            stubs.append(stub)
+    return backends, stubs
+
+
+def omero_hello(port: int, source: str = "127.0.0.1", timeout: float = 5) -> str:
+    """Connect to nginx's (rewritten) stream listener from `source`; the
+    first line the backend says, after a round trip through the proxy."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as conn:
+        reader = conn.makefile("rb")
+        name = reader.readline().decode().strip()
+        conn.sendall(b"ping\n")
+        assert reader.readline() == b"ping\n", name
+        return name
+
+
 # ---------------------------------------------------------------- nginx
 
 def make_cert(directory: Path) -> tuple[Path, Path]:
@@ -167,6 +241,7 @@ class Ports:
     buster: int
     long: int
     rsync: int
+    stream: dict = field(default_factory=dict)   # rendered public stream port -> local port (OMERO)
 
 
 def rewrite(text: str, settings, tmp: Path, ports: Ports | None, backends: dict, cert: Path, key: Path) -> str:
@@ -188,6 +263,7 @@ def rewrite(text: str, settings, tmp: Path, ports: Ports | None, backends: dict,
         f"127.0.0.1:{render.CACHE_BUSTER_PORT}": f"127.0.0.1:{ports.buster}",   # address kept
         f"127.0.0.1:{render.LONG_REQUEST_PORT}": f"127.0.0.1:{ports.long}",     # address kept
         str(render.RSYNC_PORT): f"127.0.0.1:{ports.rsync}",
+        **{str(rendered): f"127.0.0.1:{local}" for rendered, local in ports.stream.items()},
     }
 
     def listen(m):
@@ -195,10 +271,18 @@ def rewrite(text: str, settings, tmp: Path, ports: Ports | None, backends: dict,
 
     if ports is not None:
         text = re.sub(r"listen (\S+?)([ ;])", listen, text)
+    # Backends by role, or by host name (which wins) for one server of a role.
     for host in settings.hosts:
-        for port, target in backends.get(host.role, {}).items():
+        targets = {**backends.get(host.role, {}), **backends.get(host.name, {})}
+        for port, target in targets.items():
             text = text.replace(f"server {host.fixed_ip}:{port};", f"server {target};")
+            text = text.replace(f"proxy_pass {host.fixed_ip}:{port};", f"proxy_pass {target};")
     return text
+
+
+def stream_ports(settings) -> list[int]:
+    """Every OMERO port nginx listens on as rendered: 4063, 4064, the pinned ones."""
+    return [*render.OMERO_PORTS, *(p["port"] for p in render.pinned_ports(settings))]
 
 
 class Nginx:
@@ -206,7 +290,9 @@ class Nginx:
 
     def __init__(self, settings, tmp: Path, backends: dict, cert: Path, key: Path, keep_listens: bool = False):
         self.settings, self.tmp = settings, tmp
-        self.ports = Ports(*(free_port() for _ in range(5)))
+        stream = stream_ports(settings)
+        local = free_ports(5 + len(stream))
+        self.ports = Ports(*local[:5], stream=dict(zip(stream, local[5:])))
         self.conf = tmp / "etc" / "nginx" / "nginx.conf"
         for d in ("log", "cache", "www", "etc/nginx/conf.d"):
             (tmp / d).mkdir(parents=True, exist_ok=True)
@@ -243,6 +329,7 @@ class Nginx:
         ports = [self.ports.http, self.ports.https, self.ports.buster, self.ports.long]
         if self.settings.rsync_enabled:
             ports.append(self.ports.rsync)
+        ports += self.ports.stream.values()
         deadline = time.monotonic() + 10
         for port in ports:
             while True:
@@ -273,6 +360,10 @@ class Nginx:
     def port(self, name: str) -> int:
         return getattr(self.ports, name)
 
+    def stream_port(self, rendered: int) -> int:
+        """The local port standing for the rendered public stream port (4064, 14060, ...)."""
+        return self.ports.stream[rendered]
+
     def request(self, port: str, path: str, method: str = "GET", headers: dict | None = None,
                 body: bytes | None = None, timeout: float = 30):
         """-> (status, headers as a list of (name, value), body text)."""
@@ -295,7 +386,7 @@ class Nginx:
 class ProxyUnderTest:
     """Stubs for omeroreadonly, omeroreadwrite and JupyterHub, plus nginx."""
 
-    def __init__(self, tmp: Path, cert_pair, rsync_daemon: str | None = None, **raw):
+    def __init__(self, tmp: Path, cert_pair, rsync_daemon: str | None = None, omero: bool = False, **raw):
         self.settings = make_settings(**raw)
         self.state = StubState()
         self.ro = StubBackend("omeroreadonly", self.state)
@@ -308,6 +399,10 @@ class ProxyUnderTest:
         }
         if rsync_daemon:
             backends["omeroreadwrite"][render.RSYNC_PORT] = rsync_daemon
+        self.omero_stubs = []
+        if omero:                       # stub OMERO servers behind the stream ports
+            by_host, self.omero_stubs = omero_stubs(self.settings)
+            backends.update(by_host)
         self.backends = backends
         self.tmp = tmp
         self.nginx = Nginx(self.settings, tmp, backends, *cert_pair)
@@ -318,7 +413,7 @@ class ProxyUnderTest:
 
     def stop(self):
         self.nginx.stop()
-        for stub in (self.ro, self.rw, self.jupyter):
+        for stub in (self.ro, self.rw, self.jupyter, *self.omero_stubs):
             try:
                 stub.stop()
             except Exception:  # already stopped by the test

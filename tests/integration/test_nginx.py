@@ -16,7 +16,7 @@ import pytest
 from components.render import nginx as render
 
 from tests.integration.nginx_fixtures import (
-    RSYNC, Nginx, ProxyUnderTest, free_port, gixy_report, header, make_cert, make_settings,
+    RSYNC, Nginx, ProxyUnderTest, free_port, gixy_report, header, make_cert, make_settings, omero_hello,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -221,7 +221,8 @@ def test_6_purge_refuses_wrong_paths(proxy, bad):
 
 # 7 --------------------------------------------------------------------------
 @pytest.mark.parametrize("raw", [{}, {"maintenance": True}, {"jupyterEnabled": True, "rsyncEnabled": True},
-                                 {"nginxCacheZones": '["default=1g", "thumbnails=2g"]'}])
+                                 {"nginxCacheZones": '["default=1g", "thumbnails=2g"]'},
+                                 {"omeroreadonlyCount": 22}])
 def test_7_nginx_t_and_gixy(tmp_path, cert_pair, raw):
     settings = make_settings(**raw)
     nginx = Nginx(settings, tmp_path, {}, *cert_pair, keep_listens=True)   # listens as rendered
@@ -349,3 +350,52 @@ def test_rsync_public_data_read_only_through_proxy(proxy_factory, rsync_daemon, 
     other = subprocess.run([RSYNC, "--address=127.0.0.2", f"rsync://{daemon}/{render.RSYNC_MODULE}/"],
                            capture_output=True, text=True, timeout=30)
     assert other.returncode != 0 and "access denied" in other.stderr.lower()
+
+
+# OMERO ports (stream) ---------------------------------------------------------
+@pytest.fixture
+def omero_proxy(proxy_factory):
+    """Three read-only servers, each with stub OMERO servers on 4063 and 4064."""
+    return proxy_factory(omero=True, omeroreadonlyCount=3)
+
+
+def test_omero_ports_reach_readonly_and_stick_to_one_server(omero_proxy):
+    nginx = omero_proxy.nginx
+    readonly = {h.alias for h in omero_proxy.settings.hosts_of("omeroreadonly")}
+    for port in render.OMERO_PORTS:
+        reached = {}
+        for k in range(40):                        # 40 client addresses, 3 connections each
+            source = f"127.0.1.{10 + k}"
+            names = {omero_hello(nginx.stream_port(port), source) for _ in range(3)}
+            assert len(names) == 1, (port, source, names)      # one client, one server
+            (name,) = names
+            server, _, backend_port = name.partition(":")
+            assert server in readonly and backend_port == str(port), name
+            reached[source] = server
+        assert set(reached.values()) == readonly, reached     # every server takes clients
+
+
+def test_omero_pinned_ports_reach_exactly_their_server(omero_proxy):
+    nginx = omero_proxy.nginx
+    hosts = omero_proxy.settings.hosts_of("omeroreadonly")
+    assert sorted(nginx.ports.stream) == [4063, 4064, 14060, 14061, 14062]
+    for h in hosts:
+        for k in range(5):
+            assert omero_hello(nginx.stream_port(14060 + h.index - 1), f"127.0.1.{10 + k}") \
+                == f"{h.alias}:4064"
+
+
+def test_omero_server_down_clients_go_to_another(omero_proxy):
+    nginx = omero_proxy.nginx
+    source = "127.0.1.10"
+    first = omero_hello(nginx.stream_port(4064), source)
+    (down,) = [s for s in omero_proxy.omero_stubs if s.name == first]
+    down.stop()
+    started = time.monotonic()
+    again = omero_hello(nginx.stream_port(4064), source)
+    assert again != first and again.endswith(":4064")
+    assert time.monotonic() - started < 2
+    # Its pinned port has nowhere else to go: the client is closed at once.
+    index = int(first.split(":")[0].rsplit("-", 1)[1])
+    with socket.create_connection(("127.0.0.1", nginx.stream_port(14060 + index - 1)), timeout=5) as conn:
+        assert conn.recv(100) == b""
