@@ -52,7 +52,7 @@ def workload(seed: int) -> list[tuple[int, int]]:
 
 
 def settings():
-    raw = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBENCH bench", "sshBastion": "203.0.113.10",
+    raw = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY bench", "sshBastion": "203.0.113.10",
            "sshUser": "root", "bfcacheGeneration": "1"}
     return build_settings("bench", raw.get, lambda k: "KEY" if k == "sshPrivateKey" else None)
 

@@ -8,6 +8,8 @@ resource is declared.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import re
@@ -46,6 +48,15 @@ _DURATION_RE = re.compile(r"^[1-9][0-9]*(ms|s|m|h|d|w|M|y)$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _STACK_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$")
 _ZONE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # POSIX login name, as useradd takes it
+_CLOUD_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:-]*$")  # availability zones, volume types
+_DNS_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_URL_PATH_RE = re.compile(r"^/[\x21-\x7e]*$")  # what http.client puts in a request line
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                 "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+# Tenant subnets: RFC 1918 only (no link-local, loopback, multicast or public space).
+PRIVATE_NETWORKS = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
 
 class ConfigError(pulumi.RunError):
@@ -279,6 +290,80 @@ def _cidr(name, value):
         raise ConfigError(name, value, "an IPv4 network in CIDR form with no host bits set, such as 192.168.1.0/24") from None
 
 
+def _private_subnet(name, subnet: ipaddress.IPv4Network):
+    if not any(subnet.subnet_of(n) for n in PRIVATE_NETWORKS):
+        kind = ("link-local" if subnet.is_link_local else "loopback" if subnet.is_loopback
+                else "multicast" if subnet.is_multicast else "not RFC 1918")
+        raise ConfigError(name, str(subnet),
+                          f"a private network inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16 (RFC 1918); "
+                          f"this one is {kind}")
+    return subnet
+
+
+def _cloud_name(name, value, what, allow_empty=False):
+    """A name OpenStack looks up (network, image, flavor): not blank, no
+    surrounding spaces or control characters (an empty name matches anything)."""
+    if allow_empty and value == "":
+        return value
+    if not value.strip() or value != value.strip() or _CONTROL_RE.search(value):
+        raise ConfigError(name, value, f"{what}: not empty, without leading or trailing spaces or control characters"
+                          + (", or empty" if allow_empty else ""))
+    return value
+
+
+def _cloud_token(name, value, what):
+    if not _CLOUD_TOKEN_RE.fullmatch(value):
+        raise ConfigError(name, value, f"{what} of letters, digits and . _ : - only, or empty for the cloud's default")
+    return value
+
+
+def _is_dns_name(value):
+    return (0 < len(value) <= 253 and not value.endswith(".")
+            and all(_DNS_LABEL_RE.fullmatch(label) for label in value.split(".")))
+
+
+def _dns_name(name, value):
+    if not _is_dns_name(value):
+        raise ConfigError(name, value, "a DNS host name such as idr.openmicroscopy.org: dot-separated labels of "
+                          "letters, digits and dashes, no label empty or starting or ending with a dash")
+    return value
+
+
+def _ssh_key(name, value, host_prefix=False):
+    """An OpenSSH public key line '<type> <base64> [comment]'. Returns
+    '<type> <base64>'. With host_prefix, a leading host field as ssh-keyscan
+    and known_hosts print it ('host <type> <base64>') is accepted too."""
+    allowed = (f"one OpenSSH public key line '<type> <base64> [comment]'"
+               + (" or an ssh-keyscan line '<host> <type> <base64>'" if host_prefix else "")
+               + f", type one of {', '.join(SSH_KEY_TYPES)}, base64 that decodes to a key of that type")
+    text = value.strip()
+    fields = text.split()
+    if (host_prefix and len(fields) >= 3 and fields[0] not in SSH_KEY_TYPES and fields[1] in SSH_KEY_TYPES
+            and not fields[0].startswith(("@", "#"))):
+        fields = fields[1:]
+    if _CONTROL_RE.search(text.replace("\t", " ")) or len(fields) < 2 or fields[0] not in SSH_KEY_TYPES:
+        raise ConfigError(name, value, allowed)
+    kind, body = fields[0], fields[1]
+    try:
+        blob = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(name, value, allowed) from None
+    # The decoded key starts with its own type as an SSH string (uint32 length, name).
+    if blob[:4 + len(kind)] != len(kind).to_bytes(4, "big") + kind.encode() or len(blob) <= 4 + len(kind):
+        raise ConfigError(name, value, allowed)
+    return f"{kind} {body}"
+
+
+def _bastion(name, value):
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _is_dns_name(value):
+        raise ConfigError(name, value, "an IP address or DNS host name of the proxy")
+    return value
+
+
 def _role_map(name, items, allowed_roles, parse_value, value_text):
     out = {}
     for item in items:
@@ -297,8 +382,9 @@ def _role_map(name, items, allowed_roles, parse_value, value_text):
 
 
 def _path(name, value):
-    if not value.startswith("/") or any(c in value for c in " \n\t'\"$`;\\") or "/../" in value + "/":
-        raise ConfigError(name, value, "an absolute path without spaces, quotes, '..' or shell characters")
+    if (not value.startswith("/") or any(c in value for c in " \n\t'\"$`;\\") or "/../" in value + "/"
+            or _CONTROL_RE.search(value) or value.endswith("/")):
+        raise ConfigError(name, value, "an absolute path of a file without spaces, quotes, '..', control or shell characters")
     return value
 
 
@@ -306,7 +392,7 @@ def _zones(name, items):
     zones = []
     for item in items:
         zone, sep, size = item.partition("=")
-        if not sep or not _ZONE_RE.match(zone) or not _SIZE_RE.match(size):
+        if not sep or not _ZONE_RE.fullmatch(zone) or not _SIZE_RE.fullmatch(size):
             raise ConfigError(name, item, "entries 'name=size' with a lower-case name and a size such as 200m or 10g")
         if zone in {z.name for z in zones}:
             raise ConfigError(name, item, f"each zone at most once ({zone} is repeated)")
@@ -324,7 +410,7 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
     v = {name: _parse(key, raw(name)) for name, key in KEYS.items() if not key.secret}
 
     environment = v["environment"] or stack
-    if not _NAME_RE.match(environment):
+    if not _NAME_RE.fullmatch(environment):
         raise ConfigError("environment", environment,
                           "2 to 32 lower-case letters, digits and dashes, starting with a letter (it prefixes host names); empty means the stack name")
 
@@ -332,7 +418,17 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
         raise ConfigError("existingSubnet" if v["existingNetwork"] else "existingNetwork",
                           v["existingSubnet"] or v["existingNetwork"],
                           "existingNetwork and existingSubnet set together, or neither")
-    subnet = ipaddress.IPv4Network(_cidr("subnetCidr", v["subnetCidr"]))
+    subnet = _private_subnet("subnetCidr", ipaddress.IPv4Network(_cidr("subnetCidr", v["subnetCidr"])))
+    _cloud_name("externalNetwork", v["externalNetwork"], "the name of the external network")
+    _cloud_name("existingNetwork", v["existingNetwork"], "a network name", allow_empty=True)
+    _cloud_name("existingSubnet", v["existingSubnet"], "a subnet name", allow_empty=True)
+    _cloud_name("image", v["image"], "a Glance image name")
+    _cloud_token("availabilityZone", v["availabilityZone"], "an availability zone name")
+    _cloud_token("volumeType", v["volumeType"], "a volume type name")
+    if not _USER_RE.fullmatch(v["sshUser"]):
+        raise ConfigError("sshUser", v["sshUser"],
+                          "a POSIX login name such as rocky: 1 to 32 lower-case letters, digits, _ and -, "
+                          "starting with a letter or _")
     dns = tuple(_ipv4("dnsNameservers", d, allow_empty=False) for d in v["dnsNameservers"])
 
     count = _int_range("omeroreadonlyCount", v["omeroreadonlyCount"], 1, 120)
@@ -345,16 +441,22 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
 
     images = _role_map("imageOverrides", v["imageOverrides"], ROLES, lambda s: s.strip() or None, "image")
     for role in ROLES:
-        if not v[f"{role}Flavor"].strip():
-            raise ConfigError(f"{role}Flavor", v[f"{role}Flavor"], "a flavor name")
+        _cloud_name(f"{role}Flavor", v[f"{role}Flavor"], "a flavor name")
 
     floating_ip = _ipv4("floatingIp", v["floatingIp"].strip())
     cidrs = tuple(_cidr("sshAllowedCidrs", c) for c in v["sshAllowedCidrs"])
     if not cidrs:
         raise ConfigError("sshAllowedCidrs", [], "at least one CIDR (SSH to the bastion is how the program configures hosts)")
 
-    if not v["sshPublicKey"].startswith(("ssh-ed25519 ", "ssh-rsa ", "ecdsa-sha2-")):
-        raise ConfigError("sshPublicKey", v["sshPublicKey"], "an OpenSSH public key line (ssh-ed25519 ..., ssh-rsa ... or ecdsa-sha2-...)")
+    if not v["sshPublicKey"].strip():
+        raise ConfigError("sshPublicKey", v["sshPublicKey"], "an OpenSSH public key line '<type> <base64> [comment]' "
+                          "(required: the key installed for sshUser on every host)")
+    _ssh_key("sshPublicKey", v["sshPublicKey"])
+    # pulumi-command parses host_key with Go's ssh.ParseAuthorizedKey; hand it
+    # exactly '<type> <base64>' whatever form (keyscan line, comment) was given.
+    bastion_host_key = v["sshBastionHostKey"].strip()
+    if bastion_host_key:
+        bastion_host_key = _ssh_key("sshBastionHostKey", v["sshBastionHostKey"], host_prefix=True)
     private_key = secret("sshPrivateKey")
     if private_key is None:
         raise ConfigError("sshPrivateKey", None,
@@ -362,11 +464,10 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
     bastion = v["sshBastion"].strip() or floating_ip
     if not bastion:
         raise ConfigError("sshBastion", v["sshBastion"], "an address of the proxy for SSH; required when floatingIp is empty")
-    if not re.match(r"^[A-Za-z0-9.:-]+$", bastion):
-        raise ConfigError("sshBastion", bastion, "an IP address or DNS name")
+    bastion = _bastion("sshBastion", bastion)
 
     clone_from = v["cloneFromStack"].strip()
-    if clone_from and not _STACK_RE.match(clone_from):
+    if clone_from and not _STACK_RE.fullmatch(clone_from):
         raise ConfigError("cloneFromStack", clone_from, "a stack name such as 'prod' or 'organization/idr/prod'")
     if clone_from and clone_from.split("/")[-1] == stack:
         raise ConfigError("cloneFromStack", clone_from, "another stack than this one")
@@ -381,7 +482,7 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
             raise ConfigError(f"{role}VolumeFromSnapshot", from_snapshot,
                               f"one source only: {role}VolumeFromVolume is set too ({from_volume}); clear one of them")
         for k, ident in ((f"{role}VolumeFromVolume", from_volume), (f"{role}VolumeFromSnapshot", from_snapshot)):
-            if ident and not re.match(r"^[0-9a-fA-F-]{8,64}$", ident):
+            if ident and not re.fullmatch(r"^[0-9a-fA-F-]{8,64}$", ident):
                 raise ConfigError(k, ident, "an OpenStack ID (hex digits and dashes)")
         if source_size and size < source_size:
             raise ConfigError(f"{role}VolumeSize", size,
@@ -397,15 +498,14 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
                           f"zones totalling at most 90% of proxyVolumeSize ({volumes['proxy'].size} GB); these total "
                           f"{cache_bytes / 1024**3:.1f} GB")
     for name in ("nginxCacheInactive", "nginxCacheValid"):
-        if not _DURATION_RE.match(v[name]):
+        if not _DURATION_RE.fullmatch(v[name]):
             raise ConfigError(name, v[name], "an nginx time such as 1d, 12h or 180d")
     public_timeout = _int_range("nginxPublicReadTimeout", v["nginxPublicReadTimeout"], 1, 3600, " seconds")
     long_timeout = _int_range("nginxLongReadTimeout", v["nginxLongReadTimeout"], 1, 86400, " seconds")
     if long_timeout < public_timeout:
         raise ConfigError("nginxLongReadTimeout", long_timeout,
                           f"at least nginxPublicReadTimeout ({public_timeout}): 9000 and 8009 exist for slow requests")
-    if not re.match(r"^[A-Za-z0-9.-]+$", v["serverName"]):
-        raise ConfigError("serverName", v["serverName"], "a DNS name")
+    _dns_name("serverName", v["serverName"])
 
     slots = _role_map("bfcacheSlots", v["bfcacheSlots"], OMERO_ROLES,
                       lambda s: int(s) if s.isdigit() and 1 <= int(s) <= 64 else None, "N', N from 1 to 64")
@@ -439,7 +539,7 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
         ssh_public_key=v["sshPublicKey"].strip(),
         ssh_private_key=private_key,
         ssh_bastion=bastion,
-        ssh_bastion_host_key=v["sshBastionHostKey"].strip(),
+        ssh_bastion_host_key=bastion_host_key,
         ssh_allowed_cidrs=cidrs,
         rsync_enabled=v["rsyncEnabled"],
         floating_ip=floating_ip,
@@ -459,11 +559,13 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
         bfcache_generation=_int_range("bfcacheGeneration", v["bfcacheGeneration"], 0, 10**9),
         bfcache_slots=slots,
         omero_bin=_path("omeroBin", v["omeroBin"]),
-        database_name=v["databaseName"] if re.match(r"^[a-z_][a-z0-9_]{0,62}$", v["databaseName"])
+        database_name=v["databaseName"] if re.fullmatch(r"^[a-z_][a-z0-9_]{0,62}$", v["databaseName"])
         else _raise(ConfigError("databaseName", v["databaseName"], "a PostgreSQL identifier in lower case")),
         statement_timeout_ms=_int_range("statementTimeoutMs", v["statementTimeoutMs"], 1000, 3_600_000, " ms"),
-        health_check_path=v["healthCheckPath"] if v["healthCheckPath"].startswith("/")
-        else _raise(ConfigError("healthCheckPath", v["healthCheckPath"], "a URL path starting with /")),
+        health_check_path=v["healthCheckPath"] if _URL_PATH_RE.fullmatch(v["healthCheckPath"])
+        else _raise(ConfigError("healthCheckPath", v["healthCheckPath"],
+                                "a URL path starting with / of printable ASCII, without spaces or control characters "
+                                "(percent-encode them)")),
     )
 
 
