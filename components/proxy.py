@@ -45,7 +45,8 @@ class Proxy(pulumi.ComponentResource):
         if s.cache_purge_generation:
             self.cache_purge = HostFiles(
                 f"{name}-cache-purge",
-                HostFilesArgs(s, proxy, render.purge_files(s), run=render.PURGE_SCRIPT, triggers=[s.cache_purge_generation]),
+                HostFilesArgs(s, proxy, render.purge_files(s), run=render.PURGE_SCRIPT,
+                              triggers=[s.cache_purge_generation]),
                 pulumi.ResourceOptions(parent=self, depends_on=[self.nginx]),
             )
 
