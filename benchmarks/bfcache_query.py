@@ -22,12 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.render import bfcache as render  # noqa: E402
 from tests.integration.postgres import pg_cluster  # noqa: E402
+from tests.integration.test_bfcache_sql import PAGE_QUERY as PAGE  # noqa: E402
 
 PORT = 5442
-PAGE = """select r.i from (select f.id, i.id as i, rank()
-              over (partition by f.id order by i.id) as x
-              from fileset f, image i where f.id = i.fileset)
-              as r where r.x = 1"""
 
 
 def load(db, images: int, filesets: int) -> None:

@@ -333,7 +333,7 @@ def _ssh_key(name, value, host_prefix=False):
     """An OpenSSH public key line '<type> <base64> [comment]'. Returns
     '<type> <base64>'. With host_prefix, a leading host field as ssh-keyscan
     and known_hosts print it ('host <type> <base64>') is accepted too."""
-    allowed = (f"one OpenSSH public key line '<type> <base64> [comment]'"
+    allowed = ("one OpenSSH public key line '<type> <base64> [comment]'"
                + (" or an ssh-keyscan line '<host> <type> <base64>'" if host_prefix else "")
                + f", type one of {', '.join(SSH_KEY_TYPES)}, base64 that decodes to a key of that type")
     text = value.strip()

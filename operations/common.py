@@ -14,6 +14,7 @@ import yaml
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROJECT = "idr"
 ASSOCIATION_TYPE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
+VOLUME_TYPE = "openstack:blockstorage/volume:Volume"
 ENVIRONMENT_TYPE = "idr:environment:IdrEnvironment"
 
 

@@ -13,10 +13,9 @@ import argparse
 import shlex
 import sys
 
-from .common import ASSOCIATION_TYPE, OperationError, Pulumi, association_urn, confirm, stack_environment
+from .common import ASSOCIATION_TYPE, VOLUME_TYPE, OperationError, Pulumi, association_urn, confirm, stack_environment
 
 ROOT_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:")
-VOLUME_TYPE = "openstack:blockstorage/volume:Volume"
 
 
 def held_ip(pulumi: Pulumi, stack: str) -> tuple[str, str]:

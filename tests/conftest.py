@@ -30,9 +30,14 @@ def rendered(tmp_path_factory, prod_run, newidr_run):
 
 
 @pytest.fixture(scope="session")
-def rendered_every_feature(tmp_path_factory, prod_run):
-    """prod rendered with every switch on, so that every script exists."""
+def every_feature_run():
+    """prod with every switch on, so that every command and script exists."""
+    return run_stack("prod", {"bfcacheGeneration": "1", "cachePurgeGeneration": "1", "rsyncEnabled": "true",
+                              "jupyterEnabled": "true", "maintenance": "true"})
+
+
+@pytest.fixture(scope="session")
+def rendered_every_feature(tmp_path_factory, every_feature_run):
     out = tmp_path_factory.mktemp("render-prod-every-feature")
-    write_tree(run_stack("prod", {"bfcacheGeneration": "1", "cachePurgeGeneration": "1", "rsyncEnabled": "true",
-                                  "jupyterEnabled": "true", "maintenance": "true"}), out)
+    write_tree(every_feature_run, out)
     return out

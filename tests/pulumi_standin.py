@@ -21,16 +21,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ASSOC_TYPE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
-VOLUME_TYPE = "openstack:blockstorage/volume:Volume"
+from operations.common import ASSOCIATION_TYPE as ASSOC_TYPE, VOLUME_TYPE
 
 SCRIPT = r'''
 import json, os, sys
 from pathlib import Path
 
 HOME = Path(os.environ["FAKE_PULUMI_HOME"])
-ASSOC = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
-VOLUME = "openstack:blockstorage/volume:Volume"
+ASSOC = @ASSOC@
+VOLUME = @VOLUME@
 
 def load(p, default):
     return json.loads(p.read_text()) if p.exists() else default
@@ -219,7 +218,9 @@ def install(tmp_path: Path, monkeypatch) -> World:
     bindir.mkdir()
     exe = bindir / "pulumi"
     # -I -S: no site packages or environment, so each call starts fast.
-    exe.write_text(f"#!{sys.executable} -IS\n{SCRIPT}")
+    # The stand-in runs isolated (-IS): it gets the type tokens as literals.
+    script = SCRIPT.replace("@ASSOC@", repr(ASSOC_TYPE)).replace("@VOLUME@", repr(VOLUME_TYPE))
+    exe.write_text(f"#!{sys.executable} -IS\n{script}")
     exe.chmod(0o755)
     (home / "calls.jsonl").write_text("")
     monkeypatch.setenv("FAKE_PULUMI_HOME", str(home))

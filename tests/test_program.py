@@ -210,9 +210,8 @@ def _intended_host(run, cmd) -> str:
     return f"{run.stack}-{cmd.name.rsplit('-trust-', 1)[1]}"
 
 
-def test_remote_commands_go_through_the_proxy_and_a_new_connection_reruns_nothing():
-    # Every feature that adds commands on: cache regeneration, purge, rsync.
-    run = run_stack("prod", {"bfcacheGeneration": "1", "cachePurgeGeneration": "1", "rsyncEnabled": "true"})
+def test_remote_commands_go_through_the_proxy_and_a_new_connection_reruns_nothing(every_feature_run):
+    run = every_feature_run
     fixed = {h["name"]: h["fixedIp"] for h in run.outputs["hosts"]}
     commands = run.of_type(COMMAND)
     assert len(commands) > 20
@@ -236,8 +235,8 @@ def test_remote_commands_go_through_the_proxy_and_a_new_connection_reruns_nothin
             assert conn["host"] == fixed[host], cmd.name
 
 
-def test_a_replaced_server_gets_its_steps_again_but_no_purge_or_run():
-    run = run_stack("prod", {"bfcacheGeneration": "1", "cachePurgeGeneration": "1", "rsyncEnabled": "true"})
+def test_a_replaced_server_gets_its_steps_again_but_no_purge_or_run(every_feature_run):
+    run = every_feature_run
     instance_id = {i.name: i.id for i in run.of_type(INSTANCE)}
     assert all(instance_id.values())
     once_only = {"prod-proxy-nginx-cache-purge", "prod-bfcache-run"}

@@ -60,17 +60,13 @@ def test_readme_names_only_keys_that_exist():
     assert {k for k in named if k not in KEYS} == set()
 
 
-def test_readme_paths_on_hosts_are_rendered(tmp_path):
+def test_readme_paths_on_hosts_are_rendered(rendered_every_feature):
     """Every host path the README tells operators to use is a file the program puts there."""
     import re
-    from components.offline import run_stack
-    from components.render.__main__ import write_tree
     readme = (PROJECT_DIR / "README.md").read_text()
     paths = set(re.findall(r"(/usr/local/[\w./-]+\w)", readme))
     assert paths, "the README names the operator scripts"
-    tree = tmp_path
-    # Every feature on, so that every script is rendered.
-    write_tree(run_stack("prod", {"bfcacheGeneration": "1", "cachePurgeGeneration": "1"}), tree)
+    tree = rendered_every_feature
     missing = [p for p in paths if not any((tree / host / p.lstrip("/")).is_file()
                                            for host in ("prod-proxy", "prod-database", "prod-omeroreadwrite"))]
     assert missing == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from ..settings import DATA_VOLUME_MOUNTS
 from . import HostFile, render_template
 
 LIBEXEC = "/usr/local/libexec/idr-bfcache"
@@ -19,7 +20,7 @@ STATE_DIR = "/var/lib/idr-bfcache"
 KEY_DIR = "/root/.ssh/idr_bfcache"
 SQL_PATH = "/usr/local/share/idr-bfcache/first_image_per_fileset.sql"
 STATUS_BIN = "/usr/local/bin/idr-bfcache-status"
-CACHE_DIR = "/data/BioFormatsCache"
+CACHE_DIR = f"{DATA_VOLUME_MOUNTS['omeroreadwrite']}/BioFormatsCache"
 
 SLOWDOWN = 10          # omeroreadonly vs omeroreadwrite time per job (production)
 ATTEMPTS = 3           # tries per image within one job (render-one.sh)

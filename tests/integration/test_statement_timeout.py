@@ -37,14 +37,10 @@ def cluster():
         yield c
 
 
-def superuser(cluster: Cluster):
-    return cluster.connect()
-
-
 def role_setting(cluster: Cluster):
     """The omeroreadonly row of pg_db_role_setting with its xmin: any ALTER
     ROLE ... SET rewrites the row, so an unchanged xmin proves nothing ran."""
-    with superuser(cluster) as db:
+    with cluster.connect() as db:
         return db.execute(
             "SELECT s.xmin::text, s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
             "WHERE r.rolname = 'omeroreadonly'").fetchone()
@@ -83,7 +79,7 @@ def test_applied_once_then_unchanged(cluster, tmp_path):
     assert "statement_timeout set to 1000 ms (was unset)" in first.stderr
     before = role_setting(cluster)
     assert before[1] == ["statement_timeout=1000"]
-    with superuser(cluster) as db:
+    with cluster.connect() as db:
         assert db.execute("SELECT useconfig FROM pg_user WHERE usename = 'omeroreadonly'").fetchone()[0] \
             == ["statement_timeout=1000"]
         # Another transaction in between, so a rewrite would get a new xmin.
@@ -95,7 +91,7 @@ def test_applied_once_then_unchanged(cluster, tmp_path):
     assert role_setting(cluster) == before  # same row version: nothing was altered
 
     # Nothing else was created: still only the roles the test made.
-    with superuser(cluster) as db:
+    with cluster.connect() as db:
         roles = {r for (r,) in db.execute("SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'")}
     assert roles == {"postgres", "omeroreadonly", "omero"}
 
@@ -123,12 +119,12 @@ def test_slow_query_cancelled_for_omeroreadonly_only(cluster, tmp_path):
 
 
 def test_missing_role_fails_loudly(cluster, tmp_path):
-    with superuser(cluster) as db:
+    with cluster.connect() as db:
         db.execute("ALTER ROLE omeroreadonly NOLOGIN")  # pg_user lists login roles only
     try:
         result = apply(cluster, tmp_path, 1000)
     finally:
-        with superuser(cluster) as db:
+        with cluster.connect() as db:
             db.execute("ALTER ROLE omeroreadonly LOGIN")
     assert result.returncode != 0
     assert "login role omeroreadonly does not exist" in result.stderr
