@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import yaml
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROJECT = "idr"
@@ -40,15 +39,6 @@ def association_urn(stack: str, environment: str) -> str:
     """URN of the proxy's floating-IP association (components/floatingip.py)."""
     return (f"urn:pulumi:{short_stack(stack)}::{PROJECT}::{ENVIRONMENT_TYPE}${ASSOCIATION_TYPE}"
             f"::{environment}-proxy-floating-ip")
-
-
-def project_default(key: str) -> Optional[str]:
-    """Default of an `idr:` key as declared in Pulumi.yaml."""
-    project = yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())
-    decl = (project.get("config") or {}).get(key) or (project.get("config") or {}).get(key.split(":", 1)[-1])
-    if isinstance(decl, dict) and "default" in decl:
-        return str(decl["default"])
-    return None
 
 
 class Pulumi:

@@ -26,8 +26,10 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
+from components.settings import KEYS
+
 from .common import (ASSOCIATION_TYPE, PROJECT, FloatingIpHolder, OpenStack, OperationError, Pulumi,
-                     PulumiError, association_urn, confirm, connect, project_default, short_stack,
+                     PulumiError, association_urn, confirm, connect, short_stack,
                      stack_environment)
 
 FLOATING_IP = f"{PROJECT}:floatingIp"
@@ -94,7 +96,7 @@ class Side:
 
     @property
     def health_path(self) -> str:
-        return self.config.get(HEALTH_PATH) or project_default(HEALTH_PATH) or "/"
+        return self.config.get(HEALTH_PATH) or KEYS["healthCheckPath"].default
 
 
 def http_ok(ip: str, port: int, path: str, timeout: float = 10.0) -> tuple[bool, str]:
