@@ -30,7 +30,10 @@ class Database(pulumi.ComponentResource):
         self.statement_timeout = HostFiles(
             f"{name}-statement-timeout",
             HostFilesArgs(s, host, render.database_files(s), run=render.run_command(),
-                          instance_id=args.instance_ids.get(host.name)),
+                          instance_id=args.instance_ids.get(host.name),
+                          # Again after the playbooks run again (or, with the
+                          # step off, once PostgreSQL is installed by hand).
+                          triggers=[s.deployment.generation]),
             pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
         )
         self.register_outputs({"host": host.name, "statementTimeoutMs": s.statement_timeout_ms})

@@ -10,6 +10,7 @@ from . import floatingip
 from .hostfiles import HostFiles, HostFilesArgs
 from .bfcache import BfCache, BfCacheArgs
 from .database import Database, DatabaseArgs
+from .deployment import Deployment, DeploymentArgs
 from .network import Network, NetworkArgs
 from .proxy import Proxy, ProxyArgs
 from .render.host import hosts_files
@@ -63,8 +64,11 @@ class IdrEnvironment(pulumi.ComponentResource):
         self.base = [r for srv in self.servers.values() for r in srv.ready] + self.hosts_files
 
         self.proxy = Proxy(f"{s.environment}-proxy-nginx", ProxyArgs(s, self.base, instance_ids), child)
-        self.database = Database(f"{s.environment}-database-settings", DatabaseArgs(s, self.base, instance_ids), child)
-        self.bfcache = BfCache(f"{s.environment}-bfcache", BfCacheArgs(s, self.base, instance_ids), child)
+        # IDR's playbooks install PostgreSQL and OMERO; what needs them waits.
+        self.deployment = Deployment(f"{s.environment}-deployment", DeploymentArgs(s, self.base, instance_ids), child)
+        deployed = self.base + ([self.deployment.command] if self.deployment.command else [])
+        self.database = Database(f"{s.environment}-database-settings", DatabaseArgs(s, deployed, instance_ids), child)
+        self.bfcache = BfCache(f"{s.environment}-bfcache", BfCacheArgs(s, deployed, instance_ids), child)
 
         self.outputs = {
             "environment": s.environment,

@@ -2,7 +2,8 @@
 
 Runs the real program under mocks (components.offline) and writes every file
 a host would receive as <outdir>/<hostname>/<absolute path>, the script each
-remote command feeds to its host under <outdir>/<hostname>/.commands/, plus
+remote command feeds to its host under <outdir>/<hostname>/.commands/, what a
+local command runs on the operator's machine under <outdir>/local/.commands/, plus
 <outdir>/resources.txt (one line per resource), <outdir>/outputs.json and
 <outdir>/inventory.yaml. cloud-init's user data lands where cloud-init keeps it.
 No cloud credentials, no Pulumi CLI, no secret is needed.
@@ -56,6 +57,13 @@ def write_tree(recording: Recording, outdir: Path) -> list[Path]:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(res.inputs["stdin"])
             written.append(target)
+    # What runs on the operator's machine (the deployment playbooks).
+    for res in recording.of_type("command:local:Command"):
+        target = outdir / "local" / ".commands" / f"{res.name}.sh"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(res.inputs["create"])
+        target.chmod(0o755)
+        written.append(target)
     # cloud-init keeps the user data it booted with at this path.
     for res in recording.of_type("openstack:compute/instance:Instance"):
         target = outdir / res.inputs["name"] / "var/lib/cloud/instance/user-data.txt"

@@ -1,0 +1,78 @@
+"""Deployment: IDR's deployment playbooks as a step of `pulumi up`.
+
+A pulumi-command local.Command on the operator's (or CI's) machine runs
+ansible-playbook against the environment's inventory, after every mount and
+/etc/hosts step and before every step that needs PostgreSQL or OMERO. Only
+wiring: the script and its triggers come from components/render/deployment.py.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+import pulumi
+import pulumi_command as command
+
+from .render import deployment as render
+from .render.inventory import inventory
+from .settings import PROJECT_DIR, Settings
+
+TYPE = "idr:deployment:Deployment"
+# A change of what only reaches the hosts (bastion address, key, host key,
+# the project's directory on this machine) stores the new value and re-runs
+# nothing. The playbooks run again only when a trigger changes.
+NOTHING = "true"
+
+
+@dataclass
+class DeploymentArgs:
+    settings: Settings
+    depends_on: Sequence[Any] = field(default_factory=list)              # mounts and /etc/hosts
+    instance_ids: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Deployment(pulumi.ComponentResource):
+    def __init__(self, name: str, args: DeploymentArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        s = args.settings
+        super().__init__(TYPE, name, {"enabled": s.deployment.enabled}, opts)
+        self.command: Optional[command.local.Command] = None
+        if not s.deployment.enabled:
+            self.register_outputs({"enabled": False})
+            return
+        script = render.run_script(s, name)
+        secret_vars = s.deployment.secret_vars
+        environment = {
+            "IDR_INVENTORY": inventory(s),
+            "IDR_SSH_BASTION": s.ssh_bastion,
+            "IDR_SSH_PRIVATE_KEY": s.ssh_private_key,
+            "IDR_SSH_BASTION_HOST_KEY": s.ssh_bastion_host_key,
+        }
+        triggers: list[Any] = [_digest(script), *render.triggers(s)]
+        if secret_vars is not None:
+            environment["IDR_DEPLOYMENT_SECRET_VARS"] = secret_vars
+            # New secret values run the playbooks again; only a digest, kept secret.
+            triggers.append(pulumi.Output.secret(pulumi.Output.from_input(secret_vars).apply(_digest)))
+        # A replaced server (not the proxy: no playbook runs there) gets the playbooks again.
+        triggers += [args.instance_ids[h.name] for h in s.hosts
+                     if h.role != "proxy" and h.name in args.instance_ids]
+        self.command = command.local.Command(
+            name,
+            create=script,
+            update=NOTHING,
+            interpreter=["/bin/bash", "-c"],
+            dir=str(PROJECT_DIR),
+            environment=environment,
+            triggers=triggers,
+            # Ansible's output reaches the Pulumi log as it runs; the previous
+            # output is not fed back in (it can be large).
+            logging=command.local.Logging.STDOUT_AND_STDERR,
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on),
+                                        additional_secret_outputs=["stdout", "stderr"]),
+        )
+        self.register_outputs({"enabled": True, "playbooks": list(s.deployment.playbooks)})
