@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pulumi
+import yaml
 
 NAMESPACE = "idr"
 
@@ -135,6 +138,11 @@ _key("nginxPublicReadTimeout", "integer", 60, "Read timeout in seconds of the pu
 _key("nginxLongReadTimeout", "integer", 900, "Read timeout in seconds of the cache-buster (9000) and long-request (8009) servers towards omeroreadwrite.")
 _key("tlsCertificate", "string", "/etc/pki/tls/certs/idr.crt", "Path on the proxy of the TLS certificate chain.")
 _key("tlsCertificateKey", "string", "/etc/pki/tls/private/idr.key", "Path on the proxy of the TLS private key.")
+_key("tlsCertificateChain", "string", "", "PEM certificate chain (server certificate first) written to tlsCertificate; empty: a self-signed placeholder, and the stack output tlsSelfSigned says so.")
+_key("tlsPrivateKey", "string", None, "PEM private key of tlsCertificateChain, written to tlsCertificateKey with mode 0600 (secret; required with tlsCertificateChain).", secret=True)
+_key("httpsRedirect", "boolean", False, "Redirect plain HTTP on port 80 to HTTPS (never on 9000 and 8009).")
+_key("omeroWebPort", "integer", 80, "Port of OMERO.web on the OMERO hosts (their own nginx, as IDR's deployment playbooks install it).")
+_key("sessionCookieName", "string", "", "OMERO.web's session cookie; a request carrying it is never cached. Empty means sessionid_<environment>, as IDR's playbooks set it.")
 _key("maintenance", "boolean", False, "Serve 503 and a maintenance page on the public ports.")
 _key("jupyterEnabled", "boolean", False, "Route /jupyter on the proxy to JupyterHub on the dockermanager.")
 _key("cachePurgeGeneration", "integer", 0, "Bump to empty /var/cache/nginx on the proxy once and reload nginx.")
@@ -142,9 +150,19 @@ _key("cachePurgeGeneration", "integer", 0, "Bump to empty /var/cache/nginx on th
 _key("bfcacheGeneration", "integer", 0, "Bump to start one Bio-Formats cache regeneration run; 0 never runs.")
 _key("bfcacheSlots", "array", ["omeroreadwrite=10", "omeroreadonly=1"], "Parallel jobs per node as 'role=N' for omeroreadwrite and omeroreadonly.")
 _key("omeroBin", "string", "/opt/omero/server/OMERO.server/bin/omero", "Path of the omero executable on the OMERO servers.")
+_key("omeroCliRenderVersion", "string", "0.8.1", "Version of omero-cli-render installed on every OMERO node for cache regeneration (production's).")
 # Database
 _key("databaseName", "string", "idr", "OMERO database name.")
 _key("statementTimeoutMs", "integer", 60000, "statement_timeout of the omeroreadonly database role, in milliseconds.")
+# Deployment playbooks (IDR/deployment), run on the operator's machine
+_key("deploymentEnabled", "boolean", True, "Run IDR's deployment playbooks (PostgreSQL, OMERO.server, OMERO.web) as a step of pulumi up; off: install them by other means.")
+_key("deploymentRepository", "string", "https://github.com/IDR/deployment.git", "Git URL of IDR/deployment, checked out at deploymentRef by the step (unless deploymentPath is set).")
+_key("deploymentRef", "string", "", "Commit (or tag) of deploymentRepository the step checks out; a full commit hash pins it.")
+_key("deploymentPath", "string", "", "A local checkout of IDR/deployment (absolute or relative to the project); used instead of deploymentRepository and deploymentRef.")
+_key("deploymentPlaybooks", "array", ["idr-01-install-idr.yml"], "Playbooks run in order from the checkout's ansible/ directory.")
+_key("deploymentVarsFile", "string", "", "YAML file of extra vars for the playbooks (absolute or relative to the project); empty: none.")
+_key("deploymentSecretVars", "string", None, "YAML mapping of secret vars for the playbooks (e.g. idr_secret_postgresql_password); written to a 0600 temporary file, never printed (secret).", secret=True)
+_key("deploymentGeneration", "integer", 0, "Bump to run the deployment playbooks again (and the steps that follow them).")
 # Releases
 _key("healthCheckPath", "string", "/webclient/?experimenter=-1", "Path that must answer HTTP 200 on an environment's floating IP before it takes the public IP.")
 
@@ -188,6 +206,21 @@ class CacheZone:
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """IDR's deployment playbooks as a step: where they come from and with what."""
+    enabled: bool
+    repository: str
+    ref: str
+    path: str                 # a local checkout as configured (relative: to the project), or ""
+    playbooks: tuple[str, ...]
+    vars_file: str            # as configured (relative: to the project), or ""
+    secret_vars: Any          # secret YAML text (Output under Pulumi) or None
+    generation: int
+    source_digest: str        # what the playbooks are: ref, or a digest of the local checkout's ansible/
+    vars_digest: str          # digest of the vars file's content ("" when none)
+
+
+@dataclass(frozen=True)
 class Settings:
     stack: str
     environment: str
@@ -216,15 +249,22 @@ class Settings:
     nginx_long_read_timeout: int
     tls_certificate: str
     tls_certificate_key: str
+    tls_certificate_chain: str     # PEM; empty: self-signed placeholder
+    tls_private_key: Any           # secret PEM (Output under Pulumi) or None
+    https_redirect: bool
+    omero_web_port: int
+    session_cookie_name: str
     maintenance: bool
     jupyter_enabled: bool
     cache_purge_generation: int
     bfcache_generation: int
     bfcache_slots: dict
     omero_bin: str
+    omero_cli_render_version: str
     database_name: str
     statement_timeout_ms: int
     health_check_path: str
+    deployment: "Deployment"
 
     def hosts_of(self, role: str) -> tuple[Host, ...]:
         return tuple(h for h in self.hosts if h.role == role)
@@ -404,6 +444,106 @@ def _zones(name, items):
     return tuple(zones)
 
 
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+# Playbooks this program must not run: the first formats and mounts volumes
+# (the program does that, by volume ID); the second is not idempotent.
+REFUSED_PLAYBOOKS = {"idr-00-preinstall.yml": "it formats and mounts volumes, which this program does itself",
+                     "idr-03-postinstall.yml": "it is not idempotent and pulumi up re-runs the step"}
+_PLAYBOOK_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.ya?ml$")
+_GIT_REF_RE = re.compile(r"^(?![-/.])(?!.*\.\.)[A-Za-z0-9_./-]{1,200}(?<![/.])$")
+_GIT_URL_RE = re.compile(r"^(https://|ssh://|git@|file://|/)[\x21-\x7e]+$")
+# Where galaxy roles land in a checkout (IDR/deployment's roles_path): not
+# part of what the playbooks are.
+_CHECKOUT_SKIP = {"vendor", "roles", ".git", "__pycache__"}
+
+
+def _project_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_DIR / path
+
+
+def _tree_digest(root: Path) -> str:
+    """sha256 of every file's relative path and content under `root`."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if _CHECKOUT_SKIP & set(rel.parts) or not path.is_file():
+            continue
+        digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _deployment(v: dict, secret: Callable[[str], Any]) -> Deployment:
+    enabled = v["deploymentEnabled"]
+    playbooks = tuple(v["deploymentPlaybooks"])
+    if not playbooks:
+        raise ConfigError("deploymentPlaybooks", [], "at least one playbook, e.g. [\"idr-01-install-idr.yml\"]")
+    for name in playbooks:
+        if not _PLAYBOOK_RE.fullmatch(name):
+            raise ConfigError("deploymentPlaybooks", name, "file names of playbooks in the checkout's ansible/ "
+                              "directory, ending in .yml or .yaml, without '/'")
+        if name in REFUSED_PLAYBOOKS:
+            raise ConfigError("deploymentPlaybooks", name, f"not {name}: {REFUSED_PLAYBOOKS[name]}")
+    if len(set(playbooks)) != len(playbooks):
+        raise ConfigError("deploymentPlaybooks", list(playbooks), "each playbook once")
+
+    repository, ref, path_value = v["deploymentRepository"].strip(), v["deploymentRef"].strip(), v["deploymentPath"].strip()
+    if not _GIT_URL_RE.fullmatch(repository):
+        raise ConfigError("deploymentRepository", repository,
+                          "a git URL (https://, ssh://, git@host:path, file:// or an absolute path)")
+    if ref and not _GIT_REF_RE.fullmatch(ref):
+        raise ConfigError("deploymentRef", ref, "a commit hash or tag name (letters, digits, . _ / -)")
+    path, source = "", f"{repository}@{ref}"
+    if path_value:
+        checkout = _project_path(path_value)
+        if not (checkout / "ansible").is_dir():
+            raise ConfigError("deploymentPath", path_value, f"a checkout of IDR/deployment: a directory with an "
+                              f"ansible/ directory in it ({checkout / 'ansible'} is not a directory)")
+        for name in playbooks:
+            if not (checkout / "ansible" / name).is_file():
+                raise ConfigError("deploymentPlaybooks", name, f"playbooks that exist in {checkout / 'ansible'}")
+        # As configured, not resolved: the step must look the same from every
+        # operator's machine (its text is a trigger).
+        path, source = path_value, _tree_digest(checkout / "ansible")
+    elif enabled and not ref:
+        raise ConfigError("deploymentRef", ref, "a commit of deploymentRepository to check out (a full hash pins "
+                          "it), or set deploymentPath to a local checkout, or deploymentEnabled to false")
+
+    vars_file, vars_digest = "", ""
+    if v["deploymentVarsFile"].strip():
+        candidate = _project_path(v["deploymentVarsFile"].strip())
+        try:
+            text = candidate.read_text()
+            loaded = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError("deploymentVarsFile", v["deploymentVarsFile"],
+                              f"a readable YAML file ({error.strerror if isinstance(error, OSError) else 'not text'})") from None
+        except yaml.YAMLError:
+            raise ConfigError("deploymentVarsFile", v["deploymentVarsFile"], "a YAML file of variables (this one does not parse)") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("deploymentVarsFile", v["deploymentVarsFile"], "a YAML mapping of variable names to values")
+        vars_file, vars_digest = v["deploymentVarsFile"].strip(), hashlib.sha256(text.encode()).hexdigest()
+
+    return Deployment(enabled, repository, ref, path, playbooks, vars_file, secret("deploymentSecretVars"),
+                      _int_range("deploymentGeneration", v["deploymentGeneration"], 0, 10**9), source, vars_digest)
+
+
+def _tls(v: dict, secret: Callable[[str], Any]) -> tuple[str, Any]:
+    chain = v["tlsCertificateChain"].strip()
+    if not chain:
+        return "", None
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----", chain)
+    if not blocks or "".join(blocks).count("BEGIN") != chain.count("-----BEGIN"):
+        raise ConfigError("tlsCertificateChain", chain[:60] + ("..." if len(chain) > 60 else ""),
+                          "PEM certificates only ('-----BEGIN CERTIFICATE-----' blocks, server certificate first); "
+                          "the private key goes in the secret idr:tlsPrivateKey")
+    key = secret("tlsPrivateKey")
+    if key is None:
+        raise ConfigError("tlsPrivateKey", None, "a secret, required with tlsCertificateChain: "
+                          "`pulumi config set --secret idr:tlsPrivateKey < key.pem`")
+    return chain + "\n", key
+
+
 def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Callable[[str], Any]) -> Settings:
     """Parse and validate config. `raw(name)` returns the plain string or None;
     `secret(name)` returns the secret value (an Output under Pulumi) or None."""
@@ -507,6 +647,12 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
                           f"at least nginxPublicReadTimeout ({public_timeout}): 9000 and 8009 exist for slow requests")
     _dns_name("serverName", v["serverName"])
 
+    tls_chain, tls_key = _tls(v, secret)
+    session_cookie = v["sessionCookieName"].strip() or f"sessionid_{environment}"
+    if not re.fullmatch(r"^[A-Za-z0-9_.-]{1,64}$", session_cookie):
+        raise ConfigError("sessionCookieName", v["sessionCookieName"],
+                          "a cookie name of letters, digits, _ . - (at most 64), or empty for sessionid_<environment>")
+
     slots = _role_map("bfcacheSlots", v["bfcacheSlots"], OMERO_ROLES,
                       lambda s: int(s) if s.isdigit() and 1 <= int(s) <= 64 else None, "N', N from 1 to 64")
     for role in OMERO_ROLES:
@@ -553,12 +699,19 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
         nginx_long_read_timeout=long_timeout,
         tls_certificate=_path("tlsCertificate", v["tlsCertificate"]),
         tls_certificate_key=_path("tlsCertificateKey", v["tlsCertificateKey"]),
+        tls_certificate_chain=tls_chain,
+        tls_private_key=tls_key,
+        https_redirect=v["httpsRedirect"],
+        omero_web_port=_int_range("omeroWebPort", v["omeroWebPort"], 1, 65535),
+        session_cookie_name=session_cookie,
         maintenance=v["maintenance"],
         jupyter_enabled=v["jupyterEnabled"],
         cache_purge_generation=_int_range("cachePurgeGeneration", v["cachePurgeGeneration"], 0, 10**9),
         bfcache_generation=_int_range("bfcacheGeneration", v["bfcacheGeneration"], 0, 10**9),
         bfcache_slots=slots,
         omero_bin=_path("omeroBin", v["omeroBin"]),
+        omero_cli_render_version=v["omeroCliRenderVersion"] if re.fullmatch(r"^[0-9]+(\.[0-9]+){1,3}$", v["omeroCliRenderVersion"])
+        else _raise(ConfigError("omeroCliRenderVersion", v["omeroCliRenderVersion"], "a release number such as 0.8.1")),
         database_name=v["databaseName"] if re.fullmatch(r"^[a-z_][a-z0-9_]{0,62}$", v["databaseName"])
         else _raise(ConfigError("databaseName", v["databaseName"], "a PostgreSQL identifier in lower case")),
         statement_timeout_ms=_int_range("statementTimeoutMs", v["statementTimeoutMs"], 1000, 3_600_000, " ms"),
@@ -566,6 +719,7 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
         else _raise(ConfigError("healthCheckPath", v["healthCheckPath"],
                                 "a URL path starting with / of printable ASCII, without spaces or control characters "
                                 "(percent-encode them)")),
+        deployment=_deployment(v, secret),
     )
 
 
