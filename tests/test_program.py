@@ -198,8 +198,12 @@ def test_outputs_hosts_volumes_and_inventory(prod_run):
     assert out["dataVolumes"]["database"]["size"] == 800
     inv = yaml.safe_load(out["inventory"])
     groups = inv["all"]["children"]
-    assert set(groups) == {"proxy", "omeroreadwrite", "database", "omeroreadonly", "dockermanager"}
-    assert set(groups["omeroreadonly"]["hosts"]) == {f"prod-omeroreadonly-{n}" for n in range(1, 5)}
+    readonly = {f"prod-omeroreadonly-{n}" for n in range(1, 5)}
+    # IDR's deployment playbooks' host patterns, and their group_vars keys.
+    for group in ("prod-omeroreadonly-hosts", "omeroreadonly-hosts"):
+        assert set(groups[group]["hosts"]) == readonly
+    assert set(groups["prod-omero-hosts"]["hosts"]) == readonly | {"prod-omeroreadwrite"}
+    assert set(groups["prod-hosts"]["hosts"]) == {h["name"] for h in out["hosts"]}
 
 
 def _intended_host(run, cmd) -> str:

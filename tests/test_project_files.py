@@ -70,3 +70,19 @@ def test_readme_paths_on_hosts_are_rendered(rendered_every_feature):
     missing = [p for p in paths if not any((tree / host / p.lstrip("/")).is_file()
                                            for host in ("prod-proxy", "prod-database", "prod-omeroreadwrite"))]
     assert missing == []
+
+
+def test_pulumi_yaml_and_readme_table_are_generated_from_settings():
+    """Pulumi.yaml's config block and the README's config table are what
+    scripts/gen-pulumi-yaml writes from settings.KEYS."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, str(PROJECT_DIR / "scripts/gen-pulumi-yaml"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_readme_commands_are_the_scripts_ci_runs():
+    readme = (PROJECT_DIR / "README.md").read_text()
+    assert "scripts/render prod out/" in readme and "scripts/test" in readme
+    assert "exec scripts/test" in (PROJECT_DIR / ".ci/run").read_text()
