@@ -13,6 +13,7 @@ from typing import Optional
 import pulumi
 import pulumi_openstack as openstack
 
+from . import identity
 from .settings import Settings
 
 
@@ -20,11 +21,11 @@ class FloatingIpHeld(pulumi.RunError):
     """The configured IP is bound to a port of another environment."""
 
 
-def release_hint(holder_env: str) -> str:
+def release_hint(holder_env: str, this_stack: str = "<this stack>") -> str:
     return (f"release it in the {holder_env} environment first: "
-            f"`python -m operations.swap --from {holder_env} --to <this stack>`, or by hand "
+            f"`python -m operations.swap --from {holder_env} --to {this_stack}`, or by hand "
             f"`pulumi state unprotect -s {holder_env} <its floatingIpUrn output> && "
-            f"pulumi config rm idr:floatingIp -s {holder_env} && pulumi up -s {holder_env}`")
+            f"pulumi config rm idr:floatingIp -s {holder_env} && pulumi up -s {holder_env} --policy-pack policy`")
 
 
 def check_floating_ip(settings: Settings) -> None:
@@ -44,9 +45,17 @@ def check_floating_ip(settings: Settings) -> None:
         return
     holder_env = port.name[: -len("-proxy")] if port.name.endswith("-proxy") else None
     holder = f"port {port.name or '(unnamed)'} ({fip.port_id})"
+    if holder_env and holder_env == identity.deployed_environment():
+        # The holder is this very stack, deployed under another environment
+        # name: releasing the IP "there" would tear this environment down.
+        raise FloatingIpHeld(
+            f"config idr:floatingIp = {ip!r} is held by {holder}: this stack's own proxy, deployed as environment "
+            f"{holder_env}, while config now names it {settings.environment}. Nothing is released and nothing is "
+            f"renamed: set `pulumi config set idr:environment {holder_env} -s {settings.stack}` to keep the running "
+            f"environment; a differently named one is a new stack from this one's volumes and the swap command")
     if holder_env:
         raise FloatingIpHeld(f"config idr:floatingIp = {ip!r} is held by {holder} of environment "
-                             f"{holder_env}; {release_hint(holder_env)}")
+                             f"{holder_env}; {release_hint(holder_env, settings.stack)}")
     raise FloatingIpHeld(f"config idr:floatingIp = {ip!r} is held by {holder}, which is no IDR proxy; "
                          f"free it with `openstack floating ip unset --port {ip}` once you are sure it is unused")
 

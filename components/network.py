@@ -68,8 +68,11 @@ class Network(pulumi.ComponentResource):
             self.subnet_id = pulumi.Output.from_input(subnet.id)
         else:
             cidr = ipaddress.IPv4Network(s.subnet_cidr)
+            # Under the data holders' ports: never replaced or deleted by an
+            # update (the engine refuses; retiring unprotects them on purpose).
+            kept = pulumi.ResourceOptions(parent=self, protect=True)
             network = openstack.networking.Network(f"{env}-network", name=f"{env}-network",
-                                                   admin_state_up=True, opts=child)
+                                                   admin_state_up=True, opts=kept)
             subnet = openstack.networking.Subnet(
                 f"{env}-subnet", name=f"{env}-subnet", network_id=network.id, cidr=s.subnet_cidr,
                 ip_version=4, dns_nameservers=list(s.dns_nameservers) or None,
@@ -77,7 +80,7 @@ class Network(pulumi.ComponentResource):
                 # host's fixed address (.10 upwards).
                 allocation_pools=[openstack.networking.SubnetAllocationPoolArgs(
                     start=str(cidr.network_address + 2), end=str(cidr.network_address + 9))],
-                opts=child)
+                opts=kept)
             external = openstack.networking.get_network(name=s.external_network, external=True)
             router = openstack.networking.Router(f"{env}-router", name=f"{env}-router",
                                                  external_network_id=external.id, opts=child)
@@ -97,8 +100,25 @@ class Network(pulumi.ComponentResource):
                                               opts=pulumi.ResourceOptions(parent=self))
         for i, rule in enumerate(rules):
             openstack.networking.SecGroupRule(
-                f"{name}-{i}", security_group_id=group.id, direction="ingress", ethertype="IPv4",
+                rule_name(name, rule), security_group_id=group.id, direction="ingress", ethertype="IPv4",
                 protocol=rule.protocol, port_range_min=rule.port_min, port_range_max=rule.port_max,
                 remote_ip_prefix=rule.remote, remote_group_id=group.id if rule.remote is None else None,
-                description=rule.why, opts=pulumi.ResourceOptions(parent=group))
+                description=rule.why,
+                # Stacks deployed before rules were named by content know
+                # them by list position: carry each over without a replace.
+                # Exact while the rule list is the one last deployed; change
+                # sshAllowedCidrs or rsyncEnabled only after one `pulumi up`
+                # with this code.
+                opts=pulumi.ResourceOptions(parent=group, aliases=[pulumi.Alias(name=f"{name}-{i}")]))
         return group
+
+
+def rule_name(group: str, rule: Rule) -> str:
+    """A rule's logical name says what it allows, so adding or removing one
+    CIDR or port adds or removes exactly that rule and never renames another
+    (rules are ForceNew in every property; Neutron refuses a duplicate)."""
+    proto = rule.protocol or "any"
+    ports = "" if rule.port_min is None else (
+        f"-{rule.port_min}" if rule.port_min == rule.port_max else f"-{rule.port_min}-{rule.port_max}")
+    remote = "self" if rule.remote is None else rule.remote.replace("/", "_")
+    return f"{group}-{proto}{ports}-from-{remote}"

@@ -124,6 +124,7 @@ class Options:
     depends_on: list[str]  # URNs
     parent: str
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)  # input -> URNs
+    aliases: list[str] = field(default_factory=list)  # URNs this resource was known by
 
 
 @dataclass
@@ -164,12 +165,17 @@ class IdrMocks(pulumi_mocks.Mocks):
     `floating_ip_holders` maps an address to the name of the port holding it
     (absent: the IP is free). `stack_outputs` maps a stack name to the outputs
     a StackReference to it reads. `subnet_cidrs` maps an existing subnet name
-    to its CIDR."""
+    to its CIDR. `stack` is the stack being run: its reference to itself
+    reads `deployed` (its last outputs; None: never deployed, no outputs, as
+    the engine answers for a stack without a checkpoint)."""
 
-    def __init__(self, floating_ip_holders=None, stack_outputs=None, subnet_cidrs=None):
+    def __init__(self, floating_ip_holders=None, stack_outputs=None, subnet_cidrs=None,
+                 stack: str = "", deployed: Optional[dict] = None):
         self.floating_ip_holders = floating_ip_holders or {}
         self.stack_outputs = stack_outputs or {}
         self.subnet_cidrs = subnet_cidrs or {}
+        self.stack = stack
+        self.deployed = deployed or {}
         self.calls: list[tuple[str, dict]] = []
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
@@ -177,6 +183,8 @@ class IdrMocks(pulumi_mocks.Mocks):
         if args.typ == "pulumi:pulumi:StackReference":
             name = args.inputs.get("name") or args.resource_id
             short = name.split("/")[-1]
+            if short == self.stack:
+                return name, {"name": name, "outputs": self.deployed, "secretOutputNames": []}
             if short not in self.stack_outputs:
                 raise pulumi.RunError(f"stack {name} has no outputs here (offline run)")
             return name, {"name": name, "outputs": self.stack_outputs[short], "secretOutputNames": []}
@@ -235,7 +243,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 ignore_changes=list(request.ignoreChanges),
                 depends_on=list(request.dependencies),
                 parent=request.parent,
-                property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()})))
+                property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
+                aliases=_alias_urns(urn, request))))
         return response
 
     def ReadResource(self, request):
@@ -246,6 +255,21 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             inputs=rpc.deserialize_properties(request.properties), state=self.resources[response.urn].state,
             id=request.id, options=Options(False, False, False, [], list(request.dependencies), request.parent)))
         return response
+
+
+def _alias_urns(urn: str, request) -> list[str]:
+    """The old URNs a registration carries over (only renames in place:
+    what this program uses)."""
+    found = []
+    for alias in request.aliases:
+        if alias.urn:
+            found.append(alias.urn)
+        elif alias.spec.name and not alias.spec.type and not alias.spec.parentUrn and not alias.spec.noParent:
+            found.append(urn.rsplit("::", 1)[0] + "::" + alias.spec.name)
+        else:
+            raise NotImplementedError(f"offline run: alias {alias} of {urn} is not recorded")
+    found.extend(request.aliasURNs)
+    return found
 
 
 # ------------------------------------------------------------------ run
@@ -267,6 +291,7 @@ def run_config(stack: str, config: dict[str, str], secret_keys: set[str], mocks:
 
     _reset_runtime()
     mocks = mocks or IdrMocks()
+    mocks.stack = mocks.stack or stack  # its reference to itself: never deployed unless told
     recording = Recording(stack)
     pulumi.runtime.set_all_config(config, list(secret_keys))
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False,
@@ -287,7 +312,7 @@ def run_config(stack: str, config: dict[str, str], secret_keys: set[str], mocks:
 
 def run_stack(stack: str, overrides: Optional[dict] = None, floating_ip_holders: Optional[dict] = None,
               stack_outputs: Optional[dict] = None, subnet_cidrs: Optional[dict] = None,
-              project_dir: Path = PROJECT_DIR) -> Recording:
+              project_dir: Path = PROJECT_DIR, deployed: Optional[dict] = None) -> Recording:
     """Run the program for a stack file of this project (plus `overrides`).
 
     A stack that clones another (idr:cloneFromStack) reads that stack's
@@ -298,5 +323,5 @@ def run_stack(stack: str, overrides: Optional[dict] = None, floating_ip_holders:
     source = config.get(f"{PROJECT}:cloneFromStack", "").split("/")[-1]
     if source and source not in stack_outputs and (project_dir / f"Pulumi.{source}.yaml").exists():
         stack_outputs[source] = run_stack(source, project_dir=project_dir).outputs
-    mocks = IdrMocks(floating_ip_holders, stack_outputs, subnet_cidrs)
+    mocks = IdrMocks(floating_ip_holders, stack_outputs, subnet_cidrs, stack=stack, deployed=deployed)
     return run_config(stack, config, secrets, mocks)

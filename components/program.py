@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import pulumi
 
+from . import identity
 from . import settings as settings_module
 from .environment import IdrEnvironment, IdrEnvironmentArgs
 
 
 def main() -> dict:
     s = settings_module.load()
+    # Before any other resource: what is deployed refuses what would harm it.
+    deployed = identity.deployed_from(identity.read_deployed())
+    identity.remember(deployed)
+    identity.check(s, deployed)
+    s = identity.settle_clones(s, deployed)
     env = IdrEnvironment(s.environment, IdrEnvironmentArgs(s))
-    for key, value in env.outputs.items():
+    outputs = {**env.outputs, identity.OUTPUT: identity.recorded(s)}
+    for key, value in outputs.items():
         pulumi.export(key, value)
-    return env.outputs
+    return outputs

@@ -11,6 +11,7 @@ import pulumi_openstack as openstack
 from .hostfiles import HostFiles, HostFilesArgs
 from .network import Network
 from .render.host import cloud_config, mount_command, mount_script
+from .render.inventory import host_groups
 from .settings import Host, Settings
 from .storage import DataVolume
 
@@ -30,12 +31,18 @@ class Server(pulumi.ComponentResource):
         super().__init__("idr:server:Server", name, None, opts)
         s, host, net = args.settings, args.host, args.network
         groups = [net.internal_group.id] + ([net.proxy_group.id] if host.role == "proxy" else [])
+        # A host holding a data volume is neither replaced nor deleted by an
+        # update: its instance, port and attachment are protected (the engine
+        # refuses a replacement of a protected resource, and of anything that
+        # would drag it along). Replacing one is an operator step: README,
+        # "To replace a server on purpose".
+        holds_data = host.volume is not None
         self.port = openstack.networking.Port(
             host.name, name=host.name, network_id=net.network_id, admin_state_up=True,
             fixed_ips=[openstack.networking.PortFixedIpArgs(subnet_id=net.subnet_id, ip_address=host.fixed_ip)],
             security_group_ids=groups,
             tags=[f"idr-environment={s.environment}", f"idr-role={host.role}"],
-            opts=pulumi.ResourceOptions(parent=self))
+            opts=pulumi.ResourceOptions(parent=self, protect=holds_data))
 
         # No server is replaced by a change of first-boot data (cloud-init
         # reads it once) or of image: `pulumi up --replace <urn>` does that on
@@ -45,9 +52,12 @@ class Server(pulumi.ComponentResource):
             user_data=cloud_config(s, host),
             availability_zone=s.availability_zone or None,
             networks=[openstack.compute.InstanceNetworkArgs(port=self.port.id)],
-            metadata={"idr-environment": s.environment, "idr-role": host.role},
+            # `groups`: what IDR's dynamic inventory builds groups from (an
+            # in-place update on a running server: metadata is not ForceNew).
+            metadata={"idr-environment": s.environment, "idr-role": host.role,
+                      "groups": ",".join(host_groups(s, host))},
             opts=pulumi.ResourceOptions(
-                parent=self,
+                parent=self, protect=holds_data,
                 # The port outlives the instance; a new instance cannot take a
                 # port the old one still uses.
                 delete_before_replace=True,
@@ -57,7 +67,7 @@ class Server(pulumi.ComponentResource):
         if args.volume is not None:
             attach = openstack.compute.VolumeAttach(
                 f"{host.name}-data", instance_id=self.instance.id, volume_id=args.volume.volume.id,
-                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, protect=True))
             # Again on a new server (the volume comes back attached but not
             # mounted) and on a larger volume (the filesystem is grown).
             self.mount = HostFiles(f"{host.name}-mount", HostFilesArgs(

@@ -23,7 +23,9 @@ class DataVolumeArgs:
 
 def _source_from_stack(ref: pulumi.StackReference, role: str, size: int, stack: str) -> pulumi.Output:
     """The source volume ID from the other stack's `dataVolumes` output,
-    refusing a clone smaller than its source."""
+    refusing a clone smaller than its source. Only for a volume still to be
+    created: once it exists, program.py drops its source (identity.settle_clones),
+    so a source that grew, shrank or vanished never fails an update."""
     def pick(volumes):
         if not volumes or role not in volumes:
             raise ConfigError("cloneFromStack", stack, f"a stack whose dataVolumes output has a {role} volume")

@@ -15,6 +15,9 @@ PROJECT = "idr"
 ASSOCIATION_TYPE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
 VOLUME_TYPE = "openstack:blockstorage/volume:Volume"
 ENVIRONMENT_TYPE = "idr:environment:IdrEnvironment"
+# Every update a command runs is checked by the CrossGuard pack (relative to
+# the project directory, where the commands run pulumi).
+POLICY_PACK = ("--policy-pack", "policy")
 
 
 class OperationError(Exception):
@@ -88,7 +91,7 @@ class Pulumi:
         self._run(["state", "unprotect", urn, "--yes"], stack, mutating=True)
 
     def up_target(self, stack: str, urn: str) -> str:
-        return self._run(["up", "--target", urn, "--yes", "--skip-preview"], stack, mutating=True)
+        return self._run(["up", *POLICY_PACK, "--target", urn, "--yes", "--skip-preview"], stack, mutating=True)
 
     def destroy_unprotected(self, stack: str) -> str:
         return self._run(["destroy", "--exclude-protected", "--yes", "--skip-preview"], stack, mutating=True)

@@ -16,6 +16,12 @@ import sys
 from .common import ASSOCIATION_TYPE, VOLUME_TYPE, OperationError, Pulumi, association_urn, confirm, stack_environment
 
 ROOT_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:")
+# Protected by the program so that no update detaches a data volume from a
+# running server (components/server.py, network.py); retiring is the explicit
+# step that lets them go. Volumes and the floating-IP association stay protected.
+HOLDER_TYPES = ("openstack:compute/instance:Instance", "openstack:compute/volumeAttach:VolumeAttach",
+                "openstack:networking/port:Port", "openstack:networking/network:Network",
+                "openstack:networking/subnet:Subnet")
 
 
 def held_ip(pulumi: Pulumi, stack: str) -> tuple[str, str]:
@@ -48,13 +54,16 @@ def main(argv=None) -> int:
                   f"  pulumi state unprotect -s {s} {q(urn)}\n"
                   f"  pulumi config set idr:sshBastion {ip} -s {s}   # if unset: it defaulted to the IP\n"
                   f"  pulumi config rm idr:floatingIp -s {s}\n"
-                  f"  pulumi up -s {s} --target {q(urn)}\n"
+                  f"  pulumi up -s {s} --policy-pack policy --target {q(urn)}\n"
                   f"then run `python -m operations.retire --stack {s}` again.", file=sys.stderr)
             return 2
-        if not confirm(f"Destroy every unprotected resource of {s} (servers, ports, network)? "
+        if not confirm(f"Destroy every server, port and network of {s} (data volumes are detached)? "
                        f"Its protected data volumes stay.", args.yes):
             print("nothing destroyed")
             return 1
+        for r in pulumi.resources(s):
+            if r.get("protect") and r.get("type") in HOLDER_TYPES:
+                pulumi.unprotect(s, r["urn"])
         print(pulumi.destroy_unprotected(s).rstrip())
         remaining = [r for r in pulumi.resources(s) if not r.get("type", "").startswith(ROOT_TYPES)]
     except OperationError as error:

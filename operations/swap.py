@@ -170,7 +170,7 @@ class Swap:
             raise OperationError(
                 f"{self.new_stack} holds no spare floating IP, so it cannot be tested before going live: "
                 f"`pulumi config set idr:floatingIp <spare IP> -s {self.new_stack}` and "
-                f"`pulumi up -s {self.new_stack}` first")
+                f"`pulumi up -s {self.new_stack} --policy-pack policy` first")
         if self.new.ip == public:
             raise OperationError(f"both stacks' idr:floatingIp is {public}: fix one of them by hand")
         return Record(self.old_stack, self.new_stack, public, self.new.ip, IN_PROGRESS)
@@ -228,7 +228,7 @@ class Swap:
         for side, ip in ((self.old, r.public_ip), (self.new, r.spare_ip)):
             if phase == 0 and side.association is None:
                 raise OperationError(f"{side.stack}'s Pulumi state has no floating-IP association although "
-                                     f"{ip} is on its proxy: run `pulumi up -s {side.stack}` first")
+                                     f"{ip} is on its proxy: run `pulumi up -s {side.stack} --policy-pack policy` first")
         if phase <= 1:  # the new environment must answer before it takes the public IP
             ok, detail = http_ok(r.spare_ip, self.http_port, self.new.health_path)
             if not ok and phase == 0:
@@ -241,7 +241,7 @@ class Swap:
                     f"already released {r.public_ip}. Fix {self.new_stack} and run `{self.command}` again, or "
                     f"give {r.public_ip} back to {self.old_stack}:\n"
                     f"  pulumi config set {FLOATING_IP} {r.public_ip} -s {self.old_stack}\n"
-                    f"  pulumi up -s {self.old_stack} --target {q(self.old.urn)}\n"
+                    f"  pulumi up -s {self.old_stack} --policy-pack policy --target {q(self.old.urn)}\n"
                     f"  pulumi config rm {RECORD} -s {self.old_stack}\n"
                     f"  pulumi config rm {RECORD} -s {self.new_stack}")
             self.say(f"check: {detail}")

@@ -23,6 +23,7 @@ from pulumi_policy.proxy import UnknownValueError
 SEC_GROUP = "openstack:networking/secGroup:SecGroup"
 SEC_GROUP_RULE = "openstack:networking/secGroupRule:SecGroupRule"
 SUBNET = "openstack:networking/subnet:Subnet"
+NETWORK = "openstack:networking/network:Network"
 PORT = "openstack:networking/port:Port"
 INSTANCE = "openstack:compute/instance:Instance"
 VOLUME = "openstack:blockstorage/volume:Volume"
@@ -243,6 +244,33 @@ def volume_holders_delete_before_replace(args: StackValidationArgs, report_viola
                                  f"with delete_before_replace=True.", instance.urn)
 
 
+def data_holders_protected(args: StackValidationArgs, report_violation) -> None:
+    """What a data volume hangs on is protected: its attachment, the instance
+    it is attached to, that instance's ports and their network and subnet. An
+    update can then neither replace nor delete them, so no data volume is
+    detached from a running server without an explicit operator step."""
+    seen = set()
+
+    def need(res: PolicyResource, why: str) -> None:
+        if res.urn in seen:
+            return
+        seen.add(res.urn)
+        if not res.opts.protect:
+            report_violation(f"{why} is not protected: declare it with protect=True, so that no update replaces "
+                             f"or deletes it under a mounted data volume.", res.urn)
+
+    for attach in _of_type(args.resources, VOLUME_ATTACH):
+        need(attach, f"volume attachment {attach.name}")
+        for instance in _refs(attach, "instanceId", INSTANCE):
+            need(instance, f"instance {instance.name}, which holds a data volume ({attach.name}),")
+            for port in _refs(instance, "networks", PORT):
+                need(port, f"port {port.name} of data holder {instance.name}")
+                for net in _refs(port, "networkId", NETWORK):
+                    need(net, f"network {net.name} under data holder {instance.name}")
+                for sub in _refs(port, "fixedIps", SUBNET):
+                    need(sub, f"subnet {sub.name} under data holder {instance.name}")
+
+
 def _format_ports(ranges: list[tuple[int, int]]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
@@ -277,4 +305,7 @@ POLICIES = [
     StackValidationPolicy(
         name="volume-holders-delete-before-replace", description=volume_holders_delete_before_replace.__doc__,
         validate=volume_holders_delete_before_replace, enforcement_level=MANDATORY),
+    StackValidationPolicy(
+        name="data-holders-protected", description=data_holders_protected.__doc__,
+        validate=data_holders_protected, enforcement_level=MANDATORY),
 ]

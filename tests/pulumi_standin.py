@@ -55,6 +55,8 @@ while i < len(argv):
         stack = argv[i + 1]; i += 2; continue
     if a == "--target":
         flags.add(("target", argv[i + 1])); i += 2; continue
+    if a == "--policy-pack":
+        flags.add(("policy-pack", argv[i + 1])); i += 2; continue
     if a.startswith("-"):
         flags.add(a)
     else:
@@ -97,7 +99,10 @@ elif args[:2] == ["state", "unprotect"]:
         die(f"No such resource {args[2]!r} exists in the current state")
     found[0]["protect"] = False
 elif args[:1] == ["up"]:
-    targets = {v for k, v in (f for f in flags if isinstance(f, tuple))}
+    # The operator commands never update without the policy pack.
+    if ("policy-pack", "policy") not in flags:
+        die("the stand-in refuses `pulumi up` without --policy-pack policy")
+    targets = {f[1] for f in flags if isinstance(f, tuple) and f[0] == "target"}
     if targets != {urn}:
         die(f"unexpected targets {sorted(targets)} (the association is {urn})")
     want = cfg.get("idr:floatingIp", "")
@@ -141,7 +146,15 @@ def stack_state(stack: str, config: dict, floating_ip: str = "", env: str = "") 
                  {"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment::{env}",
                   "type": "idr:environment:IdrEnvironment", "protect": False},
                  {"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment$openstack:networking/port:Port"
-                         f"::{env}-proxy", "type": "openstack:networking/port:Port", "protect": False}]
+                         f"::{env}-omeroreadonly-1", "type": "openstack:networking/port:Port", "protect": False}]
+    # What a data volume hangs on is protected by the program (components/server.py, network.py).
+    for rtype, name in (("openstack:networking/network:Network", f"{env}-network"),
+                        ("openstack:networking/subnet:Subnet", f"{env}-subnet"),
+                        ("openstack:networking/port:Port", f"{env}-proxy"),
+                        ("openstack:compute/instance:Instance", f"{env}-database"),
+                        ("openstack:compute/volumeAttach:VolumeAttach", f"{env}-database-data")):
+        resources.append({"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${rtype}::{name}",
+                          "type": rtype, "protect": True})
     for role, size in (("omeroreadwrite", 1500), ("database", 800), ("proxy", 100)):
         name = f"{env}-{role}-data"
         resources.append({"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${VOLUME_TYPE}::{name}",

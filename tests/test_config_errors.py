@@ -322,7 +322,7 @@ def test_subnet_is_accepted_only_inside_rfc1918(address, prefix):
         assert s.subnet_cidr == str(network)
         assert not (network.is_link_local or network.is_multicast or network.is_loopback or network.is_global)
     else:
-        with pytest.raises(ConfigError, match=r"idr:subnetCidr = .* RFC 1918"):
+        with pytest.raises(ConfigError, match=r"idr:subnetCidr = .*\(RFC 1918\)"):
             _settings({"subnetCidr": str(network)})
 
 

@@ -218,6 +218,32 @@ def test_volume_holder_with_delete_before_replace_passes_and_without_violates():
     assert run_stack_policy(P.volume_holders_delete_before_replace, [volume, good, free, attach[0]]) == []
 
 
+def test_data_holders_protected_passes_and_unprotected_violates():
+    """The instance a volume hangs on, its attachment, port, network and
+    subnet: protected passes; any one unprotected is named; a host without a
+    volume (a read-only server) may stay unprotected."""
+    def build(unprotected=()):
+        def r(rtype, name, props=None, deps=None):
+            return resource(rtype, name, props, deps, protect=name not in unprotected)
+        network = r(P.NETWORK, "prod-network")
+        subnet = r(P.SUBNET, "prod-subnet", {"cidr": "192.168.1.0/24"})
+        port = r(P.PORT, "prod-database", {"name": "prod-database"}, {"networkId": [network], "fixedIps": [subnet]})
+        instance = r(P.INSTANCE, "prod-database", {}, {"networks": [port]})
+        volume = r(P.VOLUME, "prod-database-data")
+        attach = r(P.VOLUME_ATTACH, "prod-database-data-attach", {}, {"instanceId": [instance], "volumeId": [volume]})
+        ro_port = resource(P.PORT, "prod-omeroreadonly-1", {}, {"networkId": [network], "fixedIps": [subnet]})
+        ro = resource(P.INSTANCE, "prod-omeroreadonly-1", {}, {"networks": [ro_port]})
+        return [network, subnet, port, instance, volume, attach, ro_port, ro]
+    assert run_stack_policy(P.data_holders_protected, build()) == []
+    for name, rtype in (("prod-database", P.INSTANCE), ("prod-database", P.PORT), ("prod-network", P.NETWORK),
+                        ("prod-subnet", P.SUBNET), ("prod-database-data-attach", P.VOLUME_ATTACH)):
+        resources = build(unprotected=(name,))
+        found = run_stack_policy(P.data_holders_protected, resources)
+        expected = {r.urn for r in resources if r.name == name and not r.opts.protect}
+        assert {urn for _, urn in found} == expected and len(found) == len(expected), (name, found)
+        assert all("is not protected" in message for message, _ in found)
+
+
 # ------------------------------------------------------------ preview unknowns
 
 def test_unknown_ids_during_preview_still_decide():
@@ -240,7 +266,7 @@ def test_unknown_ids_during_preview_still_decide():
 
 def test_pack_declares_each_policy_once_with_its_kind():
     kinds = {p.name: type(p) for p in P.POLICIES}
-    assert len(kinds) == len(P.POLICIES) == 7
+    assert len(kinds) == len(P.POLICIES) == 8
     assert kinds["data-volumes-protected"] is ResourceValidationPolicy
     assert all(k is StackValidationPolicy for n, k in kinds.items() if n != "data-volumes-protected")
 
@@ -265,6 +291,8 @@ def policy_resources(recording) -> list[PolicyResource]:
         res.dependencies = [out[u] for u in r.options.depends_on if u in out]
         for key, value in r.inputs.items():
             values = value if isinstance(value, list) else [value]
+            # One level into objects too: an instance's `networks: [{port: id}]`.
+            values = [x for v in values for x in (v.values() if isinstance(v, dict) else [v])]
             refs = [out[by_id[v].urn] for v in values if isinstance(v, str) and v in by_id]
             if refs:
                 res.property_dependencies[key] = refs
@@ -321,15 +349,19 @@ def test_pack_catches_a_weakened_program(recordings):
     volume.opts.protect = False
     instance = named[(P.INSTANCE, "prod-database")]
     instance.opts.delete_before_replace = None
+    instance.opts.protect = False
+    named[(P.PORT, "prod-omeroreadwrite")].opts.protect = False
     assoc = next(r for r in resources if r.resource_type == P.FLOATING_IP_ASSOCIATE)
     assoc.property_dependencies["portId"] = [named[(P.PORT, "prod-dockermanager")]]
-    external_rule = next(r for r in resources if r.resource_type == P.SEC_GROUP_RULE and r.name.endswith("-2"))
+    external_rule = next(r for r in resources if r.resource_type == P.SEC_GROUP_RULE and r.name == "prod-proxy-external-tcp-443-from-0.0.0.0_0")
     external_rule.props["portRangeMin"] = external_rule.props["portRangeMax"] = 9000
     named[(P.PORT, "prod-database")].property_dependencies["securityGroupIds"].append(
         named[(P.SEC_GROUP, "prod-proxy-external")])
     found = {(f[0], f[3]) for f in run_pack(resources) if f[1] == "mandatory"}
     assert (("data-volumes-protected", None)) in found
     assert ("volume-holders-delete-before-replace", instance.urn) in found
+    assert {u for n, u in found if n == "data-holders-protected"} == {
+        instance.urn, named[(P.PORT, "prod-omeroreadwrite")].urn}
     assert ("floating-ip-only-on-proxy", assoc.urn) in found
     assert ("no-external-admin-ports", external_rule.urn) in found
     assert ("external-ports-allowed", external_rule.urn) in found
@@ -400,7 +432,7 @@ def test_served_pack_passes_prod_and_blocks_a_weakened_prod(analyzer, recordings
     response = analyzer.AnalyzeStack(request)
     assert _mandatory(response) == [] and not response.diagnostics
 
-    rule = next(r for r in resources if r.name == "prod-proxy-external-2")
+    rule = next(r for r in resources if r.name == "prod-proxy-external-tcp-443-from-0.0.0.0_0")
     rule.props["portRangeMin"] = rule.props["portRangeMax"] = 5432
     response = analyzer.AnalyzeStack(pb.AnalyzeStackRequest(resources=[_analyzer_resource(r) for r in resources]))
     assert {(d.policyName, d.urn) for d in _mandatory(response)} == {

@@ -40,6 +40,12 @@ def test_destroys_unprotected_and_lists_data_volumes(tmp_path, monkeypatch, caps
     world.add_stack("oldidr", "", {"idr:sshBastion": "198.51.100.7"})
     assert retire.main(["--stack", "oldidr", "--yes"]) == 0
     assert [c[:2] for c in destroys(world)] == [["destroy", "--exclude-protected"]]
+    # The data holders (instances, ports, network) were unprotected on purpose
+    # first; nothing else was.
+    unprotected = [c[2] for c in world.calls if c[:2] == ["state", "unprotect"]]
+    assert sorted(u.rsplit("::", 1)[1] for u in unprotected) == [
+        "oldidr-database", "oldidr-database-data", "oldidr-network", "oldidr-proxy", "oldidr-subnet"]
+    assert all(VOLUME_TYPE not in u and ASSOC_TYPE not in u for u in unprotected)
     left = world.stack("oldidr")["resources"]
     assert {r["type"] for r in left} == {VOLUME_TYPE} and all(r["protect"] for r in left)
     out = capsys.readouterr().out
@@ -62,6 +68,9 @@ def test_asks_first(tmp_path, monkeypatch):
 def test_destroy_failure_is_reported(tmp_path, monkeypatch, capsys):
     world = install(tmp_path, monkeypatch)
     world.add_stack("oldidr", "", {"idr:sshBastion": "198.51.100.7"})
-    world.fail_at(4)  # output, config, export, then destroy
+    # output, config, export, export, one unprotect per data holder, then destroy
+    destroy_call = 4 + sum(1 for r in world.stack("oldidr")["resources"]
+                           if r["protect"] and r["type"] in retire.HOLDER_TYPES) + 1
+    world.fail_at(destroy_call)
     assert retire.main(["--stack", "oldidr", "--yes"]) == 2
-    assert "injected failure of call 4" in capsys.readouterr().err
+    assert f"injected failure of call {destroy_call}" in capsys.readouterr().err
