@@ -1,14 +1,20 @@
-"""Requests per second for a cached thumbnail through the rendered proxy config
-against the same request straight to the stub OMERO.web, in one run.
+"""Requests per second for a cached thumbnail through the rendered proxy config,
+against its ceiling (the same bytes served by the same nginx as a static file)
+and against the same request straight to the stub OMERO.web, in one run.
 
-    .venv/bin/python -m benchmarks.nginx_cache_rps [--seconds 5] [--connections 32]
-        [--backend-delay 0] [--client auto|wrk|python]
+    .venv/bin/python -m benchmarks.nginx_cache_rps [--seconds 5] [--rounds 5] [--connections 32]
+        [--body-bytes 4096] [--backend-delay 0] [--client auto|wrk|python]
 
 Loopback only: real nginx with the rendered files (rewritten as in the tests:
 tmp paths, 127.0.0.1 ports, upstreams on the stub), the stub from
-tests/integration/nginx_fixtures.py. Each measurement is bounded in time.
-`wrk` (Debian package wrk) is used when present, else a threaded Python client;
-the same client measures both sides.
+tests/integration/nginx_fixtures.py. The static ceiling is one extra server
+added to the test copy only, in the same http block (same workers, sendfile,
+logging, headers). The three are measured in turn, `--rounds` times (static
+and cached back to back, in alternating order), and the medians are
+reported: of each rate, and of each round's cached/static ratio, so a
+neighbour's load on the machine hits both sides alike.
+`wrk` (Debian package wrk) is used when present, else a threaded Python
+client; the same client measures all three.
 """
 from __future__ import annotations
 
@@ -16,15 +22,19 @@ import argparse
 import http.client
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from tests.integration.nginx_fixtures import ProxyUnderTest, make_cert
+from components.render import nginx as render
+from tests.integration.nginx_fixtures import ProxyUnderTest, free_port, make_cert
 
 THUMB = "/webgateway/render_thumbnail/101/96/"
+STATIC = "/ceiling/thumbnail"
+TARGET = 0.8          # cached / static: what the cache costs over serving a file
 
 
 def rps_wrk(url: str, seconds: float, connections: int) -> float:
@@ -67,10 +77,39 @@ def rps_python(url: str, seconds: float, connections: int) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
+def add_static_server(proxy: ProxyUnderTest, root: Path, port: int) -> None:
+    """The ceiling: a server in the test copy of idr.conf serving files from
+    `root`, with the public servers' headers (so the answers weigh the same)."""
+    conf = proxy.nginx.files[render.IDR_CONF]
+    conf.write_text(conf.read_text() + f"""
+# benchmark only: the same bytes as a static file
+server {{
+    listen 127.0.0.1:{port};
+    add_header X-Cache-Status $upstream_cache_status always;
+    add_header Access-Control-Allow-Origin "*" always;
+    root {root};
+    default_type text/plain;
+}}
+""")
+
+
+def get(port: int, path: str) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--body-bytes", type=int, default=4096,
+                        help="size of the thumbnail's body (an IDR 96px JPEG thumbnail is a few kB)")
     parser.add_argument("--backend-delay", type=float, default=0.0,
                         help="seconds the stub takes per thumbnail (a real render is ~0.05-0.5 s)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
@@ -78,29 +117,53 @@ def main(argv=None):
     client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "python")
     measure = rps_wrk if client == "wrk" else rps_python
 
+    results = {"static": [], "cached": [], "backend": []}
     with tempfile.TemporaryDirectory(prefix="idr-bench-") as tmp:
         tmp = Path(tmp)
-        proxy = ProxyUnderTest(tmp / "nginx", make_cert(tmp)).start()
+        proxy = ProxyUnderTest(tmp / "nginx", make_cert(tmp))
+        static_port, static_root = free_port(), tmp / "static"
+        add_static_server(proxy, static_root, static_port)
         try:
+            proxy.start()
+            proxy.state.padding = max(0, args.body_bytes - len(f"{THUMB} v1 from omeroreadonly\n"))
             if args.backend_delay:
                 proxy.state.delays[THUMB] = args.backend_delay
-            proxied = f"http://127.0.0.1:{proxy.nginx.port('http')}{THUMB}"
-            direct = f"http://{proxy.ro.address}{THUMB}"
-            status, headers, _ = proxy.get("http", THUMB)          # fill the cache
+            http_port = proxy.nginx.port("http")
+            status, _h, body = get(http_port, THUMB)                # fill the cache
             assert status == 200
-            assert dict(proxy.get("http", THUMB)[1]).get("X-Cache-Status") == "HIT"
-            backend_before = proxy.state.count(THUMB)
-            cached = measure(proxied, args.seconds, args.connections)
-            assert proxy.state.count(THUMB) == backend_before, "the cached run reached the backend"
-            straight = measure(direct, args.seconds, args.connections)
+            status, headers, cached_body = get(http_port, THUMB)
+            assert headers.get("X-Cache-Status") == "HIT" and cached_body == body
+            # The ceiling serves exactly the bytes the cache does.
+            (static_root / STATIC.lstrip("/")).parent.mkdir(parents=True)
+            (static_root / STATIC.lstrip("/")).write_bytes(cached_body)
+            status, _h, static_body = get(static_port, STATIC)
+            assert status == 200 and static_body == cached_body
+            urls = {"static": f"http://127.0.0.1:{static_port}{STATIC}",
+                    "cached": f"http://127.0.0.1:{http_port}{THUMB}",
+                    "backend": f"http://{proxy.ro.address}{THUMB}"}
+            for n in range(args.rounds):
+                pair = ("static", "cached") if n % 2 == 0 else ("cached", "static")
+                for what in (*pair, "backend"):
+                    before = proxy.state.count(THUMB)
+                    results[what].append(measure(urls[what], args.seconds, args.connections))
+                    if what == "cached":
+                        assert proxy.state.count(THUMB) == before, "the cached run reached the backend"
         finally:
             proxy.stop()
 
-    print(f"client={client} connections={args.connections} seconds={args.seconds} "
-          f"backend_delay={args.backend_delay}s")
-    print(f"cached thumbnail through nginx : {cached:10.0f} req/s")
-    print(f"same request, stub backend     : {straight:10.0f} req/s")
-    print(f"ratio                          : {cached / straight:10.1f}x")
+    median = {what: statistics.median(values) for what, values in results.items()}
+    print(f"client={client} connections={args.connections} seconds={args.seconds} rounds={args.rounds} "
+          f"body={len(cached_body)} B backend_delay={args.backend_delay}s")
+    print(f"{'':34} {'req/s (median)':>14}   each round")
+    for what, label in (("static", "static file, same nginx (ceiling)"), ("cached", "cached thumbnail through nginx"),
+                        ("backend", "same request, stub backend")):
+        rounds = " ".join(f"{v:.0f}" for v in results[what])
+        print(f"{label:34} {median[what]:14.0f}   {rounds}")
+    ratios = [c / s for c, s in zip(results["cached"], results["static"])]
+    ratio = statistics.median(ratios)
+    print(f"{'cached / static':34} {ratio:14.2f}   {' '.join(f'{r:.2f}' for r in ratios)}   "
+          f"target >= {TARGET}: {'met' if ratio >= TARGET else 'NOT met'}")
+    print(f"{'cached / backend':34} {median['cached'] / median['backend']:13.1f}x")
 
 
 if __name__ == "__main__":

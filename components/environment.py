@@ -80,5 +80,7 @@ class IdrEnvironment(pulumi.ComponentResource):
             "floatingIpUrn": self.floating_ip.urn if self.floating_ip else "",
             "sshBastion": s.ssh_bastion,
             "inventory": inventory(s),
+            # True until a real certificate is in config (idr:tlsCertificateChain).
+            "tlsSelfSigned": self.proxy.tls_self_signed,
         }
         self.register_outputs(self.outputs)

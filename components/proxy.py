@@ -1,4 +1,5 @@
-"""Proxy: nginx on <env>-proxy, the full cache purge, and the rsync daemon.
+"""Proxy: nginx on <env>-proxy, its TLS certificate, the full cache purge,
+and the rsync daemon.
 
 Only wiring: every text comes from components/render/nginx.py.
 """
@@ -9,7 +10,7 @@ from typing import Optional
 
 import pulumi
 
-from .hostfiles import HostFiles, HostFilesArgs, HostStepsArgs
+from .hostfiles import HostFiles, HostFilesArgs, HostStepsArgs, remote_step
 from .render import nginx as render
 
 TYPE = "idr:proxy:Proxy"
@@ -28,12 +29,31 @@ class Proxy(pulumi.ComponentResource):
         after = list(args.depends_on)
         ids = args.instance_ids
 
+        # TLS: the certificate chain and key from stack config, or (none
+        # given) a self-signed placeholder the nginx step makes itself.
+        self.tls_self_signed = render.tls_self_signed(s)
+        self.tls = None
+        nginx_after = after
+        if not self.tls_self_signed:
+            # The private key is a secret: it reaches the proxy only inside
+            # this step's stdin, a secret Output (encrypted in state). It is
+            # never a HostFile: those are component properties in plain text
+            # and the offline render writes them out. The chain travels with
+            # it, so the pair is installed, checked and rolled back together.
+            script = pulumi.Output.secret(s.tls_private_key).apply(lambda key: render.tls_script(s, key))
+            instance = ids.get(proxy.name)
+            self.tls = remote_step(
+                f"{name}-tls", s, proxy, script, [instance] if instance is not None else [],
+                pulumi.ResourceOptions(parent=self, depends_on=after))
+            # nginx needs the pair in place to start: the TLS step goes first.
+            nginx_after = [*after, self.tls]
+
         # nginx: re-runs only when a rendered file (or the setup step) changes.
         self.nginx = HostFiles(
             f"{name}-nginx",
             HostFilesArgs(s, proxy, render.nginx_files(s), run=render.setup_script(s),
                           instance_id=ids.get(proxy.name)),
-            pulumi.ResourceOptions(parent=self, depends_on=after),
+            pulumi.ResourceOptions(parent=self, depends_on=nginx_after),
         )
 
         # Full cache purge: once per value of idr:cachePurgeGeneration (a new
@@ -65,4 +85,5 @@ class Proxy(pulumi.ComponentResource):
             "host": proxy.name,
             "cachePurgeGeneration": s.cache_purge_generation,
             "rsyncEnabled": s.rsync_enabled,
+            "tlsSelfSigned": self.tls_self_signed,
         })

@@ -99,12 +99,23 @@ class Side:
         return self.config.get(HEALTH_PATH) or KEYS["healthCheckPath"].default
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None   # the answer itself is what is judged
+
+
 def http_ok(ip: str, port: int, path: str, timeout: float = 10.0) -> tuple[bool, str]:
+    """200 on plain HTTP, or (idr:httpsRedirect) a redirect to HTTPS: an IP
+    has no certificate of its own to verify, and the proxy answering the
+    redirect is what shows it serves."""
     url = f"http://{ip}{'' if port == 80 else f':{port}'}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.build_opener(_NoRedirect).open(url, timeout=timeout) as response:
             return response.status == 200, f"{url} answered {response.status}"
     except urllib.error.HTTPError as error:
+        location = error.headers.get("Location", "") if error.headers else ""
+        if error.code in (301, 302, 307, 308) and location.startswith("https://"):
+            return True, f"{url} answered {error.code} to {location}"
         return False, f"{url} answered {error.code}"
     except (urllib.error.URLError, OSError) as error:
         return False, f"{url} did not answer ({getattr(error, 'reason', error)})"

@@ -19,12 +19,13 @@ from components.render.hostfiles import install_script
 from components.settings import PROXY_OMERO_PORT_RANGE, PROXY_PUBLIC_TCP_PORTS, SSH_PORT, ConfigError, build_settings
 from tests.tools import tool
 
-BASE = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10"}
+BASE = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10",
+        "deploymentEnabled": "false"}
 
 
-def settings(**raw):
+def settings(secrets: dict | None = None, **raw):
     values = {**BASE, **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}}
-    return build_settings("prod", values.get, lambda k: "KEY" if k == "sshPrivateKey" else None)
+    return build_settings("prod", values.get, {"sshPrivateKey": "KEY", **(secrets or {})}.get)
 
 
 def servers(conf: str) -> dict[str, str]:
@@ -72,9 +73,14 @@ def test_families_pick_their_zone_or_default():
     conf = render.idr_conf(settings(nginxCacheZones='["thumbnails=1g", "default=1g"]'))
     assert zone_of_family(conf) == {
         "thumbnails": "thumbnails", "render": "default", "metadata": "default", "api": "default",
-        "static": "default", "gallery-api": "default", "img_detail": "default", "iviewer": "default"}
+        "static": "default", "gallery-api": "default", "img_detail": "default", "iviewer": "default",
+        "search": "default", "figure": "default", "mapr": "default"}
     full = zone_of_family(render.idr_conf(settings()))
     assert (full["render"], full["metadata"], full["api"], full["static"]) == ("render", "metadata", "api", "static")
+    assert full["mapr"] == "default"
+    # Production's own mapr zone, when configured.
+    mapr = zone_of_family(render.idr_conf(settings(nginxCacheZones='["mapr=5g", "default=1g"]')))
+    assert mapr["mapr"] == "mapr" and mapr["figure"] == "default"
 
 
 @pytest.mark.parametrize("url, cached", [
@@ -83,8 +89,10 @@ def test_families_pick_their_zone_or_default():
     ("/webgateway/metadata_details/1/", True), ("/webclient/metadata_details/image/1/", True),
     ("/api/v0/m/projects/", True), ("/webclient/api/containers/", True), ("/static/webgateway/x.js", True),
     ("/gallery-api/projects/", True), ("/webclient/img_detail/1/", True), ("/iviewer/", True),
+    ("/webclient/search/?query=Name:idr0001", True), ("/figure/file/1/", True), ("/figure/", True),
     ("/webclient/", False), ("/webclient/?show=image-1", False), ("/webclient/login/", False),
-    ("/webgateway/imgData/1/", False), ("/", False), ("/mapr/", False),
+    ("/webgateway/imgData/1/", False), ("/", False), ("/mapr/", False), ("/omero-ws", False),
+    ("/webclient/searchx/", False), ("/figurex/", False),
 ])
 def test_cached_location_covers_the_families(url, cached):
     conf = render.idr_conf(settings())
@@ -106,13 +114,17 @@ def test_backend_headers_ignored_and_cookies_cut_everywhere():
     assert "proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;" in conf
     assert re.findall(r"proxy_cache_valid .*;", conf) == ["proxy_cache_valid 200 1d;"]
     for line in ("proxy_cache_use_stale error timeout invalid_header updating http_500 http_502 http_503 http_504;",
-                 "proxy_cache_background_update on;", "proxy_cache_lock on;", "proxy_no_cache $cookie_sessionid;"):
+                 "proxy_cache_background_update on;", "proxy_cache_lock on;",
+                 "proxy_cache_bypass $idr_session;", "proxy_no_cache $idr_session;"):
         assert line in conf
     for name, block in servers(conf).items():
         omero = {k: v for k, v in locations(block).items() if "proxy_pass http://omero" in v}
-        assert len(omero) == 2, name                       # cached families and the rest
+        # cached families, mapr, the rest; the public ones also websockets
+        assert len(omero) == (4 if name in ("http", "https") else 3), name
         for body in omero.values():
             assert 'proxy_set_header Cookie "";' in body and "proxy_hide_header Set-Cookie;" in body
+            # OMERO.web's own nginx overwrites X-Forwarded-Proto: this one reaches OMERO.web.
+            assert "proxy_set_header X-Forwarded-Proto-Omero-Web $scheme;" in body
     assert render.idr_conf(settings(nginxCacheValid="12h")).count("proxy_cache_valid 200 12h;") == 1
 
 
@@ -126,24 +138,41 @@ def test_listens_and_upstreams():
     https = blocks["https"]
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in https
     assert "ssl_certificate /etc/ssl/idr.pem;" in https and "ssl_certificate_key /etc/ssl/idr.key;" in https
+    # OMERO.web behind each OMERO host's own nginx on port 80 (IDR's playbooks).
+    assert s.omero_web_port == 80
     readonly = re.search(r"upstream omeroreadonly \{(.*?)\}", conf, flags=re.S).group(1)
     assert "ip_hash;" in readonly
-    assert re.findall(r"server (\S+);", readonly) == [f"{h.fixed_ip}:4080" for h in s.hosts_of("omeroreadonly")]
+    assert re.findall(r"server (\S+);", readonly) == [f"{h.fixed_ip}:80" for h in s.hosts_of("omeroreadonly")]
     readwrite = re.search(r"upstream omeroreadwrite \{(.*?)\}", conf, flags=re.S).group(1)
-    assert re.findall(r"server (\S+);", readwrite) == [f"{s.host('omeroreadwrite').fixed_ip}:4080"]
+    assert re.findall(r"server (\S+);", readwrite) == [f"{s.host('omeroreadwrite').fixed_ip}:80"]
+    websockets = re.search(r"upstream omeroreadonly_ws \{(.*?)\}", conf, flags=re.S).group(1)
+    assert "ip_hash;" in websockets
+    assert re.findall(r"server (\S+);", websockets) == [f"{h.fixed_ip}:4065" for h in s.hosts_of("omeroreadonly")]
+    assert ":4080" not in conf
     for name in ("http", "https"):
         assert "proxy_pass http://omeroreadonly;" in blocks[name] and "omeroreadwrite" not in blocks[name]
     for name in ("buster", "long"):
         assert "proxy_pass http://omeroreadwrite;" in blocks[name] and "omeroreadonly" not in blocks[name]
+    other = render.idr_conf(settings(omeroreadonlyCount=3, omeroWebPort=8080))
+    assert re.findall(r"^    server (\S+?):(\d+);$", other, flags=re.M) == \
+        [(h.fixed_ip, "8080") for h in s.hosts_of("omeroreadonly")] + [(s.host("omeroreadwrite").fixed_ip, "8080")] + \
+        [(h.fixed_ip, "4065") for h in s.hosts_of("omeroreadonly")]
 
 
 def test_timeouts_and_cache_buster():
     blocks = servers(render.idr_conf(settings(nginxPublicReadTimeout=45, nginxLongReadTimeout=1200)))
     for name, timeout in (("http", 45), ("https", 45), ("buster", 1200), ("long", 1200)):
-        assert set(re.findall(r"proxy_read_timeout (\d+)s;", blocks[name])) == {str(timeout)}
+        locs = locations(blocks[name])
+        # mapr: the long timeout on every port, cached in the shared cache
+        mapr = locs["~ ^/mapr/"]
+        assert re.findall(r"proxy_(?:read|cache_lock)_timeout (\d+)s;", mapr) == ["1200", "1200"]
+        assert "proxy_cache $idr_cache_zone;" in mapr
+        others = "".join(body for loc, body in locs.items() if loc not in ("~ ^/mapr/", "= /omero-ws"))
+        assert set(re.findall(r"proxy_read_timeout (\d+)s;", others)) == {str(timeout)}
         assert "proxy_cache $idr_cache_zone;" in blocks[name]   # one shared cache
     assert [n for n, b in blocks.items() if "proxy_cache_bypass" in b] == ["buster"]
-    assert "proxy_cache_bypass 1;" in blocks["buster"]
+    # Both cached locations of the buster (mapr too) refresh their entries.
+    assert blocks["buster"].count("proxy_cache_bypass 1;") == 2
 
 
 @pytest.mark.parametrize("maintenance", [False, True])
@@ -151,7 +180,13 @@ def test_login_guard_and_maintenance(maintenance):
     blocks = servers(render.idr_conf(settings(maintenance=maintenance)))
     guarded = ("buster", "long") if maintenance else ("http", "https", "buster", "long")
     for name in guarded:
-        locs = list(locations(blocks[name]).items())
+        # Regex locations are tried in order: the guards are the first two.
+        # Before them only ACME's static files (^~) and the websockets (=),
+        # which never reach OMERO.web.
+        everything = list(locations(blocks[name]).items())
+        locs = [(k, v) for k, v in everything if k.startswith("~")]
+        assert {k for k, _ in everything if not k.startswith("~")} <= {
+            "^~ /.well-known/acme-challenge/", "= /omero-ws", "/"}
         assert locs[0] == ("~* ^/api/v[0-9]+/login", "        return 403;\n")
         assert locs[1] == ("~* ^/(?:[^/]+/)?login(?:/|$)", f"        return 302 {render.PUBLIC_VIEW};\n")
         assert "503" not in blocks[name]
@@ -164,6 +199,107 @@ def test_login_guard_and_maintenance(maintenance):
         assert guard.match(url) or re.match(r"^/api/v[0-9]+/login", url, re.I)
     for url in ("/webclient/", "/webclient/logout/", "/api/v0/m/images/", "/webclient/api/login_needed/"):
         assert not guard.match(url)
+
+
+def server_headers(block: str) -> list[str]:
+    """add_header lines of a server block outside its locations."""
+    outside = re.sub(r"^    location .*? \{\n.*?^    \}\n", "", block, flags=re.S | re.M)
+    return re.findall(r"^    add_header (.*);$", outside, flags=re.M)
+
+
+@pytest.mark.parametrize("raw", [{}, {"maintenance": True}, {"jupyterEnabled": True}, {"httpsRedirect": True}])
+def test_headers_reach_every_location(raw):
+    """nginx drops every server-level add_header in a location with an
+    add_header of its own: no location has one, so each answer carries the
+    server's: CORS on public ports, HSTS on 443, the cache status."""
+    blocks = servers(render.idr_conf(settings(**raw)))
+    cache = "X-Cache-Status $upstream_cache_status always"
+    cors = 'Access-Control-Allow-Origin "*" always'
+    hsts = 'Strict-Transport-Security "max-age=31536000" always'
+    assert server_headers(blocks["http"]) == [cache, cors]
+    assert server_headers(blocks["https"]) == [cache, hsts, cors]
+    for name in ("buster", "long"):                    # operators' ports: not public answers
+        assert server_headers(blocks[name]) == [cache]
+    for name, block in blocks.items():
+        assert locations(block), name
+        for loc, body in locations(block).items():
+            assert "add_header" not in body, (name, loc)
+
+
+def test_websockets_to_readonly_4065_never_cached():
+    s = settings(omeroreadonlyCount=3)
+    blocks = servers(render.idr_conf(s))
+    for name in ("http", "https"):
+        body = locations(blocks[name])["= /omero-ws"]
+        for line in ("proxy_pass http://omeroreadonly_ws;", "proxy_http_version 1.1;",
+                     "proxy_set_header Upgrade $http_upgrade;",
+                     "proxy_set_header Connection $idr_connection_upgrade;",
+                     "proxy_read_timeout 1d;", "proxy_send_timeout 1d;", "proxy_cache off;",
+                     'proxy_set_header Cookie "";', "proxy_hide_header Set-Cookie;"):
+            assert f"        {line}\n" in body, (name, line)
+        assert "proxy_cache " not in body.replace("proxy_cache off;", "")
+    for name in ("buster", "long"):
+        assert "omero-ws" not in blocks[name] and "omeroreadonly_ws" not in blocks[name]
+    conf = render.idr_conf(s)
+    assert re.search(r"map \$http_upgrade \$idr_connection_upgrade \{\n    default upgrade;\n    \"\" close;\n\}", conf)
+    for name in ("http", "https"):                     # maintenance: no websockets either
+        assert "omero-ws" not in servers(render.idr_conf(settings(maintenance=True)))[name]
+
+
+def session_map(conf: str) -> str:
+    (pattern,) = re.findall(r'map \$http_cookie \$idr_session \{\n    default "";\n    "~(.*)" 1;\n\}', conf)
+    return pattern
+
+
+@pytest.mark.parametrize("raw, name", [
+    ({}, "sessionid_prod"),
+    ({"environment": "new-idr"}, "sessionid_new-idr"),
+    ({"sessionCookieName": "omero.session-id"}, "omero.session-id"),
+])
+def test_session_cookie_guard_uses_the_configured_cookie(raw, name):
+    s = settings(**raw)
+    assert s.session_cookie_name == name
+    conf = render.idr_conf(s)
+    assert "$cookie_" not in conf
+    pattern = session_map(conf)
+    # PCRE and Python's re agree on this pattern's syntax.
+    regex = re.compile(pattern)
+    for cookie, carries in [
+        (f"{name}=abc", True), (f"csrftoken=x; {name}=abc", True), (f"csrftoken=x;{name}=abc; b=1", True),
+        ("sessionid=abc", name == "sessionid"), (f"x{name}=abc", False), (f"{name}x=abc", False),
+        (f"{name}=", False), (f"{name}=; other=1", False), ("", False),
+        (f"{name.upper()}=abc", False),                # cookie names are case-sensitive
+    ]:
+        assert bool(regex.search(cookie)) is carries, cookie
+    if "." in name:                                    # a dot is a dot, not any character
+        assert not regex.search(name.replace(".", "X") + "=abc")
+
+
+def test_https_redirect_only_on_the_public_http_port():
+    plain = servers(render.idr_conf(settings()))
+    redirect = servers(render.idr_conf(settings(httpsRedirect=True)))
+    for name in ("https", "buster", "long"):           # untouched
+        assert redirect[name] == plain[name]
+    locs = locations(redirect["http"])
+    assert set(locs) == {"^~ /.well-known/acme-challenge/", "/"}
+    assert locs["/"] == "        return 301 https://$host$request_uri;\n"
+    assert "proxy_pass" not in redirect["http"]
+    # Maintenance does not stop the redirect (HTTPS shows the page).
+    both = servers(render.idr_conf(settings(httpsRedirect=True, maintenance=True)))
+    assert both["http"] == redirect["http"] and "return 503;" in both["https"]
+
+
+def test_acme_challenges_served_on_both_public_ports():
+    for raw in ({}, {"httpsRedirect": True}, {"maintenance": True}):
+        blocks = servers(render.idr_conf(settings(**raw)))
+        for name in ("http", "https"):
+            body = locations(blocks[name])["^~ /.well-known/acme-challenge/"]
+            assert f"root {render.ACME_ROOT};" in body
+        for name in ("buster", "long"):
+            assert "acme" not in blocks[name]
+    script = render.setup_script(settings())
+    assert f"install -d -m 0755 {render.ACME_ROOT}" in script
+    assert re.search(rf"restorecon -R .*{render.ACME_ROOT}", script)
 
 
 def test_jupyter_only_when_enabled():
@@ -282,6 +418,24 @@ def test_setup_installs_stream_module_and_labels_omero_ports():
     selinux = script[script.index("selinuxenabled"):]
     for port in ("4063", "4064", "14060-14079"):
         assert re.search(rf"semanage port .*-t http_port_t -p tcp {port}\b", selinux), port
+
+
+def test_self_signed_certificate_only_without_a_chain(tmp_path):
+    plain = settings()
+    assert render.tls_self_signed(plain)
+    script = render.setup_script(plain)
+    assert "openssl req -x509" in script and 'if [ ! -e "$cert" ] || [ ! -e "$key" ]; then' in script
+    cert = tmp_path / "c.pem"
+    subprocess.run([tool("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=idr.example", "-keyout", str(tmp_path / "k.pem"),
+                    "-out", str(cert)], check=True, capture_output=True)
+    given = settings(tlsCertificateChain=cert.read_text(), secrets={"tlsPrivateKey": (tmp_path / "k.pem").read_text()})
+    assert not render.tls_self_signed(given)
+    script = render.setup_script(given)
+    assert "openssl req" not in script
+    assert "the TLS step installs them" in script
+    steps = [script.index(s) for s in ("the TLS step installs them", "\nnginx -t\n", "systemctl reload nginx")]
+    assert steps == sorted(steps)
 
 
 def test_setup_installs_checks_then_reloads():

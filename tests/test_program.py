@@ -211,6 +211,8 @@ def _intended_host(run, cmd) -> str:
     parent = run.by_urn(cmd.options.parent)
     if parent.type == "idr:host:HostFiles":
         return parent.inputs["host"]
+    if parent.type == "idr:proxy:Proxy":     # the TLS step: its key is a secret, not a HostFile
+        return f"{run.stack}-proxy"
     return f"{run.stack}-{cmd.name.rsplit('-trust-', 1)[1]}"
 
 

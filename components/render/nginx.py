@@ -1,10 +1,14 @@
-"""The proxy's nginx: settings -> nginx.conf, idr.conf, purge script, rsyncd.conf.
+"""The proxy's nginx: settings -> nginx.conf, idr.conf, purge script, TLS
+install script, rsyncd.conf.
 
 Pure functions (no Pulumi): tests render these and run them in real nginx
 and a real rsync daemon. `components/proxy.py` only wires them to hosts.
 """
 from __future__ import annotations
 
+import base64
+import re
+import textwrap
 from dataclasses import dataclass
 
 from ..settings import DATA_VOLUME_MOUNTS, PROXY_OMERO_PORT_RANGE, Settings
@@ -15,12 +19,22 @@ NGINX_CONF = "/etc/nginx/nginx.conf"
 IDR_CONF = "/etc/nginx/conf.d/idr.conf"
 MAINTENANCE_ROOT = "/usr/share/nginx/idr"
 MAINTENANCE_PAGE = "maintenance.html"
+# ACME HTTP-01 challenges (/.well-known/acme-challenge/) are answered from
+# here on both public ports, never redirected (production serves them too): a
+# certificate can be had with `certbot certonly --webroot -w <this>` on the
+# proxy, then goes into stack config (idr:tlsCertificateChain, idr:tlsPrivateKey).
+ACME_ROOT = "/usr/share/nginx/acme"
 CACHE_DIR = DATA_VOLUME_MOUNTS["proxy"]          # the cache volume's mount point
 PURGE_SCRIPT = "/usr/local/sbin/idr-nginx-cache-purge"
 PURGE_RECORD = "/var/lib/idr/nginx-cache-purge-generation"   # last generation purged
 
-# Ports. OMERO.web answers on 4080 on every OMERO host; JupyterHub on 8000.
-OMERO_WEB_PORT = 4080
+# Ports. OMERO.web is reached on settings.omero_web_port (80) of the OMERO
+# hosts: IDR's deployment playbooks put it behind each host's own nginx there
+# (gunicorn on 127.0.0.1:4080 answers only locally). OMERO's websockets
+# (Glacier2) listen on 4065 of the read-only servers; JupyterHub on 8000.
+OMERO_WEBSOCKET_PORT = 4065
+OMERO_WEBSOCKET_PATH = "/omero-ws"
+WEBSOCKET_TIMEOUT = "1d"      # an idle websocket session stays open this long
 JUPYTERHUB_PORT = 8000
 CACHE_BUSTER_PORT = 9000      # 127.0.0.1 only: operators come through an SSH tunnel
 LONG_REQUEST_PORT = 8009      # 127.0.0.1 only, as above
@@ -38,8 +52,9 @@ STREAM_TIMEOUT = "1h"        # idle time after which a forwarded connection is c
 
 # Where a refused login sends the browser: the public view.
 PUBLIC_VIEW = "/webclient/?experimenter=-1"
-# OMERO.web's (Django's) session cookie: a request carrying it is never stored.
-SESSION_COOKIE = "sessionid"
+# OMERO.web's own nginx sets X-Forwarded-Proto itself (to its own scheme, http);
+# the playbooks make OMERO.web read the client's scheme from this header instead.
+SCHEME_HEADER = "X-Forwarded-Proto-Omero-Web"
 
 # rsync: the public data on omeroreadwrite, served read-only through the proxy.
 RSYNCD_CONF = "/etc/rsyncd.conf"
@@ -67,7 +82,13 @@ CACHED_FAMILIES = (
     Family("gallery-api", r"^/gallery-api/", "default"),
     Family("img_detail", r"^/webclient/img_detail/", "default"),
     Family("iviewer", r"^/iviewer/", "default"),
+    Family("search", r"^/webclient/search/", "default"),
+    Family("figure", r"^/figure/", "default"),
 )
+# mapr's queries are slow: cached in a location of its own with the long read
+# timeout (idr:nginxLongReadTimeout) on every port. Its own zone when one
+# named "mapr" is configured (production: 5g), else default.
+MAPR = Family("mapr", r"^/mapr/", "mapr")
 
 
 def _keys_zone_mb(size_bytes: int) -> int:
@@ -85,14 +106,28 @@ def pinned_ports(settings: Settings) -> list[dict]:
     ]
 
 
+def tls_self_signed(settings: Settings) -> bool:
+    """No certificate chain in config: the proxy makes itself a self-signed
+    placeholder (and never touches a certificate already there)."""
+    return not settings.tls_certificate_chain
+
+
+def session_cookie_regex(name: str) -> str:
+    """A PCRE matching a Cookie header that carries cookie `name` with a
+    value. nginx's $cookie_<name> cannot name a cookie with '-' or '.' in it
+    (sessionid_<environment>, and environments have dashes)."""
+    return r"(?:^|;)\s*" + re.escape(name) + r"=[^;\s]"
+
+
 def _context(settings: Settings) -> dict:
     zone_names = {z.name for z in settings.nginx_cache_zones}
     families = [
         {"name": f.name, "regex": f.regex, "zone": f.zone if f.zone in zone_names else "default"}
-        for f in CACHED_FAMILIES
+        for f in (*CACHED_FAMILIES, MAPR)
     ]
-    # One location for every cached family; regexes are all anchored at ^.
+    # One location for every cached family but mapr; regexes are all anchored at ^.
     cached_regex = "^(?:" + "|".join(f.regex[1:] for f in CACHED_FAMILIES) + ")"
+    web_port = settings.omero_web_port
     return {
         "settings": settings,
         "zones": [
@@ -101,9 +136,13 @@ def _context(settings: Settings) -> dict:
         ],
         "families": families,
         "cached_regex": cached_regex,
+        "mapr_regex": MAPR.regex,
         "cache_dir": CACHE_DIR,
-        "readonly": [f"{h.fixed_ip}:{OMERO_WEB_PORT}" for h in settings.hosts_of("omeroreadonly")],
-        "readwrite": f"{settings.host('omeroreadwrite').fixed_ip}:{OMERO_WEB_PORT}",
+        "readonly": [f"{h.fixed_ip}:{web_port}" for h in settings.hosts_of("omeroreadonly")],
+        "readonly_ws": [f"{h.fixed_ip}:{OMERO_WEBSOCKET_PORT}" for h in settings.hosts_of("omeroreadonly")],
+        "websocket_path": OMERO_WEBSOCKET_PATH,
+        "websocket_timeout": WEBSOCKET_TIMEOUT,
+        "readwrite": f"{settings.host('omeroreadwrite').fixed_ip}:{web_port}",
         "jupyterhub": f"{settings.host('dockermanager').fixed_ip}:{JUPYTERHUB_PORT}",
         "rsync_backend": f"{settings.host('omeroreadwrite').fixed_ip}:{RSYNC_PORT}",
         "rsync_port": RSYNC_PORT,
@@ -121,7 +160,9 @@ def _context(settings: Settings) -> dict:
         "cache_buster_port": CACHE_BUSTER_PORT,
         "long_request_port": LONG_REQUEST_PORT,
         "public_view": PUBLIC_VIEW,
-        "session_cookie": SESSION_COOKIE,
+        "scheme_header": SCHEME_HEADER,
+        "session_cookie_regex": session_cookie_regex(settings.session_cookie_name),
+        "acme_root": ACME_ROOT,
         "maintenance_root": MAINTENANCE_ROOT,
         "maintenance_page": MAINTENANCE_PAGE,
         "idr_conf": IDR_CONF,
@@ -163,9 +204,34 @@ def setup_script(settings: Settings) -> str:
         settings=settings,
         cache_dir=CACHE_DIR,
         maintenance_root=MAINTENANCE_ROOT,
+        acme_root=ACME_ROOT,
+        self_signed=tls_self_signed(settings),
         rsync_port=RSYNC_PORT,
         # Ports nginx's stream listens on for OMERO (SELinux labels them http_port_t).
         omero_stream_ports=[*map(str, OMERO_PORTS), f"{PINNED_FIRST}-{PINNED_LAST}"],
+    )
+
+
+def _b64(text: str) -> str:
+    return "\n".join(textwrap.wrap(base64.b64encode(text.encode()).decode(), 76))
+
+
+def tls_script(settings: Settings, private_key: str) -> str:
+    """Shell run as root on the proxy that puts idr:tlsCertificateChain and
+    idr:tlsPrivateKey at idr:tlsCertificate (0644) and idr:tlsCertificateKey
+    (0600) together, and takes them back if nginx -t refuses them.
+
+    The text holds the private key: the Proxy component only ever passes it
+    as a secret Output (the stdin of a remote command), never as a HostFile."""
+    if tls_self_signed(settings):
+        raise ValueError("no idr:tlsCertificateChain: the proxy uses a self-signed certificate")
+    return render_template(
+        "nginx/tls-install.sh.j2",
+        host=settings.host("proxy").name,
+        cert=settings.tls_certificate,
+        key=settings.tls_certificate_key,
+        chain_b64=_b64(settings.tls_certificate_chain),
+        key_b64=_b64(private_key if private_key.endswith("\n") else private_key + "\n"),
     )
 
 

@@ -1,15 +1,20 @@
 """Real nginx on loopback with the rendered proxy config, a stub OMERO.web,
-and stub OMERO servers (TCP) for the stream ports.
+a stub OMERO websocket endpoint, and stub OMERO servers (TCP) for the
+stream ports.
 
 The rendered files are rewritten for the test only: paths into a tmp dir,
 public listen ports (HTTP, and the stream ports: OMERO's, rsync) onto
 127.0.0.1:<free port>, 9000/8009 onto 127.0.0.1:<free port> (the address is
-kept), upstream addresses onto the stubs (loopback only).
+kept), upstream addresses (OMERO.web on idr:omeroWebPort, websockets on
+4065, ...) onto the stubs (loopback only).
 Everything else is the text a proxy would receive.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
+import os
 import re
 import shutil
 import signal
@@ -42,13 +47,16 @@ BASE_RAW = {
     "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test",
     "sshBastion": "203.0.113.10",
     "omeroreadonlyCount": "2",
+    "deploymentEnabled": "false",     # the playbooks' step is not the proxy's concern
 }
 
 
-def make_settings(stack: str = "test", **raw):
-    """Settings from raw config strings, as Pulumi would hand them."""
+def make_settings(stack: str = "test", secrets: dict | None = None, **raw):
+    """Settings from raw config strings, as Pulumi would hand them; `secrets`
+    are the secret keys' values (idr:tlsPrivateKey)."""
     values = {**BASE_RAW, **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}}
-    return build_settings(stack, values.get, lambda k: "PRIVATE KEY" if k == "sshPrivateKey" else None)
+    secret_values = {"sshPrivateKey": "PRIVATE KEY", **(secrets or {})}
+    return build_settings(stack, values.get, secret_values.get)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -87,6 +95,7 @@ class StubState:
 
     version: int = 1
     delays: dict = field(default_factory=dict)   # path prefix -> seconds
+    padding: int = 0                             # bytes added to every body (a thumbnail's size)
     seen: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -136,7 +145,7 @@ class StubBackend:
                 for prefix, seconds in state.delays.items():
                     if self.path.startswith(prefix):
                         time.sleep(seconds)
-                body = f"{self.path} v{version} from {stub.name}\n".encode()
+                body = f"{self.path} v{version} from {stub.name}\n".encode() + b"." * state.padding
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))
@@ -200,6 +209,100 @@ class OmeroStub:
         self.server.server_close()
 
 
+# ---------------------------------------------------------------- stub websockets
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"     # RFC 6455's
+
+
+def ws_accept(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+
+
+def ws_frame(payload: bytes, opcode: int = 0x1, masked: bool = False) -> bytes:
+    """One final RFC 6455 frame (clients mask, servers do not)."""
+    head = bytes([0x80 | opcode])
+    mask_bit = 0x80 if masked else 0
+    n = len(payload)
+    if n < 126:
+        head += bytes([mask_bit | n])
+    elif n < 1 << 16:
+        head += bytes([mask_bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([mask_bit | 127]) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_read(reader) -> tuple[int, bytes]:
+    """-> (opcode, payload) of the next frame from a binary file object."""
+    first, second = reader.read(2)
+    n = second & 0x7F
+    if n == 126:
+        n = int.from_bytes(reader.read(2), "big")
+    elif n == 127:
+        n = int.from_bytes(reader.read(8), "big")
+    mask = reader.read(4) if second & 0x80 else None
+    payload = reader.read(n)
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return first & 0x0F, payload
+
+
+class WebSocketStub:
+    """Stands for OMERO's websocket endpoint (Glacier2, 4065 of a read-only
+    server): answers an HTTP/1.1 Upgrade with 101 and the RFC 6455 handshake,
+    sends one text frame with its name, then echoes every frame until a
+    close. A request without Upgrade gets 400. Keeps each request's headers."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1"):
+        self.name = name
+        self.requests: list[tuple[str, dict]] = []    # (request line, headers)
+        stub = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                try:
+                    line = self.rfile.readline().decode().strip()
+                    headers = {}
+                    while (raw := self.rfile.readline()) not in (b"\r\n", b""):
+                        k, _, v = raw.decode().partition(":")
+                        headers[k.strip().lower()] = v.strip()
+                    stub.requests.append((line, headers))
+                    if headers.get("upgrade", "").lower() != "websocket" or "sec-websocket-key" not in headers:
+                        self.wfile.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        return
+                    self.wfile.write(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        + f"Sec-WebSocket-Accept: {ws_accept(headers['sec-websocket-key'])}\r\n\r\n".encode())
+                    self.wfile.write(ws_frame(f"hello from {stub.name}".encode()))
+                    self.wfile.flush()
+                    while True:
+                        opcode, payload = ws_read(self.rfile)
+                        if opcode == 0x8:
+                            self.wfile.write(ws_frame(payload, 0x8))
+                            return
+                        self.wfile.write(ws_frame(payload, opcode))
+                        self.wfile.flush()
+                except (OSError, ValueError):
+                    pass
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server((host, 0), Handler)
+        self.address = f"{host}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def omero_stubs(settings, ports=render.OMERO_PORTS) -> tuple[dict, list]:
     """One OmeroStub per read-only server and OMERO port, server n on
     127.0.0.(20+n). -> (backends by host name for rewrite(), every stub)."""
@@ -244,16 +347,28 @@ class Ports:
     stream: dict = field(default_factory=dict)   # rendered public stream port -> local port (OMERO)
 
 
-def rewrite(text: str, settings, tmp: Path, ports: Ports | None, backends: dict, cert: Path, key: Path) -> str:
+def tls_root(tmp: Path) -> Path:
+    """Where the test proxy's configured certificate paths live
+    (idr:tlsCertificate under it): the TLS step's IDR_ROOT."""
+    return tmp / "root"
+
+
+def rewrite(text: str, settings, tmp: Path, ports: Ports | None, backends: dict,
+            cert: Path | None, key: Path | None) -> str:
     """The test-only rewrite of a rendered nginx file (paths, listens, upstreams).
     With `ports` None the listen directives stay as rendered (nginx -t and
-    gixy do not bind; gixy also reads any listen containing "443" as TLS)."""
+    gixy do not bind; gixy also reads any listen containing "443" as TLS).
+    With `cert` None, the configured certificate paths are kept, under
+    tls_root(tmp), where the TLS step installs them."""
+    cert = cert or tls_root(tmp) / settings.tls_certificate.lstrip("/")
+    key = key or tls_root(tmp) / settings.tls_certificate_key.lstrip("/")
     text = text.replace("user nginx;", "user root;")
     text = text.replace("include /usr/share/nginx/modules/*.conf;", f"load_module {STREAM_MODULE};")
     text = text.replace("pid /run/nginx.pid;", f"pid {tmp}/nginx.pid;")
     text = text.replace("/var/log/nginx/", f"{tmp}/log/")
     text = text.replace("/etc/nginx/", f"{tmp}/etc/nginx/")
     text = text.replace(render.CACHE_DIR + "/", f"{tmp}/cache/")
+    text = text.replace(render.ACME_ROOT, f"{tmp}/acme")
     text = text.replace(render.MAINTENANCE_ROOT, f"{tmp}/www")
     text = text.replace(f"ssl_certificate {settings.tls_certificate};", f"ssl_certificate {cert};")
     text = text.replace(f"ssl_certificate_key {settings.tls_certificate_key};", f"ssl_certificate_key {key};")
@@ -288,13 +403,14 @@ def stream_ports(settings) -> list[int]:
 class Nginx:
     """nginx -p <tmp> with the rewritten rendered config, not the system service."""
 
-    def __init__(self, settings, tmp: Path, backends: dict, cert: Path, key: Path, keep_listens: bool = False):
+    def __init__(self, settings, tmp: Path, backends: dict, cert: Path | None, key: Path | None,
+                 keep_listens: bool = False):
         self.settings, self.tmp = settings, tmp
         stream = stream_ports(settings)
         local = free_ports(5 + len(stream))
         self.ports = Ports(*local[:5], stream=dict(zip(stream, local[5:])))
         self.conf = tmp / "etc" / "nginx" / "nginx.conf"
-        for d in ("log", "cache", "www", "etc/nginx/conf.d"):
+        for d in ("log", "cache", "www", "acme", "etc/nginx/conf.d"):
             (tmp / d).mkdir(parents=True, exist_ok=True)
         shutil.copy("/etc/nginx/mime.types", tmp / "etc" / "nginx" / "mime.types")
         self.files = {}
@@ -383,18 +499,46 @@ class Nginx:
             conn.close()
 
 
-class ProxyUnderTest:
-    """Stubs for omeroreadonly, omeroreadwrite and JupyterHub, plus nginx."""
+def ws_handshake(port: int, path: str = render.OMERO_WEBSOCKET_PATH, tls: bool = False,
+                 headers: dict | None = None, timeout: float = 10):
+    """A real HTTP/1.1 Upgrade to nginx on 127.0.0.1:`port`.
+    -> (socket, reader, status, response headers, the key sent)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        raw = ctx.wrap_socket(raw)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [f"GET {path} HTTP/1.1", "Host: idr.example", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+             *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    raw.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    reader = raw.makefile("rb")
+    status = int(reader.readline().split()[1])
+    answer = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        k, _, v = line.decode().partition(":")
+        answer.setdefault(k.strip().lower(), []).append(v.strip())
+    return raw, reader, status, answer, key
 
-    def __init__(self, tmp: Path, cert_pair, rsync_daemon: str | None = None, omero: bool = False, **raw):
-        self.settings = make_settings(**raw)
+
+class ProxyUnderTest:
+    """Stubs for omeroreadonly (OMERO.web and websockets), omeroreadwrite and
+    JupyterHub, plus nginx. `cert_pair` None: nginx uses the configured
+    certificate paths under tls_root(tmp) (the TLS step puts them there)."""
+
+    def __init__(self, tmp: Path, cert_pair, rsync_daemon: str | None = None, omero: bool = False,
+                 secrets: dict | None = None, **raw):
+        self.settings = make_settings(secrets=secrets, **raw)
         self.state = StubState()
         self.ro = StubBackend("omeroreadonly", self.state)
         self.rw = StubBackend("omeroreadwrite", self.state)
         self.jupyter = StubBackend("jupyterhub", self.state)
+        self.ws = WebSocketStub("omeroreadonly-ws")
+        web = self.settings.omero_web_port          # what the playbooks install: each host's nginx
         backends = {
-            "omeroreadonly": {render.OMERO_WEB_PORT: self.ro.address},
-            "omeroreadwrite": {render.OMERO_WEB_PORT: self.rw.address},
+            "omeroreadonly": {web: self.ro.address, render.OMERO_WEBSOCKET_PORT: self.ws.address},
+            "omeroreadwrite": {web: self.rw.address},
             "dockermanager": {render.JUPYTERHUB_PORT: self.jupyter.address},
         }
         if rsync_daemon:
@@ -405,7 +549,7 @@ class ProxyUnderTest:
             backends.update(by_host)
         self.backends = backends
         self.tmp = tmp
-        self.nginx = Nginx(self.settings, tmp, backends, *cert_pair)
+        self.nginx = Nginx(self.settings, tmp, backends, *(cert_pair or (None, None)))
 
     def start(self):
         self.nginx.start()
@@ -413,7 +557,7 @@ class ProxyUnderTest:
 
     def stop(self):
         self.nginx.stop()
-        for stub in (self.ro, self.rw, self.jupyter, *self.omero_stubs):
+        for stub in (self.ro, self.rw, self.jupyter, self.ws, *self.omero_stubs):
             try:
                 stub.stop()
             except Exception:  # already stopped by the test

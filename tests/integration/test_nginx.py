@@ -17,6 +17,7 @@ from components.render import nginx as render
 
 from tests.integration.nginx_fixtures import (
     RSYNC, Nginx, ProxyUnderTest, free_port, gixy_report, header, make_cert, make_settings, omero_hello,
+    ws_accept, ws_frame, ws_handshake, ws_read,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -150,7 +151,8 @@ def test_4_slow_answer_via_8009_then_cached_on_public(proxy_factory):
 # 5 --------------------------------------------------------------------------
 @pytest.mark.parametrize("port", ALL_PORTS)
 def test_5_no_login_and_no_session_through_proxy(proxy, port):
-    secret = {"Cookie": "sessionid=private-session-of-an-operator; csrftoken=abc"}
+    assert proxy.settings.session_cookie_name == "sessionid_test"     # sessionid_<environment>
+    secret = {"Cookie": "sessionid_test=private-session-of-an-operator; csrftoken=abc"}
     logins = [("POST", "/webclient/login/", 302), ("GET", "/webclient/login/?url=/webclient/", 302),
               ("POST", "/webgateway/login/", 302), ("POST", "/api/v0/login/", 403),
               ("POST", "/WebClient/Login", 302), ("GET", "/webclient//login/", 302)]
@@ -221,8 +223,10 @@ def test_6_purge_refuses_wrong_paths(proxy, bad):
 
 # 7 --------------------------------------------------------------------------
 @pytest.mark.parametrize("raw", [{}, {"maintenance": True}, {"jupyterEnabled": True, "rsyncEnabled": True},
-                                 {"nginxCacheZones": '["default=1g", "thumbnails=2g"]'},
-                                 {"omeroreadonlyCount": 22}])
+                                 {"nginxCacheZones": '["default=1g", "thumbnails=2g", "mapr=1g"]'},
+                                 {"omeroreadonlyCount": 22}, {"httpsRedirect": True},
+                                 {"httpsRedirect": True, "maintenance": True},
+                                 {"sessionCookieName": "omero.sid-1", "omeroWebPort": 8080}])
 def test_7_nginx_t_and_gixy(tmp_path, cert_pair, raw):
     settings = make_settings(**raw)
     nginx = Nginx(settings, tmp_path, {}, *cert_pair, keep_listens=True)   # listens as rendered
@@ -399,3 +403,168 @@ def test_omero_server_down_clients_go_to_another(omero_proxy):
     index = int(first.split(":")[0].rsplit("-", 1)[1])
     with socket.create_connection(("127.0.0.1", nginx.stream_port(14060 + index - 1)), timeout=5) as conn:
         assert conn.recv(100) == b""
+
+
+# OMERO.web as IDR's playbooks install it (issue 10) ----------------------------
+def test_backends_on_omero_web_port_substituted_by_stubs(proxy_factory):
+    for raw, port in (({}, 80), ({"omeroWebPort": 8080}, 8080)):
+        proxy = proxy_factory(**raw)
+        s = proxy.settings
+        rendered = render.idr_conf(s)
+        for h in s.hosts_of("omeroreadonly") + (s.host("omeroreadwrite"),):
+            assert f"    server {h.fixed_ip}:{port};\n" in rendered
+        for h in s.hosts_of("omeroreadonly"):
+            assert f"    server {h.fixed_ip}:{render.OMERO_WEBSOCKET_PORT};\n" in rendered
+        # The test copy: exactly those upstreams, now the stubs.
+        served = proxy.nginx.files[render.IDR_CONF].read_text()
+        assert "192.168." not in served
+        assert served.count(f"server {proxy.ro.address};") == 2 and served.count(f"server {proxy.ws.address};") == 2
+        assert served.count(f"server {proxy.rw.address};") == 1
+        assert "from omeroreadonly" in proxy.get("http", "/webclient/")[2]
+        assert "from omeroreadwrite" in proxy.get("buster", "/webclient/")[2]
+
+
+def test_scheme_header_reaches_omero_web(proxy):
+    for port, scheme, path in (("http", "http", THUMB), ("https", "https", "/webclient/"),
+                               ("https", "https", "/mapr/api/genes/"), ("buster", "http", "/webclient/")):
+        before = len(proxy.state.seen)
+        assert proxy.get(port, path)[0] == 200
+        seen = proxy.state.seen[before]
+        # OMERO.web's own nginx rewrites X-Forwarded-Proto; this one survives it.
+        assert seen.headers["X-Forwarded-Proto-Omero-Web"] == scheme, (port, path)
+
+
+NEW_FAMILIES = ("/webclient/search/?query=Name:idr0001", "/figure/file/12/", "/mapr/api/gene/?value=PAX7")
+
+
+def test_new_families_cached(proxy):
+    for path in NEW_FAMILIES:
+        statuses = [cache_status(proxy.get(port, path)[1]) for port in ("http", "https", "http")]
+        assert statuses == [["MISS"], ["HIT"], ["HIT"]], path
+        assert proxy.state.count(path) == 1, path
+
+
+def test_mapr_long_timeouts_public_and_cache_buster(proxy_factory):
+    proxy = proxy_factory(nginxPublicReadTimeout=1, nginxLongReadTimeout=10)
+    mapr, other = "/mapr/api/gene/?value=slow", "/webclient/search/?query=slow"
+    proxy.state.delays.update({"/mapr/": 2.0, "/webclient/search/": 2.0})
+    assert proxy.get("http", other)[0] == 504          # the public timeout everywhere else
+    status, headers, body = proxy.get("http", mapr)     # mapr: the long one
+    assert status == 200 and "v1 from omeroreadonly" in body and cache_status(headers) == ["MISS"]
+    started = time.monotonic()
+    assert cache_status(proxy.get("https", mapr)[1]) == ["HIT"]
+    assert time.monotonic() - started < 1
+    # The cache-buster refreshes mapr from omeroreadwrite, slow as it is.
+    proxy.state.version = 2
+    status, headers, body = proxy.get("buster", mapr)
+    assert status == 200 and "v2 from omeroreadwrite" in body
+    status, headers, body = proxy.get("http", mapr)
+    assert "v2 from omeroreadwrite" in body and cache_status(headers) == ["HIT"]
+
+
+def test_cors_and_security_headers_on_every_answer(proxy):
+    """Every kind of public answer carries Access-Control-Allow-Origin: *
+    (and HSTS on 443): nginx drops server-level add_header in a location
+    that has its own, so each location is asked."""
+    (proxy.tmp / "acme/.well-known/acme-challenge").mkdir(parents=True)
+    (proxy.tmp / "acme/.well-known/acme-challenge/token1").write_text("token1.thumbprint")
+    answers = {
+        "cached, miss": (THUMB, 200, ["MISS"]), "cached, hit": (THUMB, 200, ["HIT"]),
+        "mapr": ("/mapr/api/genes/", 200, None), "uncached": ("/webclient/?show=image-1", 200, []),
+        "login redirect": ("/webclient/login/", 302, []), "api login": ("/api/v0/login/", 403, []),
+        "acme": ("/.well-known/acme-challenge/token1", 200, []),
+        "acme, missing": ("/.well-known/acme-challenge/none", 404, []),
+        "websocket without upgrade": (render.OMERO_WEBSOCKET_PATH, 400, []),
+    }
+    for port in PUBLIC:
+        for what, (path, code, cache) in answers.items():
+            if what == "cached, miss" and port == "https":
+                cache = ["HIT"]
+            status, headers, _ = proxy.get(port, path)
+            assert status == code, (port, what)
+            assert header(headers, "Access-Control-Allow-Origin") == ["*"], (port, what)
+            assert header(headers, "Strict-Transport-Security") == (
+                ["max-age=31536000"] if port == "https" else []), (port, what)
+            if cache is not None:
+                assert cache_status(headers) == cache, (port, what)
+    for port in ("buster", "long"):                    # operators' ports: not public answers
+        status, headers, _ = proxy.get(port, THUMB)
+        assert status == 200 and not header(headers, "Access-Control-Allow-Origin")
+
+
+def test_cors_on_maintenance_page(proxy_factory):
+    proxy = proxy_factory(maintenance=True)
+    for port in PUBLIC:
+        status, headers, _ = proxy.get(port, THUMB)
+        assert status == 503 and header(headers, "Access-Control-Allow-Origin") == ["*"]
+
+
+def test_session_cookie_never_served_from_nor_stored_in_cache(proxy):
+    name = proxy.settings.session_cookie_name
+    assert name == "sessionid_test"
+    with_session = {"Cookie": f"csrftoken=x; {name}=a-session"}
+    for port in PUBLIC:
+        proxy.state.version = 1
+        path = f"{THUMB}{port}/"
+        assert cache_status(proxy.get(port, path)[1]) == ["MISS"]
+        proxy.state.version = 2
+        status, headers, body = proxy.get(port, path, headers=with_session)
+        assert status == 200 and "v2" in body and cache_status(headers) == ["BYPASS"]   # not from cache
+        status, headers, body = proxy.get(port, path)
+        assert "v1" in body and cache_status(headers) == ["HIT"]                       # and not stored
+        # A first request carrying the cookie stores nothing either.
+        fresh = f"/webclient/search/?query={port}"
+        assert cache_status(proxy.get(port, fresh, headers=with_session)[1]) == ["BYPASS"]
+        assert cache_status(proxy.get(port, fresh)[1]) == ["MISS"]
+    # The long-request port too: never from the cache, never stored.
+    assert cache_status(proxy.get("long", f"{THUMB}http/", headers=with_session)[1]) == ["BYPASS"]
+    assert "v1" in proxy.get("http", f"{THUMB}http/")[2]
+    # Other cookies (another name, or the name as a suffix) change nothing.
+    for cookie in ("sessionid=a-session", f"x{name}=a", f"{name}="):
+        assert cache_status(proxy.get("http", f"{THUMB}http/", headers={"Cookie": cookie})[1]) == ["HIT"], cookie
+    assert all("Cookie" not in seen.headers for seen in proxy.state.seen)
+
+
+@pytest.mark.parametrize("port", PUBLIC)
+def test_websocket_upgrade_through_omero_ws(proxy_factory, port):
+    proxy = proxy_factory(nginxPublicReadTimeout=1)
+    conn, reader, status, answer, key = ws_handshake(
+        proxy.nginx.port(port), tls=port == "https", headers={"Cookie": "sessionid_test=x"})
+    try:
+        assert status == 101
+        assert answer["upgrade"] == ["websocket"] and answer["connection"] == ["upgrade"]
+        assert answer["sec-websocket-accept"] == [ws_accept(key)]
+        assert "x-cache-status" not in answer and "set-cookie" not in answer
+        assert ws_read(reader) == (0x1, b"hello from omeroreadonly-ws")        # backend -> client
+        time.sleep(2)                                   # idle beyond the public read timeout
+        for payload in (b"ping", bytes(range(256)) * 300):                   # client -> backend -> client
+            conn.sendall(ws_frame(payload, 0x2, masked=True))
+            assert ws_read(reader) == (0x2, payload)
+        conn.sendall(ws_frame(b"", 0x8, masked=True))
+        assert ws_read(reader)[0] == 0x8
+    finally:
+        conn.close()
+    (line, seen), = proxy.ws.requests
+    assert line == f"GET {render.OMERO_WEBSOCKET_PATH} HTTP/1.1"
+    assert seen["upgrade"] == "websocket" and seen["connection"].lower() == "upgrade"
+    assert seen["x-forwarded-proto-omero-web"] == ("https" if port == "https" else "http")
+    assert "cookie" not in seen
+    assert proxy.state.count() == 0                     # OMERO.web never saw it
+    assert not [p for p in (proxy.tmp / "cache").rglob("*") if p.is_file()]   # nothing cached
+
+
+def test_https_redirect_on_80_only(proxy_factory):
+    proxy = proxy_factory(httpsRedirect=True)
+    (proxy.tmp / "acme/.well-known/acme-challenge").mkdir(parents=True)
+    (proxy.tmp / "acme/.well-known/acme-challenge/tok").write_text("tok.thumb")
+    for path in ("/", THUMB, "/webclient/?show=image-1&x=%20y", "/webclient/login/"):
+        status, headers, _ = proxy.get("http", path, headers={"Host": "idr.example"})
+        assert status == 301 and header(headers, "Location") == [f"https://idr.example{path}"], path
+    # ACME's HTTP-01 challenges are answered on 80 itself.
+    status, _h, body = proxy.get("http", "/.well-known/acme-challenge/tok")
+    assert status == 200 and body == "tok.thumb"
+    assert proxy.state.count() == 0                     # nothing on 80 reached OMERO.web
+    assert "v1 from omeroreadonly" in proxy.get("https", THUMB)[2]
+    for port in ("buster", "long"):                     # loopback ports: never redirected
+        status, headers, body = proxy.get(port, THUMB)
+        assert status == 200 and "from omeroreadwrite" in body and not header(headers, "Location")
