@@ -71,15 +71,16 @@ class Proxy(pulumi.ComponentResource):
             )
 
         # rsync: the data is on omeroreadwrite; the proxy's nginx forwards 873.
-        self.rsyncd = None
+        # Off, a step stops what an earlier `on` started: closing port 873
+        # alone would leave rsyncd serving /data on the private network.
+        readwrite = s.host("omeroreadwrite")
         if s.rsync_enabled:
-            self.rsyncd = HostFiles(
-                f"{name}-rsyncd",
-                HostFilesArgs(s, s.host("omeroreadwrite"), render.rsyncd_files(s),
-                              run=render.rsyncd_setup_script(s),
-                              instance_id=ids.get(s.host("omeroreadwrite").name)),
-                pulumi.ResourceOptions(parent=self, depends_on=after),
-            )
+            files, run, step = render.rsyncd_files(s), render.rsyncd_setup_script(s), f"{name}-rsyncd"
+        else:
+            files, run, step = [], render.rsyncd_off_script(s), f"{name}-rsyncd-off"
+        self.rsyncd = HostFiles(
+            step, HostFilesArgs(s, readwrite, files, run=run, instance_id=ids.get(readwrite.name)),
+            pulumi.ResourceOptions(parent=self, depends_on=after))
 
         self.register_outputs({
             "host": proxy.name,

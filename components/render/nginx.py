@@ -58,6 +58,7 @@ SCHEME_HEADER = "X-Forwarded-Proto-Omero-Web"
 
 # rsync: the public data on omeroreadwrite, served read-only through the proxy.
 RSYNCD_CONF = "/etc/rsyncd.conf"
+RSYNCD_PID = "/run/rsyncd.pid"      # as rsyncd.conf names it
 RSYNC_MODULE = "idr"
 RSYNC_PATH = DATA_VOLUME_MOUNTS["omeroreadwrite"]
 
@@ -260,6 +261,12 @@ def rsyncd_conf(settings: Settings) -> str:
 
 def rsyncd_files(settings: Settings) -> list[HostFile]:
     return [HostFile(RSYNCD_CONF, rsyncd_conf(settings))]
+
+
+def rsyncd_off_script(settings: Settings) -> str:
+    """With rsync off: stop and disable the daemon a former `on` started,
+    and remove the config this program wrote."""
+    return render_template("rsync/off.sh.j2", path=RSYNC_PATH, pid_file=RSYNCD_PID, conf=RSYNCD_CONF)
 
 
 def rsyncd_setup_script(settings: Settings) -> str:

@@ -216,8 +216,11 @@ def test_inventory_parses_with_ansible_inventory(rendered, tmp_path):
         result = sh(tool("ansible-inventory"), "-i", tree / "inventory.yaml", "--list",
                     env={**os.environ, "ANSIBLE_LOCAL_TEMP": str(tmp_path), "ANSIBLE_HOME": str(tmp_path)})
         inventory = json.loads(result.stdout)
-        assert inventory["omeroreadonly"]["hosts"] == [f"{stack}-omeroreadonly-{n}" for n in range(1, 5)]
-        assert inventory["database"]["hosts"] == [f"{stack}-database"]
+        # IDR's host patterns and their group_vars keys.
+        for group in (f"{stack}-omeroreadonly-hosts", "omeroreadonly-hosts"):
+            assert inventory[group]["hosts"] == [f"{stack}-omeroreadonly-{n}" for n in range(1, 5)]
+        assert inventory["database-hosts"]["hosts"] == [f"{stack}-database"]
+        assert inventory["_meta"]["hostvars"][f"{stack}-database"]["idr_environment"] == stack
         proxy = inventory["_meta"]["hostvars"][f"{stack}-proxy"]
         database = inventory["_meta"]["hostvars"][f"{stack}-database"]
         assert proxy["ansible_host"] == database["ansible_ssh_common_args"].split("@")[1]

@@ -356,6 +356,34 @@ def test_rsync_public_data_read_only_through_proxy(proxy_factory, rsync_daemon, 
     assert other.returncode != 0 and "access denied" in other.stderr.lower()
 
 
+def test_rsync_off_stops_the_daemon_and_removes_its_config(rsync_daemon, tmp_path):
+    """idr:rsyncEnabled back to false: the step stops the daemon a former
+    `on` started (by the pid file its config names) and removes that config;
+    run again, it does nothing."""
+    daemon, _ = rsync_daemon
+    conf = tmp_path / "rsyncd.conf"
+    assert f"pid file = {render.RSYNCD_PID}" in render.rsyncd_conf(make_settings(rsyncEnabled=True))
+    pid = int((tmp_path / "rsyncd.pid").read_text())
+    script = (render.rsyncd_off_script(make_settings())
+              .replace(render.RSYNCD_PID, str(tmp_path / "rsyncd.pid"))
+              .replace(render.RSYNCD_CONF, str(conf)))
+    (tmp_path / "off.sh").write_text(script)
+    for _ in range(2):
+        result = subprocess.run(["bash", "-euo", "pipefail", str(tmp_path / "off.sh")],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert not conf.exists() and not (tmp_path / "rsyncd.pid").exists()
+        # Gone, or exited and waiting for this test (its parent) to reap it.
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        host, port = daemon.split(":")
+        with pytest.raises(OSError):
+            socket.create_connection((host, int(port)), timeout=1).close()
+    # A config that is not ours is left alone.
+    conf.write_text("# someone else's rsyncd.conf\n")
+    subprocess.run(["bash", str(tmp_path / "off.sh")], check=True, timeout=30)
+    assert conf.exists()
+
+
 # OMERO ports (stream) ---------------------------------------------------------
 @pytest.fixture
 def omero_proxy(proxy_factory):
