@@ -72,7 +72,8 @@ def write_tree(recording: Recording, outdir: Path) -> list[Path]:
         written.append(target)
     if recording.outputs.get("inventory"):
         (outdir / "inventory.yaml").write_text(recording.outputs["inventory"])
-    (outdir / "resources.txt").write_text("".join(_describe(r) + "\n" for r in recording.resources))
+    # Sorted: resources register concurrently, and a diff of two renders must show changes only.
+    (outdir / "resources.txt").write_text("".join(sorted(_describe(r) + "\n" for r in recording.resources)))
     (outdir / "outputs.json").write_text(json.dumps(recording.outputs, indent=2, sort_keys=True) + "\n")
     return written
 
