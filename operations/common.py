@@ -1,13 +1,14 @@
-"""Helpers shared by the operator commands: the `pulumi` CLI and OpenStack."""
+"""Helpers shared by the operator commands: Pulumi (through pulumi.automation) and OpenStack."""
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional
+
+from pulumi import automation as auto
 
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -16,21 +17,46 @@ ASSOCIATION_TYPE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate
 VOLUME_TYPE = "openstack:blockstorage/volume:Volume"
 ENVIRONMENT_TYPE = "idr:environment:IdrEnvironment"
 # Every update a command runs is checked by the CrossGuard pack (relative to
-# the project directory, where the commands run pulumi).
-POLICY_PACK = ("--policy-pack", "policy")
+# the project directory, the workspace's work_dir, where the engine runs).
+POLICY_PACKS = ("policy",)
 
 
 class OperationError(Exception):
     """Stops a command; the message says what is wrong and what to do."""
 
 
+def _command_output(error: auto.CommandError) -> tuple[str, str]:
+    """(stdout, stderr) of a failed command: the Automation API keeps them
+    only in the exception's text ("\\n code: N\\n stdout: ...\\n stderr: ...")."""
+    text = str(error.args[0]) if error.args else ""
+    head, _, stderr = text.partition("\n stderr: ")
+    _, _, stdout = head.partition("\n stdout: ")
+    return stdout, stderr
+
+
 class PulumiError(OperationError):
-    def __init__(self, argv: Sequence[str], returncode: int, output: str):
-        self.argv = list(argv)
-        self.returncode = returncode
-        self.output = output
-        tail = "\n".join(output.strip().splitlines()[-15:])
-        super().__init__(f"`{shlex.join(argv)}` failed (exit {returncode})" + (f":\n{tail}" if tail else ""))
+    """A Pulumi command run through the Automation API failed."""
+
+    def __init__(self, stack: str, command: str, error: auto.CommandError, streamed: bool):
+        self.stack, self.command, self.error = stack, command, error
+        stdout, stderr = _command_output(error)
+        # A streamed command has shown its output already: only stderr's end again.
+        lines = (stderr if streamed else f"{stdout}\n{stderr}").strip().splitlines()
+        tail = "\n".join(lines[-15:])
+        super().__init__(self.summary() + (f":\n{tail}" if tail else ""))
+
+    def summary(self) -> str:
+        return f"`{self.command}` failed ({self.error.name})"
+
+
+class ConcurrentUpdate(PulumiError):
+    """The stack is locked by another update (pulumi.automation's ConcurrentUpdateError)."""
+
+    def summary(self) -> str:
+        return (f"{self.stack} is locked by another update (ConcurrentUpdateError), so `{self.command}` did not "
+                f"run. Wait until that update has finished, then run this command again. If no update of "
+                f"{self.stack} is running (an update that was killed leaves its lock behind), remove the lock "
+                f"with `pulumi cancel -s {self.stack}` first")
 
 
 def short_stack(stack: str) -> str:
@@ -45,56 +71,127 @@ def association_urn(stack: str, environment: str) -> str:
 
 
 class Pulumi:
-    """The `pulumi` CLI, found on PATH (tests put a stand-in first)."""
+    """The project's stacks through pulumi.automation: one LocalWorkspace over
+    the project directory (the `pulumi` CLI it drives is found on PATH),
+    stacks selected with Stack.select.
 
-    def __init__(self, binary: str = "pulumi", cwd: Path = PROJECT_DIR, echo=None):
-        self.binary = binary
-        self.cwd = cwd
-        self.echo = echo  # callable(str) told every mutating command, or None
+    Reads are quiet. Every change is announced to `say` as the equivalent
+    CLI command; updates and destroys stream the engine's output to `say` as
+    it comes, always carry a `message` (shown in the stack's history) and
+    updates always run the policy pack. `workspace` may be given (tests,
+    another work_dir); otherwise it is made on first use."""
 
-    def _run(self, args: Sequence[str], stack: str, mutating: bool = False) -> str:
-        argv = [self.binary, *args, "--stack", stack, "--non-interactive"]
-        if mutating and self.echo:
-            self.echo("$ " + shlex.join(argv))
+    def __init__(self, work_dir: Path = PROJECT_DIR, say: Callable[[str], None] = print,
+                 workspace: Optional[auto.Workspace] = None):
+        self.work_dir = work_dir
+        self.say = say
+        self._workspace = workspace
+        self._stacks: dict[str, auto.Stack] = {}
+        self._lock = threading.Lock()  # the API calls back from two threads (stdout, stderr)
+
+    # ------------------------------------------------------------ plumbing
+    @property
+    def workspace(self) -> auto.Workspace:
+        if self._workspace is None:
+            try:
+                self._workspace = auto.LocalWorkspace(work_dir=str(self.work_dir),
+                                                      env_vars={"PULUMI_SKIP_UPDATE_CHECK": "true"})
+            except FileNotFoundError:
+                raise OperationError("`pulumi` is not on PATH: install the Pulumi CLI "
+                                     "(the Automation API drives it)") from None
+            except subprocess.CalledProcessError as error:
+                raise OperationError(f"`pulumi version` failed (exit {error.returncode}): "
+                                     f"is the Pulumi CLI installed correctly?") from None
+            except auto.InvalidVersionError as error:
+                raise OperationError(f"the Pulumi CLI does not suit the Automation API: {error}") from None
+        return self._workspace
+
+    def stack(self, name: str) -> auto.Stack:
+        if name not in self._stacks:
+            self._stacks[name] = self._call(name, f"pulumi stack select {name}",
+                                            lambda: auto.Stack.select(name, self.workspace))
+        return self._stacks[name]
+
+    def _call(self, stack: str, command: str, run: Callable, streamed: bool = False):
         try:
-            done = subprocess.run(argv, cwd=self.cwd, capture_output=True, text=True,
-                                  env={**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"})
-        except FileNotFoundError:
-            raise OperationError(f"`{self.binary}` is not on PATH: install the Pulumi CLI") from None
-        if done.returncode != 0:
-            raise PulumiError(argv, done.returncode, done.stdout + done.stderr)
-        return done.stdout
+            return run()
+        except auto.ConcurrentUpdateError as error:
+            raise ConcurrentUpdate(stack, command, error, streamed) from None
+        except auto.StackNotFoundError:
+            raise OperationError(f"there is no stack {stack} (`pulumi stack ls` lists them; "
+                                 f"logged in to the right backend?)") from None
+        except auto.CommandError as error:
+            raise PulumiError(stack, command, error, streamed) from None
+
+    def _stream(self, line: str) -> None:
+        with self._lock:
+            self.say(f"    {line}")
+
+    def _announce(self, command: str) -> None:
+        self.say(f"$ {command}")
 
     # ----------------------------------------------------------- config
     def config(self, stack: str) -> dict[str, str]:
-        """Every config value of the stack (secrets stay hidden)."""
-        data = json.loads(self._run(["config", "--json"], stack) or "{}")
-        return {k: ("" if v.get("value") is None else str(v["value"])) for k, v in data.items()
-                if not v.get("secret")}
+        """Every config value of the stack (secrets left out)."""
+        values = self._call(stack, f"pulumi config -s {stack}", lambda: self.stack(stack).get_all_config())
+        return {k: ("" if v.value is None else str(v.value)) for k, v in values.items() if not v.secret}
 
     def config_set(self, stack: str, key: str, value: str) -> None:
-        self._run(["config", "set", key, value], stack, mutating=True)
+        command = f"pulumi config set {shlex.quote(key)} {shlex.quote(value)} -s {stack}"
+        self._announce(command)
+        self._call(stack, command, lambda: self.stack(stack).set_config(key, auto.ConfigValue(value, secret=False)))
 
     def config_rm(self, stack: str, key: str) -> None:
-        self._run(["config", "rm", key], stack, mutating=True)
+        command = f"pulumi config rm {shlex.quote(key)} -s {stack}"
+        self._announce(command)
+        self._call(stack, command, lambda: self.stack(stack).remove_config(key))
 
     # ------------------------------------------------------------ state
     def outputs(self, stack: str) -> dict:
-        return json.loads(self._run(["stack", "output", "--json"], stack) or "{}")
+        values = self._call(stack, f"pulumi stack output -s {stack}", lambda: self.stack(stack).outputs())
+        return {k: v.value for k, v in values.items()}
 
     def resources(self, stack: str) -> list[dict]:
         """Resources of the stack's last state (urn, type, protect, ...)."""
-        data = json.loads(self._run(["stack", "export"], stack) or "{}")
-        return list((data.get("deployment") or {}).get("resources") or [])
+        deployment = self._call(stack, f"pulumi stack export -s {stack}", lambda: self.stack(stack).export_stack())
+        return list((deployment.deployment or {}).get("resources") or [])
 
     def unprotect(self, stack: str, urn: str) -> None:
-        self._run(["state", "unprotect", urn, "--yes"], stack, mutating=True)
+        """`pulumi state unprotect`: the one verb Stack and Workspace lack.
+        It runs through the API's generated CLI binding (cli_api), so the same
+        `pulumi` is used and a locked stack raises ConcurrentUpdateError too."""
+        command = f"pulumi state unprotect -s {stack} {shlex.quote(urn)} --yes"
+        self._announce(command)
+        ws = self.workspace
+        self.stack(stack)
+        self._call(stack, command, lambda: ws.cli_api.state_unprotect(
+            urn, stack=stack, cwd=ws.work_dir, additional_env=dict(ws.env_vars),
+            on_output=self._stream, on_error=self._stream), streamed=True)
 
-    def up_target(self, stack: str, urn: str) -> str:
-        return self._run(["up", *POLICY_PACK, "--target", urn, "--yes", "--skip-preview"], stack, mutating=True)
+    # ------------------------------------------------------------ updates
+    def up_target(self, stack: str, urn: str, message: str) -> str:
+        """A targeted `pulumi up` with the policy pack, streamed."""
+        if not message:
+            raise ValueError("every update carries a message")
+        packs = list(POLICY_PACKS)
+        command = (f"pulumi up -s {stack} --target {shlex.quote(urn)} "
+                   + " ".join(f"--policy-pack {p}" for p in packs) + f" --message {shlex.quote(message)}")
+        self._announce(command)
+        result = self._call(stack, command, lambda: self.stack(stack).up(
+            target=[urn], policy_packs=packs, message=message, suppress_progress=True,
+            on_output=self._stream, on_error=self._stream), streamed=True)
+        return result.stdout
 
-    def destroy_unprotected(self, stack: str) -> str:
-        return self._run(["destroy", "--exclude-protected", "--yes", "--skip-preview"], stack, mutating=True)
+    def destroy_unprotected(self, stack: str, message: str) -> str:
+        """`pulumi destroy --exclude-protected`, streamed (policy packs do not run on destroys)."""
+        if not message:
+            raise ValueError("every update carries a message")
+        command = f"pulumi destroy -s {stack} --exclude-protected --message {shlex.quote(message)}"
+        self._announce(command)
+        result = self._call(stack, command, lambda: self.stack(stack).destroy(
+            exclude_protected=True, message=message, suppress_progress=True,
+            on_output=self._stream, on_error=self._stream), streamed=True)
+        return result.stdout
 
 
 def stack_environment(stack: str, config: dict[str, str]) -> str:

@@ -5,6 +5,7 @@
 Refuses while the stack holds a floating IP (the public one must move first,
 with operations.swap; the association is protected, so a plain
 `pulumi destroy` refuses too). Then runs `pulumi destroy --exclude-protected`
+(through the Automation API, message "retire <stack>: ...", output streamed)
 and lists what stays: the data volumes, which are released only on purpose.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from typing import Optional
 
 from .common import ASSOCIATION_TYPE, VOLUME_TYPE, OperationError, Pulumi, association_urn, confirm, stack_environment
 
@@ -36,13 +38,13 @@ def held_ip(pulumi: Pulumi, stack: str) -> tuple[str, str]:
     return ip, urn or association_urn(stack, stack_environment(stack, config))
 
 
-def main(argv=None) -> int:
+def main(argv=None, pulumi: Optional[Pulumi] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m operations.retire", description=__doc__.splitlines()[0])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     args = parser.parse_args(argv)
     s = args.stack
-    pulumi = Pulumi(echo=print)
+    pulumi = pulumi or Pulumi(say=print)
     try:
         ip, urn = held_ip(pulumi, s)
         if ip:
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
         for r in pulumi.resources(s):
             if r.get("protect") and r.get("type") in HOLDER_TYPES:
                 pulumi.unprotect(s, r["urn"])
-        print(pulumi.destroy_unprotected(s).rstrip())
+        pulumi.destroy_unprotected(s, f"retire {s}: destroy all but the protected data volumes")
         remaining = [r for r in pulumi.resources(s) if not r.get("type", "").startswith(ROOT_TYPES)]
     except OperationError as error:
         print(f"error: {error}", file=sys.stderr)

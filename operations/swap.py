@@ -1,9 +1,10 @@
 """Move the public floating IP from one environment to another.
 
-    python -m operations.swap --from prod --to newidr [--yes] [--public-ip IP]
+    python -m operations.swap --from prod --to newidr [--snapshot] [--yes] [--public-ip IP]
 
-Safe order, one `pulumi up --target <association>` per step, config edited by
-this command:
+Safe order, one `pulumi up --target <association>` per step (through the
+Automation API, with the policy pack and the message
+"swap prod -> newidr: step N of 3 (...)"), config edited by this command:
   1. release the public IP in the old stack (config rm idr:floatingIp),
   2. take it in the new stack (its spare IP is released by the same update),
   3. give the new stack's former spare IP to the old stack.
@@ -31,6 +32,10 @@ from components.settings import KEYS
 from .common import (ASSOCIATION_TYPE, PROJECT, FloatingIpHolder, OpenStack, OperationError, Pulumi,
                      PulumiError, association_urn, confirm, connect, short_stack,
                      stack_environment)
+
+# Takes snapshots of a stack's essential volumes; True when all are available
+# (operations.backup.snapshot_stack, given by main for --snapshot).
+Snapshotter = Callable[[str], bool]
 
 FLOATING_IP = f"{PROJECT}:floatingIp"
 BASTION = f"{PROJECT}:sshBastion"
@@ -124,12 +129,14 @@ def http_ok(ip: str, port: int, path: str, timeout: float = 10.0) -> tuple[bool,
 class Swap:
     def __init__(self, pulumi: Pulumi, openstack: OpenStack, old: str, new: str, *,
                  public_ip: Optional[str] = None, assume_yes: bool = False, http_port: int = 80,
-                 wait_seconds: float = 120.0, say: Callable[[str], None] = print):
+                 wait_seconds: float = 120.0, say: Callable[[str], None] = print,
+                 snapshot: Optional[Snapshotter] = None):
         if short_stack(old) == short_stack(new):
             raise OperationError("--from and --to must be two different stacks")
         self.pulumi, self.os, self.old_stack, self.new_stack = pulumi, openstack, old, new
         self.public_ip_arg = public_ip
         self.assume_yes, self.http_port, self.wait_seconds, self.say = assume_yes, http_port, wait_seconds, say
+        self.snapshot = snapshot
         self.command = f"python -m operations.swap --from {old} --to {new}"
         self.rollback = f"python -m operations.swap --from {new} --to {old}"
 
@@ -259,23 +266,31 @@ class Swap:
         self.say(("Resuming:" if resuming else "Plan:") +
                  f" move public IP {r.public_ip} from {self.old_stack} to {self.new_stack}, and spare "
                  f"{r.spare_ip} from {self.new_stack} to {self.old_stack}.")
-        steps = [f"1. release {r.public_ip} in {self.old_stack}", f"2. take {r.public_ip} in {self.new_stack}",
-                 f"3. give {r.spare_ip} to {self.old_stack}"]
-        for n, text in enumerate(steps, 1):
-            self.say(f"   {text}" + ("  (started)" if n == phase else "  (done)" if n < phase else ""))
-        self.say(f"Snapshot the volumes first: `python -m operations.backup snapshot --stack {self.old_stack}`.")
-        if not confirm("Have the instances' volumes been snapshotted, and shall the swap go ahead?",
-                       self.assume_yes):
+        steps = self.steps(r)
+        for n, step in enumerate(steps, 1):
+            self.say(f"   {n}. {step.title}" + ("  (started)" if n == phase else "  (done)" if n < phase else ""))
+        if self.snapshot:
+            question = f"Snapshot {self.old_stack}'s data volumes now, then swap?"
+        else:
+            self.say(f"Snapshot the volumes first: `python -m operations.backup snapshot --stack {self.old_stack}` "
+                     f"(or run this command with --snapshot).")
+            question = "Have the instances' volumes been snapshotted, and shall the swap go ahead?"
+        if not confirm(question, self.assume_yes):
             self.say("Stopped: nothing changed.")
             return 1
+        if self.snapshot and not self.snapshot(self.old_stack):
+            raise OperationError(f"not every snapshot of {self.old_stack} is available (see above), so the swap "
+                                 f"went no further: this run changed neither stack. Fix that, then run "
+                                 f"`{self.command} --snapshot` again (today's available snapshots are kept, "
+                                 f"not taken twice)")
 
         try:
             for side in (self.old, self.new):
                 if side.record != r:
                     self._set(side, RECORD, r.dump())
-            self.release(r)
-            self.take(r)
-            self.give_spare(r)
+            for n, step in enumerate(steps, 1):
+                step.run(r, f"swap {self.old_stack} -> {self.new_stack}: step {n} of {len(steps)} ({step.title})")
+                self.say(f"step {n} done: {step.title}")
             done = Record(r.from_stack, r.to_stack, r.public_ip, r.spare_ip, DONE)
             for side in (self.old, self.new):
                 self._set(side, RECORD, done.dump())
@@ -285,6 +300,14 @@ class Swap:
         self.say(f"Swapped: {self.new_stack} holds {r.public_ip}, {self.old_stack} holds {r.spare_ip}.")
         self.say("Commit Pulumi.*.yaml so the repository shows the new holders.")
         return self.final_check(r.public_ip)
+
+    def steps(self, r: Record) -> list["Step"]:
+        """The swap's updates in order. The plan shown, each update's message
+        and its number come from this list; phase() says how many of them
+        have their config edit made."""
+        return [Step(f"release {r.public_ip} in {self.old_stack}", self.release),
+                Step(f"take {r.public_ip} in {self.new_stack}", self.take),
+                Step(f"give {r.spare_ip} to {self.old_stack}", self.give_spare)]
 
     def _set(self, side: Side, key: str, value: str) -> None:
         self.pulumi.config_set(side.stack, key, value)
@@ -304,7 +327,7 @@ class Swap:
         if side.association and side.association.get("protect"):
             self.pulumi.unprotect(side.stack, side.urn)
 
-    def release(self, r: Record) -> None:
+    def release(self, r: Record, message: str) -> None:
         old = self.old
         if old.ip == r.public_ip:
             self._pin_bastion(old, r.public_ip, ())
@@ -313,27 +336,25 @@ class Swap:
         elif old.ip:  # already past this step
             return
         if old.association is not None:
-            self.pulumi.up_target(old.stack, old.urn)
+            self.pulumi.up_target(old.stack, old.urn, message)
         if self.holds(old, r.public_ip):
             raise OperationError(f"{r.public_ip} is still bound to {old.env}-proxy although "
                                  f"{old.stack}'s state has no association: unbind it with "
                                  f"`openstack floating ip unset --port {r.public_ip}`, then run `{self.command}` again")
-        self.say(f"step 1 done: {r.public_ip} released by {old.stack}")
 
-    def take(self, r: Record) -> None:
+    def take(self, r: Record, message: str) -> None:
         new = self.new
         if new.ip != r.public_ip:
             self._pin_bastion(new, r.public_ip, (r.spare_ip,))
             self._unprotect(new)
             self._set(new, FLOATING_IP, r.public_ip)
         if not self.holds(new, r.public_ip):
-            self.pulumi.up_target(new.stack, new.urn)
+            self.pulumi.up_target(new.stack, new.urn, message)
             if not self.holds(new, r.public_ip):
                 raise OperationError(f"`pulumi up` of {new.stack} finished but OpenStack shows "
                                      f"{self.holder(r.public_ip).describe()}: run `{self.command}` again")
-        self.say(f"step 2 done: {r.public_ip} taken by {new.stack}")
 
-    def give_spare(self, r: Record) -> None:
+    def give_spare(self, r: Record, message: str) -> None:
         old = self.old
         if old.ip != r.spare_ip:
             self._pin_bastion(old, r.spare_ip, (r.public_ip,))
@@ -344,8 +365,7 @@ class Swap:
                 raise OperationError(f"{spare.describe()}, so {old.stack} cannot take it: {self.new_stack}'s "
                                      f"update should have released it; check `pulumi stack -s {self.new_stack}`, "
                                      f"then run `{self.command}` again")
-            self.pulumi.up_target(old.stack, old.urn)
-        self.say(f"step 3 done: {r.spare_ip} given to {old.stack}")
+            self.pulumi.up_target(old.stack, old.urn, message)
 
     def final_check(self, public_ip: str) -> int:
         path = self.new.health_path
@@ -362,25 +382,51 @@ class Swap:
         return 1
 
 
+@dataclass(frozen=True)
+class Step:
+    title: str                              # "take 203.0.113.10 in newidr"
+    run: Callable[[Record, str], None]      # (swap record, update message)
+
+
 class _AlreadyDone(Exception):
     def __init__(self, ip: str):
         self.ip = ip
 
 
-def main(argv=None, openstack_client: Optional[OpenStack] = None) -> int:
+def main(argv=None, openstack_client: Optional[OpenStack] = None, conn=None) -> int:
+    """`openstack_client` answers the floating-IP questions and `conn` (an
+    openstacksdk connection) takes the snapshots; by default both come from
+    one connection made from --os-cloud / OS_*."""
     parser = argparse.ArgumentParser(prog="python -m operations.swap", description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="old", required=True, help="stack that holds the public IP now")
     parser.add_argument("--to", dest="new", required=True, help="stack that takes it (holds a spare IP now)")
     parser.add_argument("--public-ip", help="the public IP (default: the --from stack's idr:floatingIp)")
+    parser.add_argument("--snapshot", action="store_true",
+                        help="snapshot the --from stack's data volumes first (operations.backup snapshot) and "
+                             "stop unless every snapshot becomes available")
+    parser.add_argument("--snapshot-timeout", type=float, default=3600.0,
+                        help="seconds the snapshots may take to become available (default 3600)")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--http-port", type=int, default=80, help="port of the health checks (default 80)")
     parser.add_argument("--wait", type=float, default=120.0, help="seconds the public IP may take to answer")
     parser.add_argument("--os-cloud", help="clouds.yaml entry (default: OS_CLOUD or OS_* variables)")
     args = parser.parse_args(argv)
+    if args.snapshot_timeout < 0:
+        parser.error("--snapshot-timeout takes a number of seconds >= 0")
     try:
-        client = openstack_client or OpenStack(connect(args.os_cloud))
-        swap = Swap(Pulumi(echo=print), client, args.old, args.new, public_ip=args.public_ip,
-                    assume_yes=args.yes, http_port=args.http_port, wait_seconds=args.wait)
+        if openstack_client is None:
+            conn = conn or connect(args.os_cloud)
+        client = openstack_client or OpenStack(conn)
+        pulumi = Pulumi(say=print)
+        snapshot = None
+        if args.snapshot:
+            from . import backup
+
+            def snapshot(stack: str) -> bool:
+                return backup.snapshot_stack(pulumi, conn or connect(args.os_cloud), stack,
+                                             timeout=args.snapshot_timeout)
+        swap = Swap(pulumi, client, args.old, args.new, public_ip=args.public_ip, assume_yes=args.yes,
+                    http_port=args.http_port, wait_seconds=args.wait, snapshot=snapshot)
         return swap.run()
     except OperationError as error:
         print(f"error: {error}", file=sys.stderr)

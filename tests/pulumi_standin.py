@@ -1,12 +1,25 @@
 """A stand-in `pulumi` executable for the operator-command tests.
 
+The operator commands drive Pulumi through pulumi.automation, whose
+LocalWorkspace and Stack run the `pulumi` CLI found on PATH and read its
+JSON. This stand-in sits at exactly that seam: the real Automation API code
+builds the command lines (`up --yes --skip-preview --message ... --target ...
+--policy-pack policy ...`), reads the JSON it prints, streams its output
+through the API's reader threads and classifies its errors (a locked stack
+becomes ConcurrentUpdateError). It also accepts an operator's command lines
+(`pulumi config set K V -s S`), which the commands print as advice.
+
 `install(tmp_path)` writes an executable named `pulumi` and returns a `World`
-whose files are the stand-in's whole state: each stack's config and
-resources, and a fake Neutron (floating IP -> name of the port holding it).
-The stand-in records every call, and fails on demand: `world.fail_at(n)`
-makes call number n exit 1 before doing anything, `world.fail_at(n,
-after=True)` after doing its work (as an update that changed the cloud and
-then lost its connection).
+whose files are the stand-in's whole state: each stack's config, resources
+and update history, and a fake Neutron (floating IP -> name of the port
+holding it). The stand-in records every call but the API's `pulumi version`
+probe, and fails on demand: `world.fail_at(n)` makes call number n exit 1
+before doing anything, `world.fail_at(n, after=True)` after doing its work
+(as an update that changed the cloud and then lost its connection).
+`world.lock(stack)` makes updates, destroys and state edits of the stack
+refuse as a locked stack does; `world.handshake()` makes every update and
+destroy wait, after its first line of output, until the test has seen that
+line (`world.ack()`), which only streamed output allows.
 
 Its `up --target <association>` does what the program and Neutron would:
 the program's guard refuses an IP another environment's proxy holds, a
@@ -24,7 +37,7 @@ from pathlib import Path
 from operations.common import ASSOCIATION_TYPE as ASSOC_TYPE, VOLUME_TYPE
 
 SCRIPT = r'''
-import json, os, sys
+import json, os, sys, time
 from pathlib import Path
 
 HOME = Path(os.environ["FAKE_PULUMI_HOME"])
@@ -37,7 +50,14 @@ def load(p, default):
 def save(p, data):
     p.write_text(json.dumps(data, indent=1, sort_keys=True))
 
+def die(msg):
+    sys.exit(print(f"error: {msg}", file=sys.stderr) or 1)
+
 argv = sys.argv[1:]
+if argv == ["version"]:  # the Automation API's probe when it makes a workspace; not numbered
+    if (HOME / "no-version").exists():
+        die("injected failure of `pulumi version`")
+    sys.exit(print("v3.272.0") or 0)
 with open(HOME / "calls.jsonl", "a") as f:
     f.write(json.dumps(argv) + "\n")
 number = sum(1 for _ in open(HOME / "calls.jsonl"))
@@ -45,29 +65,35 @@ fail = (HOME / "fail").read_text().strip() if (HOME / "fail").exists() else ""
 fail_n, _, fail_when = fail.partition(":")
 fail_now = fail_n.isdigit() and int(fail_n) == number
 if fail_now and fail_when != "after":
-    sys.exit(print(f"error: injected failure of call {number}", file=sys.stderr) or 1)
+    die(f"injected failure of call {number}")
 
-args, flags, stack = [], set(), None
-i = 0
+# The Automation API's forms (`config set K --plaintext --stack S -- V`,
+# `state unprotect --yes --stack S -- URN`) and an operator's (`config set K V -s S`).
+VALUED = @VALUED@  # flags that take a value (tests/pulumi_standin.py VALUED)
+args, flags, values = [], set(), {}
+i, rest = 0, False
 while i < len(argv):
     a = argv[i]
-    if a in ("-s", "--stack"):
-        stack = argv[i + 1]; i += 2; continue
-    if a == "--target":
-        flags.add(("target", argv[i + 1])); i += 2; continue
-    if a == "--policy-pack":
-        flags.add(("policy-pack", argv[i + 1])); i += 2; continue
-    if a.startswith("-"):
+    if rest:
+        args.append(a)
+    elif a == "--":
+        rest = True
+    elif a in VALUED:
+        values.setdefault(VALUED[a], []).append(argv[i + 1]); i += 1
+    elif a.startswith("-"):
         flags.add(a)
     else:
         args.append(a)
     i += 1
-if stack is None:
-    sys.exit(print("error: no stack selected", file=sys.stderr) or 1)
-stack = stack.split("/")[-1]
+for unwanted in ("event-log", "client"):  # the operations neither inline programs nor take engine events
+    if unwanted in values:
+        die(f"the stand-in does not serve --{unwanted}")
+if "stack" not in values:
+    die("no stack selected")
+stack = values["stack"][-1].split("/")[-1]
 spath = HOME / "stacks" / f"{stack}.json"
 if not spath.exists():
-    sys.exit(print(f"error: no stack named '{stack}' found", file=sys.stderr) or 1)
+    die(f"no stack named '{stack}' found")
 st = load(spath, None)
 neutron_path = HOME / "neutron.json"
 neutron = load(neutron_path, {})
@@ -77,34 +103,77 @@ urn = (f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${ASSOC}::{env}-
 assoc = next((r for r in st["resources"] if r["type"] == ASSOC), None)
 out = ""
 
-def die(msg):
-    sys.exit(print(f"error: {msg}", file=sys.stderr) or 1)
+def say(line):  # the engine's output, line by line, as it happens
+    print(line, flush=True)
 
-if args[:1] == ["config"] and len(args) == 1:
-    out = json.dumps({k: {"value": v, "secret": False} for k, v in cfg.items()})
-elif args[:2] == ["config", "set"]:
+def take_lock():
+    # A DIY backend (the S3 bucket) refuses with its lock file; Pulumi Cloud with 409.
+    kind = (HOME / "locks" / stack).read_text().strip() if (HOME / "locks" / stack).exists() else ""
+    if kind == "cloud":
+        die("[409] Conflict: Another update is currently in progress.")
+    if kind:
+        die("the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or "
+            "delete the lock file with `pulumi cancel`.\n"
+            f"  s3://idr-pulumi-state/.pulumi/locks/organization/idr/{stack}/0b1c2d.json: created by "
+            "ops@bastion (pid 4242) at 2024-05-17T09:00:00Z")
+
+def handshake():
+    # Streaming proof: wait until the operator has seen the line above.
+    if not (HOME / "handshake").exists():
+        return
+    ack = HOME / "handshake-ack"
+    deadline = time.monotonic() + float((HOME / "handshake").read_text())
+    while time.monotonic() < deadline:
+        if ack.exists():
+            ack.unlink()
+            return
+        time.sleep(0.02)
+    die("nobody saw the engine's output while it ran (not streamed)")
+
+def remember(kind):
+    st.setdefault("history", []).append({"kind": kind, "message": values.get("message", [""])[-1],
+                                         "flags": sorted(flags), "result": "succeeded"})
+
+if args == ["config"]:
+    out = json.dumps({k: {"value": v, "secret": False} for k, v in cfg.items()}
+                     | {k: {"value": v if "--show-secrets" in flags else "[secret]", "secret": True}
+                        for k, v in st.get("secrets", {}).items()})
+elif args[:2] == ["config", "set"] and len(args) == 4:
     cfg[args[2]] = args[3]
-elif args[:2] == ["config", "rm"]:
+elif args[:2] == ["config", "rm"] and len(args) == 3:
     cfg.pop(args[2], None)
-elif args[:2] == ["stack", "output"]:
+elif args == ["stack", "select"]:
+    pass
+elif args == ["stack", "output"]:
     vols = {r["role"]: {"id": r["id"], "name": r["name"], "size": r["size"], "mount": r["mount"]}
             for r in st["resources"] if r["type"] == VOLUME}
     out = json.dumps({"environment": env, "floatingIp": cfg.get("idr:floatingIp", ""),
                       "floatingIpUrn": assoc["urn"] if assoc else "", "dataVolumes": vols})
-elif args[:2] == ["stack", "export"]:
+elif args == ["stack", "export"]:
     out = json.dumps({"version": 3, "deployment": {"resources": st["resources"]}})
-elif args[:2] == ["state", "unprotect"]:
+elif args == ["stack", "history"]:
+    entries = []
+    for n, h in enumerate(reversed(st.get("history", []))):
+        entries.append({"kind": h["kind"], "message": h["message"], "result": h["result"], "environment": {},
+                        "config": {}, "version": len(st["history"]) - n,
+                        "startTime": "2024-05-17T09:00:00.000000Z", "endTime": "2024-05-17T09:01:00.000000Z"})
+    out = json.dumps(entries[: int(values.get("page-size", ["0"])[-1]) or None])
+elif args[:2] == ["state", "unprotect"] and len(args) == 3:
+    take_lock()
     found = [r for r in st["resources"] if r["urn"] == args[2]]
     if not found:
         die(f"No such resource {args[2]!r} exists in the current state")
     found[0]["protect"] = False
-elif args[:1] == ["up"]:
+elif args == ["up"]:
+    take_lock()
     # The operator commands never update without the policy pack.
-    if ("policy-pack", "policy") not in flags:
+    if values.get("policy-pack") != ["policy"]:
         die("the stand-in refuses `pulumi up` without --policy-pack policy")
-    targets = {f[1] for f in flags if isinstance(f, tuple) and f[0] == "target"}
+    targets = set(values.get("target", []))
     if targets != {urn}:
         die(f"unexpected targets {sorted(targets)} (the association is {urn})")
+    say(f"Updating ({stack}):")
+    handshake()
     want = cfg.get("idr:floatingIp", "")
     if not (cfg.get("idr:sshBastion") or want):
         die("config idr:sshBastion = '' is not allowed: required when floatingIp is empty")
@@ -117,14 +186,24 @@ elif args[:1] == ["up"]:
     if assoc and have != want:
         neutron.pop(have, None)  # the association's delete unbinds the IP wherever it is
         st["resources"].remove(assoc)
+        say(f" - {urn} deleted")
     if want and have != want:
         neutron[want] = f"{env}-proxy"
         st["resources"].append({"urn": urn, "type": ASSOC, "protect": True, "inputs": {"floatingIp": want}})
+        say(f" + {urn} created")
+    remember("update")
     out = "Resources: updated"
-elif args[:1] == ["destroy"]:
+elif args == ["destroy"]:
+    take_lock()
+    say(f"Destroying ({stack}):")
+    handshake()
     if "--exclude-protected" not in flags and any(r["protect"] for r in st["resources"]):
         die("resource(s) are protected; use --exclude-protected")
     kept = [r for r in st["resources"] if r["protect"]]
+    for r in st["resources"]:
+        if not r["protect"]:
+            say(f" - {r['urn']} deleted")
+    remember("destroy")
     out = f"Resources: {len(st['resources']) - len(kept)} deleted"
     st["resources"] = kept
 else:
@@ -137,6 +216,55 @@ if out:
 if fail_now:
     sys.exit(print(f"error: injected failure of call {number} (after its work)", file=sys.stderr) or 1)
 '''
+
+
+VALUED = {"-s": "stack", "--stack": "stack", "--target": "target", "--policy-pack": "policy-pack",
+          "-m": "message", "--message": "message", "--exec-kind": "exec-kind", "--page-size": "page-size",
+          "--page": "page", "--color": "color", "--event-log": "event-log", "--client": "client"}
+MUTATING = (("config", "set"), ("config", "rm"), ("state", "unprotect"), ("up",), ("destroy",))
+
+
+@dataclass(frozen=True)
+class Call:
+    """One recorded command line, parsed as the stand-in parses it."""
+    argv: tuple
+    args: tuple          # positional words, including those after `--`
+    flags: frozenset     # valueless flags
+    values: dict         # flag name -> list of values ("stack", "target", "message", "policy-pack", ...)
+
+    @property
+    def stack(self) -> str:
+        return self.values["stack"][-1]
+
+    @property
+    def mutating(self) -> bool:
+        return any(self.args[:len(m)] == m for m in MUTATING)
+
+    def short(self) -> tuple:
+        """('up', urn, stack), ('config', 'set', key, value, stack), ...: the order tests' form."""
+        if self.args == ("up",):
+            return ("up", *self.values.get("target", []), self.stack)
+        return (*self.args, self.stack)
+
+
+def parse_call(argv: list[str]) -> Call:
+    args, flags, values = [], set(), {}
+    i, rest = 0, False
+    while i < len(argv):
+        a = argv[i]
+        if rest:
+            args.append(a)
+        elif a == "--":
+            rest = True
+        elif a in VALUED:
+            values.setdefault(VALUED[a], []).append(argv[i + 1])
+            i += 1
+        elif a.startswith("-"):
+            flags.add(a)
+        else:
+            args.append(a)
+        i += 1
+    return Call(tuple(argv), tuple(args), frozenset(flags), values)
 
 
 def stack_state(stack: str, config: dict, floating_ip: str = "", env: str = "") -> dict:
@@ -204,11 +332,38 @@ class World:
 
     @property
     def calls(self) -> list[list[str]]:
+        """Every command line the stand-in ran, as given (the API's `version` probe aside)."""
         path = self.home / "calls.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
+    @property
+    def parsed(self) -> list[Call]:
+        return [parse_call(c) for c in self.calls]
+
+    def mutating(self) -> list[tuple]:
+        """The changes made, in order, in Call.short() form."""
+        return [c.short() for c in self.parsed if c.mutating]
+
     def clear_calls(self) -> None:
         (self.home / "calls.jsonl").write_text("")
+
+    def history(self, stack: str) -> list[dict]:
+        """The stack's updates and destroys, oldest first (kind, message, flags)."""
+        return self.stack(stack).get("history", [])
+
+    def lock(self, stack: str, kind: str = "diy") -> None:
+        """'diy': the S3 backend's lock file message; 'cloud': Pulumi Cloud's 409."""
+        (self.home / "locks").mkdir(exist_ok=True)
+        (self.home / "locks" / stack).write_text(kind)
+
+    def unlock(self, stack: str) -> None:
+        (self.home / "locks" / stack).unlink(missing_ok=True)
+
+    def handshake(self, seconds: float = 20.0) -> None:
+        (self.home / "handshake").write_text(str(seconds))
+
+    def ack(self) -> None:
+        (self.home / "handshake-ack").write_text("")
 
     def fail_at(self, n: int | None, after: bool = False) -> None:
         path = self.home / "fail"
@@ -232,7 +387,8 @@ def install(tmp_path: Path, monkeypatch) -> World:
     exe = bindir / "pulumi"
     # -I -S: no site packages or environment, so each call starts fast.
     # The stand-in runs isolated (-IS): it gets the type tokens as literals.
-    script = SCRIPT.replace("@ASSOC@", repr(ASSOC_TYPE)).replace("@VOLUME@", repr(VOLUME_TYPE))
+    script = (SCRIPT.replace("@ASSOC@", repr(ASSOC_TYPE)).replace("@VOLUME@", repr(VOLUME_TYPE))
+              .replace("@VALUED@", repr(VALUED)))
     exe.write_text(f"#!{sys.executable} -IS\n{script}")
     exe.chmod(0o755)
     (home / "calls.jsonl").write_text("")

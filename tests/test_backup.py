@@ -1,7 +1,10 @@
 """Backups against stubbed HTTP answers of the OpenStack API (`responses`):
 a fake Keystone hands out a catalog whose Cinder and Neutron live in this
-file's `FakeCloud`. openstacksdk runs for real; no request leaves the process
-(responses refuses any URL not registered). The retention rule is checked
+file's `FakeCloud`. openstacksdk runs for real (its wait_for_status polls
+GET /snapshots/<id>, where FakeCloud plays each snapshot's life: creating,
+then available, error, or forever creating); no request leaves the process
+(responses refuses any URL not registered). Stack outputs come through
+pulumi.automation from the stand-in `pulumi`. The retention rule is checked
 with hypothesis."""
 from __future__ import annotations
 
@@ -36,6 +39,11 @@ class FakeCloud:
     def __init__(self, rsps: responses.RequestsMock):
         self.snapshots: dict[str, dict] = {}
         self.volumes = {}  # id -> size
+        # volume id -> statuses a new snapshot of it shows on successive GETs
+        # (the last one stays); default: available at the first look.
+        self.lives: dict[str, list[str]] = {}
+        self.refuse: dict[str, tuple[int, str]] = {}  # volume id -> (HTTP status, message) for a create
+        self.polls: dict[str, int] = {}  # snapshot id -> GETs
         self.floating_ips: dict[str, str] = {}  # address -> port id or ""
         self.ports: dict[str, str] = {}  # id -> name
         self.requests = []
@@ -58,27 +66,52 @@ class FakeCloud:
         rsps.add(responses.GET, f"{NEUTRON}/", json={"versions": [
             {"id": "v2.0", "status": "CURRENT", "links": [{"rel": "self", "href": f"{NEUTRON}/v2.0/"}]}]})
         rsps.add_callback(responses.GET, f"{CINDER}/snapshots/detail", self._list)
-        rsps.add_callback(responses.POST, f"{CINDER}/snapshots", self._create)
+        rsps.add_callback(responses.POST, f"{CINDER}/snapshots", self._create, content_type="application/json")
         rsps.add_callback(responses.DELETE, re.compile(rf"{CINDER}/snapshots/[^/]+$"), self._delete)
+        rsps.add_callback(responses.GET, re.compile(rf"{CINDER}/snapshots/(?!detail$)[^/]+$"), self._get)
         rsps.add_callback(responses.GET, f"{NEUTRON}/v2.0/floatingips", self._fips)
         rsps.add_callback(responses.GET, re.compile(rf"{NEUTRON}/v2.0/ports/[^/]+$"), self._port)
 
-    def add_snapshot(self, volume_id, name, status="available"):
+    def add_snapshot(self, volume_id, name, status="available", created_at="2024-01-01T00:00:00.000000"):
         sid = str(uuid.uuid4())
         self.snapshots[sid] = {"id": sid, "name": name, "volume_id": volume_id, "status": status,
-                               "size": self.volumes.get(volume_id, 1), "created_at": "2024-01-01T00:00:00.000000",
+                               "size": self.volumes.get(volume_id, 1), "created_at": created_at,
                                "description": None, "metadata": {}}
         return sid
 
     def _list(self, request):
         self.requests.append(("list", None))
-        return 200, {}, json.dumps({"snapshots": list(self.snapshots.values())})
+        return 200, {}, json.dumps({"snapshots": [self.public(sid) for sid in self.snapshots]})
 
     def _create(self, request):
         body = json.loads(request.body)["snapshot"]
         self.requests.append(("create", body))
-        sid = self.add_snapshot(body["volume_id"], body["name"], status="creating")
-        return 202, {}, json.dumps({"snapshot": self.snapshots[sid]})
+        if body["volume_id"] in self.refuse:
+            status, message = self.refuse[body["volume_id"]]
+            return status, {}, json.dumps({"overLimit": {"message": message, "code": status}})
+        sid = self.add_snapshot(body["volume_id"], body["name"], status="creating",
+                                created_at="2024-05-17T09:00:00.000000")
+        self.snapshots[sid]["life"] = list(self.lives.get(body["volume_id"], ["available"]))
+        return 202, {}, json.dumps({"snapshot": self.public(sid)})
+
+    def public(self, sid):
+        return {k: v for k, v in self.snapshots[sid].items() if k != "life"}
+
+    def _get(self, request):
+        sid = request.url.split("?")[0].rsplit("/", 1)[1]
+        self.requests.append(("get", sid))
+        if sid not in self.snapshots:
+            return 404, {}, json.dumps({"itemNotFound": {"message": "no such snapshot", "code": 404}})
+        snap = self.snapshots[sid]
+        self.polls[sid] = self.polls.get(sid, 0) + 1
+        life = snap.get("life")
+        if life:
+            snap["status"] = life.pop(0) if len(life) > 1 else life[0]
+        return 200, {}, json.dumps({"snapshot": self.public(sid)})
+
+    def by_name(self, name):
+        (sid,) = [sid for sid, s in self.snapshots.items() if s["name"] == name]
+        return sid
 
     def _delete(self, request):
         sid = request.url.rsplit("/", 1)[1]
@@ -114,6 +147,12 @@ def conn(cloud):
         project_domain_name="Default", region_name="RegionOne")
 
 
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch):
+    """The command looks at a snapshot every 5 s; the fake cloud answers at once."""
+    monkeypatch.setattr(backup, "POLL_SECONDS", 0.01)
+
+
 @pytest.fixture
 def world(tmp_path, monkeypatch, cloud):
     w = install(tmp_path, monkeypatch)
@@ -133,7 +172,12 @@ def test_snapshot_essential_volumes_with_force(world, cloud, conn, capsys):
         ("vol-prod-omeroreadwrite", "prod-omeroreadwrite-data-20240517", True),
         ("vol-prod-database", "prod-database-data-20240517", True),
     ]
-    assert ["stack", "output", "--json", "--stack", "prod", "--non-interactive"] in world.calls
+    # The volumes come from the stack's outputs, read through pulumi.automation.
+    assert ("stack", "output") in [c.args for c in world.parsed]
+    out = capsys.readouterr().out
+    assert "prod-omeroreadwrite-data-20240517: available, 1500 GB" in out
+    assert "prod-database-data-20240517: available, 800 GB" in out
+    assert "2 snapshot(s) of prod available, 2300 GB in all" in out
 
 
 def test_snapshot_includes_cache_on_request_and_is_idempotent(world, cloud, conn, capsys):
@@ -146,12 +190,117 @@ def test_snapshot_includes_cache_on_request_and_is_idempotent(world, cloud, conn
     assert "exists already" in capsys.readouterr().out
 
 
+def test_snapshot_waits_until_each_is_available(world, cloud, conn, capsys):
+    cloud.lives["vol-prod-omeroreadwrite"] = ["creating", "creating", "available"]
+    cloud.lives["vol-prod-database"] = ["creating", "available"]
+    assert backup.main(["snapshot", "--stack", "prod"], conn=conn, today=DAY) == 0
+    data = cloud.by_name("prod-omeroreadwrite-data-20240517")
+    db = cloud.by_name("prod-database-data-20240517")
+    assert (cloud.polls[data], cloud.polls[db]) == (3, 2)
+    assert {s["status"] for s in cloud.snapshots.values()} == {"available"}
+    out = capsys.readouterr().out.splitlines()
+    # Started both, then waited; each reported when available, with its size.
+    assert out == [
+        f"prod-omeroreadwrite-data-20240517: started ({data}) from prod-omeroreadwrite-data "
+        f"(vol-prod-omeroreadwrite, 1500 GB)",
+        f"prod-database-data-20240517: started ({db}) from prod-database-data (vol-prod-database, 800 GB)",
+        "waiting up to 3600 s for 2 snapshot(s) to be available",
+        f"prod-omeroreadwrite-data-20240517: available, 1500 GB ({data})",
+        f"prod-database-data-20240517: available, 800 GB ({db})",
+        "2 snapshot(s) of prod available, 2300 GB in all",
+    ]
+
+
+def test_snapshot_that_errors_and_one_never_available(world, cloud, conn, capsys):
+    import time
+    cloud.lives["vol-prod-omeroreadwrite"] = ["creating", "error"]
+    cloud.lives["vol-prod-database"] = ["creating"]  # forever
+    started = time.monotonic()
+    assert backup.main(["snapshot", "--stack", "prod", "--timeout", "0.5"], conn=conn, today=DAY) == 1
+    assert time.monotonic() - started < 10, "the timeout bounds the wait"
+    data = cloud.by_name("prod-omeroreadwrite-data-20240517")
+    db = cloud.by_name("prod-database-data-20240517")
+    assert cloud.polls[db] >= 3, "polled until the timeout"
+    captured = capsys.readouterr()
+    assert f"prod-omeroreadwrite-data-20240517: FAILED: status error ({data})" in captured.out
+    assert f"prod-database-data-20240517: NOT AVAILABLE: timed out after 0.5 s (status creating) ({db})" \
+        in captured.out
+    assert captured.err.splitlines() == [
+        "error: 2 of 2 snapshot(s) of prod are not available:",
+        f"  prod-omeroreadwrite-data-20240517: status error ({data})",
+        f"  prod-database-data-20240517: timed out after 0.5 s (status creating) ({db})",
+        "Delete a failed snapshot (`openstack volume snapshot delete <id>`) and run the command again to take "
+        "it anew.",
+        "One still creating may yet finish: run `python -m operations.backup snapshot --stack prod` again to "
+        "wait for it (it is not taken twice), or see `python -m operations.backup list --stack prod`.",
+    ]
+
+    # The slow one finishes later: running the command again waits for it
+    # and takes nothing twice; the failed one still fails until deleted.
+    cloud.snapshots[db]["life"] = ["available"]
+    cloud.requests.clear()
+    assert backup.main(["snapshot", "--stack", "prod"], conn=conn, today=DAY) == 1
+    assert [k for k, _ in cloud.requests if k == "create"] == []
+    captured = capsys.readouterr()
+    assert f"prod-database-data-20240517: available, 800 GB ({db})" in captured.out
+    assert "1 of 2 snapshot(s) of prod are not available" in captured.err
+    del cloud.snapshots[data]  # `openstack volume snapshot delete`
+    cloud.lives.clear()  # and this time Cinder succeeds
+    assert backup.main(["snapshot", "--stack", "prod"], conn=conn, today=DAY) == 0
+    assert cloud.snapshots[cloud.by_name("prod-omeroreadwrite-data-20240517")]["status"] == "available"
+
+
+def test_snapshot_refused_by_cinder_is_named(world, cloud, conn, capsys):
+    cloud.refuse["vol-prod-database"] = (413, "SnapshotLimitExceeded: Maximum number of snapshots allowed (10) "
+                                              "exceeded")
+    assert backup.main(["snapshot", "--stack", "prod"], conn=conn, today=DAY) == 1
+    captured = capsys.readouterr()
+    assert "prod-omeroreadwrite-data-20240517: available, 1500 GB" in captured.out  # the other one is taken
+    assert "error: 1 of 2 snapshot(s) of prod are not available:" in captured.err
+    assert "  prod-database-data-20240517: not started: " in captured.err
+    assert "SnapshotLimitExceeded" in captured.err
+    assert "One that did not start: fix the cause shown and run the command again." in captured.err
+
+
+def test_timeout_must_be_a_duration(world, conn, capsys):
+    with pytest.raises(SystemExit):
+        backup.main(["snapshot", "--stack", "prod", "--timeout", "-1"], conn=conn, today=DAY)
+    assert "--timeout" in capsys.readouterr().err
+
+
 def test_list_shows_only_this_stacks_snapshots(world, cloud, conn, capsys):
     cloud.add_snapshot("vol-prod-database", "prod-database-data-20240101")
     cloud.add_snapshot("vol-other", "other-database-data-20240101")
     assert backup.main(["list", "--stack", "prod"], conn=conn) == 0
     out = capsys.readouterr().out
     assert "prod-database-data-20240101" in out and "other-" not in out
+
+
+def test_list_shows_status_size_and_age(world, cloud, conn, capsys):
+    now = dt.datetime(2024, 5, 17, 12, 0, tzinfo=dt.timezone.utc)
+    old = cloud.add_snapshot("vol-prod-omeroreadwrite", "prod-omeroreadwrite-data-20240507",
+                             created_at="2024-05-07T11:00:00.000000")
+    new = cloud.add_snapshot("vol-prod-database", "prod-database-data-20240517", status="creating",
+                             created_at="2024-05-17T11:35:00.000000")
+    mid = cloud.add_snapshot("vol-prod-database", "prod-database-data-20240516", status="error",
+                             created_at="2024-05-16T06:00:00.000000")
+    assert backup.main(["list", "--stack", "prod"], conn=conn, now=now) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows == [
+        ["ROLE", "SNAPSHOT", "STATUS", "SIZE", "AGE", "ID"],
+        ["omeroreadwrite", "prod-omeroreadwrite-data-20240507", "available", "1500", "GB", "10", "d", old],
+        ["database", "prod-database-data-20240516", "error", "800", "GB", "30", "h", mid],
+        ["database", "prod-database-data-20240517", "creating", "800", "GB", "25", "min", new],
+    ]
+
+
+def test_age():
+    now = dt.datetime(2024, 5, 17, 12, 0, tzinfo=dt.timezone.utc)
+    assert backup.age("2024-05-17T11:59:30.000000", now) == "0 min"
+    assert backup.age("2024-05-17T11:00:00Z", now) == "1 h"
+    assert backup.age("2024-05-15T12:00:01", now) == "47 h"
+    assert backup.age("2024-05-15T12:00:00+00:00", now) == "2 d"
+    assert backup.age(None, now) == backup.age("yesterday", now) == "?"
 
 
 def test_prune_deletes_what_the_rule_drops(world, cloud, conn, capsys):

@@ -1,4 +1,5 @@
-"""Retiring an environment, against the stand-in `pulumi` (tests/pulumi_standin.py)."""
+"""Retiring an environment, through pulumi.automation driving the stand-in
+`pulumi` (tests/pulumi_standin.py)."""
 from __future__ import annotations
 
 from operations import retire
@@ -8,7 +9,7 @@ PUBLIC = "203.0.113.10"
 
 
 def destroys(world):
-    return [c for c in world.calls if c[:1] == ["destroy"]]
+    return [c for c in world.parsed if c.args == ("destroy",)]
 
 
 def test_refuses_while_holding_the_public_ip(tmp_path, monkeypatch, capsys):
@@ -39,16 +40,20 @@ def test_destroys_unprotected_and_lists_data_volumes(tmp_path, monkeypatch, caps
     world = install(tmp_path, monkeypatch)
     world.add_stack("oldidr", "", {"idr:sshBastion": "198.51.100.7"})
     assert retire.main(["--stack", "oldidr", "--yes"]) == 0
-    assert [c[:2] for c in destroys(world)] == [["destroy", "--exclude-protected"]]
+    (destroy,) = destroys(world)
+    assert "--exclude-protected" in destroy.flags
+    assert destroy.values["message"] == ["retire oldidr: destroy all but the protected data volumes"]
     # The data holders (instances, ports, network) were unprotected on purpose
-    # first; nothing else was.
-    unprotected = [c[2] for c in world.calls if c[:2] == ["state", "unprotect"]]
+    # first; nothing else was, and all before the destroy.
+    unprotected = [c.args[2] for c in world.parsed if c.args[:2] == ("state", "unprotect")]
+    assert [c.args[0] for c in world.parsed if c.mutating][-1] == "destroy"
     assert sorted(u.rsplit("::", 1)[1] for u in unprotected) == [
         "oldidr-database", "oldidr-database-data", "oldidr-network", "oldidr-proxy", "oldidr-subnet"]
     assert all(VOLUME_TYPE not in u and ASSOC_TYPE not in u for u in unprotected)
     left = world.stack("oldidr")["resources"]
     assert {r["type"] for r in left} == {VOLUME_TYPE} and all(r["protect"] for r in left)
     out = capsys.readouterr().out
+    assert "\n    Destroying (oldidr):\n" in out and "\n    Resources: 8 deleted\n" in out  # the engine's output
     for r in left:
         assert f"pulumi state unprotect -s oldidr '{r['urn']}'" in out
         assert f"pulumi destroy -s oldidr --target '{r['urn']}'" in out
@@ -68,8 +73,9 @@ def test_asks_first(tmp_path, monkeypatch):
 def test_destroy_failure_is_reported(tmp_path, monkeypatch, capsys):
     world = install(tmp_path, monkeypatch)
     world.add_stack("oldidr", "", {"idr:sshBastion": "198.51.100.7"})
-    # output, config, export, export, one unprotect per data holder, then destroy
-    destroy_call = 4 + sum(1 for r in world.stack("oldidr")["resources"]
+    # select, outputs (twice: masked, then plain), config, export, export,
+    # one unprotect per data holder, then destroy
+    destroy_call = 6 + sum(1 for r in world.stack("oldidr")["resources"]
                            if r["protect"] and r["type"] in retire.HOLDER_TYPES) + 1
     world.fail_at(destroy_call)
     assert retire.main(["--stack", "oldidr", "--yes"]) == 2

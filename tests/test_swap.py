@@ -1,6 +1,7 @@
-"""The floating-IP swap, against a stand-in `pulumi` (tests/pulumi_standin.py),
-a fake Neutron kept in the stand-in's files, and real HTTP health checks
-answered by stub servers on loopback addresses that play the two IPs."""
+"""The floating-IP swap, through the real pulumi.automation driving a
+stand-in `pulumi` (tests/pulumi_standin.py), a fake Neutron kept in the
+stand-in's files, and real HTTP health checks answered by stub servers on
+loopback addresses that play the two IPs."""
 from __future__ import annotations
 
 import json
@@ -92,17 +93,12 @@ def run(world, web, *extra, argv=CMD):
     return swap.main([*argv, "--http-port", str(web.port), *extra], openstack_client=NeutronFromFiles(world))
 
 
-def mutating(calls):
-    return [c for c in calls if c[:2] not in (["config", "--json"], ["stack", "export"])]
-
-
-def strip(call):
-    call = [a for a in call if a not in ("--non-interactive", "--yes", "--skip-preview")]
-    if call[:1] == ["up"]:
-        # Every update runs the policy pack; checked here, then left out.
-        assert call[1:3] == ["--policy-pack", "policy"], call
-        call = [call[0], *call[3:]]
-    return call
+def mutating(world):
+    """The changes made, in order; every update checked for the policy pack and a message."""
+    for call in world.parsed:
+        if call.args == ("up",):
+            assert call.values["policy-pack"] == ["policy"] and call.values["message"][0], call.argv
+    return world.mutating()
 
 
 def assert_swapped(world):
@@ -126,26 +122,25 @@ RECORD = json.dumps({"from_stack": "prod", "public_ip": PUBLIC, "spare_ip": SPAR
 
 def test_swap_in_the_safe_order(world, web, capsys):
     assert run(world, web) == 0
-    calls = [strip(c) for c in world.calls]
-    assert mutating(calls) == [
-        ["config", "set", "idrswap:state", RECORD, "--stack", "prod"],
-        ["config", "set", "idrswap:state", RECORD, "--stack", "newidr"],
+    assert mutating(world) == [
+        ("config", "set", "idrswap:state", RECORD, "prod"),
+        ("config", "set", "idrswap:state", RECORD, "newidr"),
         # 1. release the public IP in the old stack
-        ["config", "set", "idr:sshBastion", PUBLIC, "--stack", "prod"],
-        ["state", "unprotect", URN.format("prod"), "--stack", "prod"],
-        ["config", "rm", "idr:floatingIp", "--stack", "prod"],
-        ["up", "--target", URN.format("prod"), "--stack", "prod"],
+        ("config", "set", "idr:sshBastion", PUBLIC, "prod"),
+        ("state", "unprotect", URN.format("prod"), "prod"),
+        ("config", "rm", "idr:floatingIp", "prod"),
+        ("up", URN.format("prod"), "prod"),
         # 2. take it in the new stack
-        ["config", "set", "idr:sshBastion", PUBLIC, "--stack", "newidr"],
-        ["state", "unprotect", URN.format("newidr"), "--stack", "newidr"],
-        ["config", "set", "idr:floatingIp", PUBLIC, "--stack", "newidr"],
-        ["up", "--target", URN.format("newidr"), "--stack", "newidr"],
+        ("config", "set", "idr:sshBastion", PUBLIC, "newidr"),
+        ("state", "unprotect", URN.format("newidr"), "newidr"),
+        ("config", "set", "idr:floatingIp", PUBLIC, "newidr"),
+        ("up", URN.format("newidr"), "newidr"),
         # 3. give the spare to the old stack
-        ["config", "set", "idr:sshBastion", SPARE, "--stack", "prod"],
-        ["config", "set", "idr:floatingIp", SPARE, "--stack", "prod"],
-        ["up", "--target", URN.format("prod"), "--stack", "prod"],
-        ["config", "set", "idrswap:state", RECORD.replace("in-progress", "done"), "--stack", "prod"],
-        ["config", "set", "idrswap:state", RECORD.replace("in-progress", "done"), "--stack", "newidr"],
+        ("config", "set", "idr:sshBastion", SPARE, "prod"),
+        ("config", "set", "idr:floatingIp", SPARE, "prod"),
+        ("up", URN.format("prod"), "prod"),
+        ("config", "set", "idrswap:state", RECORD.replace("in-progress", "done"), "prod"),
+        ("config", "set", "idrswap:state", RECORD.replace("in-progress", "done"), "newidr"),
     ]
     assert_swapped(world)
     # Health: the new environment on its spare IP before, the public IP after.
@@ -159,7 +154,7 @@ def test_second_run_changes_nothing(world, web, capsys):
     before = world.snapshot()
     world.clear_calls()
     assert run(world, web) == 0
-    assert mutating(world.calls) == []
+    assert mutating(world) == []
     assert world.snapshot() == before
     assert "already held by newidr" in capsys.readouterr().out
 
@@ -186,7 +181,12 @@ def full_run_calls(tmp_path_factory, monkeypatch):
     return len(w.calls)
 
 
-FULL_RUN_CALLS = 19  # checked by test_every_failure_point_is_covered
+# Reads: select, config and export of each stack (6); the two records (2);
+# step 1: bastion, unprotect, config rm, up (+ the API's outputs x2 and history
+# after every up) (7); step 2: the same with config set (7); step 3: bastion,
+# config set, up + 3 (6); the two records (2).
+FULL_RUN_CALLS = 30  # checked by test_every_failure_point_is_covered
+READS = 6
 
 
 def test_every_failure_point_is_covered(tmp_path_factory, monkeypatch):
@@ -202,7 +202,7 @@ def test_failure_at_any_call_then_rerun_finishes(world, web, capsys, n, after):
     world.fail_at(None)
     assert first == 2, err
     assert f"injected failure of call {n}" in err
-    if n > 4:  # past the reads, a change may be half-made: the message says how to go on
+    if n > READS:  # past the reads, a change may be half-made: the message says how to go on
         assert "Run `python -m operations.swap --from prod --to newidr` again" in err
     # Whatever happened, the public IP is never bound to two stacks' ports and
     # never lost to a port of neither stack.
@@ -217,7 +217,7 @@ def test_refuses_when_new_environment_is_unhealthy(world, web, capsys):
     assert run(world, web) == 2
     assert f"newidr is not healthy on its spare IP: http://{SPARE}:{web.port}{HEALTH_PATH} answered 503" \
         in capsys.readouterr().err
-    assert mutating(world.calls) == [] and world.snapshot() == before
+    assert mutating(world) == [] and world.snapshot() == before
 
 
 def test_refuses_when_config_and_openstack_disagree(world, web, capsys):
@@ -226,14 +226,14 @@ def test_refuses_when_config_and_openstack_disagree(world, web, capsys):
     assert run(world, web) == 2
     err = capsys.readouterr().err
     assert "the stacks and OpenStack disagree" in err and "belongs to neither stack" in err
-    assert mutating(world.calls) == [] and world.snapshot() == before
+    assert mutating(world) == [] and world.snapshot() == before
 
 
 def test_refuses_when_public_ip_is_not_on_the_old_proxy(world, web, capsys):
     world.set_neutron(PUBLIC, None)
     assert run(world, web) == 2
     assert "prod should hold 127.0.0.11" in capsys.readouterr().err
-    assert mutating(world.calls) == []
+    assert mutating(world) == []
 
 
 def test_refuses_without_spare_ip(tmp_path, monkeypatch, web, capsys):
@@ -242,7 +242,7 @@ def test_refuses_without_spare_ip(tmp_path, monkeypatch, web, capsys):
     w.add_stack("newidr", "", {"idr:sshBastion": "198.51.100.7"})
     assert run(w, web) == 2
     assert "newidr holds no spare floating IP" in capsys.readouterr().err
-    assert mutating(w.calls) == []
+    assert mutating(w) == []
 
 
 def test_asks_for_confirmation(world, web, monkeypatch, capsys):
@@ -251,14 +251,29 @@ def test_asks_for_confirmation(world, web, monkeypatch, capsys):
     argv = [a for a in CMD if a != "--yes"]
     assert run(world, web, argv=argv) == 1
     assert "snapshotted" in asked[0]
-    assert mutating(world.calls) == []
+    assert mutating(world) == []
     monkeypatch.setattr("builtins.input", lambda q: "yes")
     assert run(world, web, argv=argv) == 0
     assert_swapped(world)
 
 
+def call_number(world, web, short) -> int:
+    """Number of the call of an uninterrupted swap (on a copy of this world) with this Call.short()."""
+    import shutil
+    copy = world.home.parent / "copy"
+    shutil.copytree(world.home, copy)
+    try:
+        assert run(world, web) == 0
+        return 1 + [c.short() for c in world.parsed].index(short)
+    finally:
+        shutil.rmtree(world.home)
+        copy.rename(world.home)
+
+
 def test_reverse_command_midway_says_finish_first(world, web, capsys):
-    world.fail_at(14)  # the `up` of step 2 (4 reads, 2 records, 4 calls of step 1 before it)
+    n = call_number(world, web, ("up", URN.format("newidr"), "newidr"))
+    assert n == READS + 2 + 7 + 4  # the `up` of step 2: after the records, step 1, three calls of step 2
+    world.fail_at(n)
     assert run(world, web) == 2
     world.fail_at(None)
     capsys.readouterr()
@@ -267,7 +282,7 @@ def test_reverse_command_midway_says_finish_first(world, web, capsys):
     err = capsys.readouterr().err
     assert "a swap of 127.0.0.11 from prod to newidr is in progress" in err
     assert "Finish it first: `python -m operations.swap --from prod --to newidr`" in err
-    assert mutating(world.calls) == []
+    assert mutating(world) == []
 
 
 def test_end_check_failure_points_to_rollback(world, web, capsys):
@@ -330,7 +345,8 @@ def test_documented_commands_exist():
 
 
 def test_unhealthy_after_release_says_how_to_go_back(world, web, capsys):
-    world.fail_at(12)  # step 2 begins (unprotect): prod has released the public IP
+    n = call_number(world, web, ("state", "unprotect", URN.format("newidr"), "newidr"))
+    world.fail_at(n)  # step 2 begins (unprotect): prod has released the public IP
     assert run(world, web) == 2
     world.fail_at(None)
     web.status[SPARE] = 500
@@ -354,4 +370,4 @@ def test_refuses_when_new_state_lacks_association(world, web, capsys):
     (world.home / "stacks" / "newidr.json").write_text(json.dumps(state))
     assert run(world, web) == 2
     assert "newidr's Pulumi state has no floating-IP association" in capsys.readouterr().err
-    assert mutating(world.calls) == []
+    assert mutating(world) == []
