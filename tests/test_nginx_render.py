@@ -485,7 +485,11 @@ def test_component_wires_nginx_only_by_default():
     rec = run_proxy()
     (proxy,) = rec.of_type("idr:proxy:Proxy")
     files = rec.of_type("idr:host:HostFiles")
-    assert [f.name for f in files] == ["prod-proxy-nginx"]
+    # nginx, and with rsync off the step that keeps rsyncd stopped on omeroreadwrite.
+    assert [f.name for f in files] == ["prod-proxy-nginx", "prod-proxy-rsyncd-off"]
+    off = files[1]
+    assert off.inputs["host"] == "prod-omeroreadwrite" and off.inputs["files"] == []
+    assert off.inputs["run"] == render.rsyncd_off_script(settings())
     assert files[0].inputs["host"] == "prod-proxy"
     assert files[0].options.parent == proxy.urn
     assert {f["path"] for f in files[0].inputs["files"]} == {f.path for f in render.nginx_files(settings())}
