@@ -1,4 +1,6 @@
 """Pulumi entry point: `pulumi up -s <stack>`. Only wires; see components/."""
+import pulumi
+
 from components.program import main
 
-main()
+pulumi.run(main)

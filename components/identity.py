@@ -13,11 +13,11 @@ A stack that was never deployed has no outputs: nothing is compared.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any, Optional
 
 import pulumi
-from pulumi.runtime.sync_await import _sync_await
 
 from .settings import ConfigError, Settings
 
@@ -66,17 +66,52 @@ def self_reference_name() -> str:
     return f"{org}/{pulumi.get_project()}/{pulumi.get_stack()}"
 
 
-def read_deployed() -> dict:
-    """The stack's own outputs of its last update ({} before the first one).
+# The outputs of the last update that the checks below read.
+READ_OUTPUTS = (OUTPUT, "environment", "hosts", "dataVolumes")
 
-    Blocks until the reference is read, so that a refusal comes before any
-    other resource is declared. The engine answers a stack that exists but
-    has no checkpoint yet with no outputs (its backend client returns an
-    empty map when the snapshot has no root Stack resource), and during an
-    update the root resource keeps its previous outputs until the end."""
+
+async def read_deployed() -> dict:
+    """Those of the stack's own outputs of its last update that the checks
+    read ({} before the first update).
+
+    The program's async entrypoint (components/program.py, run by
+    `pulumi.run`) awaits this before it declares anything else, so that a
+    refusal comes when only this reference has been registered.
+
+    Why so, with public API only. The value decides what is declared (a
+    refusal declares nothing; `settle_clones` drops the StackReference to a
+    clone's source), so the program needs it as a plain value before it
+    declares. `pulumi.run` is the SDK's public async entrypoint: the program
+    is awaited on the program's own event loop, as any coroutine, with no
+    blocking; `StackReference.get_output_details` is the public way to get a
+    plain value out of a reference. Rejected:
+    - declaring the environment inside an `apply` of the reference's outputs:
+      resources declared in an apply are missing from a preview whenever the
+      value is unknown there, exports made in it come after the SDK has
+      registered the stack's outputs, and the whole program would live in a
+      callback;
+    - a check in an apply that every resource `depends_on`: it cannot change
+      what is declared (`settle_clones`), and the guarantee would hold only
+      while every resource, present and future, remembers the gate.
+
+    Under the real engine: a StackReference is a read, and the engine runs
+    reads during previews too, so a preview refuses as the update does and
+    shows every resource; a value the engine leaves unknown counts as absent
+    (nothing is compared, as for a first deployment). The engine answers a
+    stack that exists but has no checkpoint yet with no outputs (its backend
+    client returns an empty map when the snapshot has no root Stack
+    resource); during an update the root resource keeps its previous outputs
+    until the end, and an update that fails (a refusal, which exports
+    nothing) leaves them as they were (pulumi/pulumi#15754): the next run
+    still compares."""
     ref = pulumi.StackReference(REFERENCE_NAME, self_reference_name())
-    outputs = _sync_await(ref.outputs.future())
-    return dict(outputs or {})
+    details = await asyncio.gather(*(ref.get_output_details(name) for name in READ_OUTPUTS))
+    found = {}
+    for name, d in zip(READ_OUTPUTS, details):
+        value = d.value if d.value is not None else d.secret_value
+        if value is not None:
+            found[name] = value
+    return found
 
 
 @dataclasses.dataclass(frozen=True)

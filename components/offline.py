@@ -7,20 +7,26 @@ replaced by Pulumi's mocks with `preview=False`, so every Output resolves and
 nothing passes because a value was unknown. A recording monitor keeps each
 resource's type, name, inputs and options (protect, delete_before_replace,
 ignore_changes, dependencies) for assertions.
+
+Only the SDK's public testing API is used (tests/test_public_sdk_api.py
+checks it): `pulumi.runtime.reset_options` for a clean runtime,
+`pulumi.runtime.set_all_config`, `pulumi.runtime.set_mocks` with a
+`pulumi.runtime.mocks.MockMonitor` subclass, and `pulumi.runtime.test`, which
+runs the program and waits for every outstanding registration and Output.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+from pulumi.runtime import rpc
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROJECT = "idr"
@@ -230,7 +236,6 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         response = super().RegisterResource(request)
         if request.type == "pulumi:pulumi:Stack":
             return response
-        from pulumi.runtime import rpc
         urn = response.urn
         state = self.resources[urn].state if urn in self.resources else {}
         self.recording.resources.append(RecordedResource(
@@ -249,7 +254,6 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
     def ReadResource(self, request):
         response = super().ReadResource(request)
-        from pulumi.runtime import rpc
         self.recording.resources.append(RecordedResource(
             type=request.type, name=request.name, urn=response.urn, custom=True,
             inputs=rpc.deserialize_properties(request.properties), state=self.resources[response.urn].state,
@@ -274,40 +278,73 @@ def _alias_urns(urn: str, request) -> list[str]:
 
 # ------------------------------------------------------------------ run
 
-def _reset_runtime() -> None:
-    from pulumi.runtime import settings as runtime_settings
-    from pulumi.runtime import config as runtime_config
-    runtime_settings.set_root_resource(None)
-    # A failed run (a refused config) leaves outputs and RPCs behind; the
-    # next run must not inherit them.
-    runtime_settings.SETTINGS.rpc_manager.clear()
-    runtime_settings.SETTINGS.outputs.clear()
-    runtime_config.set_all_config({}, [])
+def reset_runtime() -> None:
+    """A clean SDK runtime: no root stack, no outstanding registration or
+    Output, no monitor, no config.
+
+    `pulumi.runtime.reset_options` (public: in `pulumi.runtime.__all__`; the
+    Automation API resets with it before each inline program) installs fresh
+    runtime settings: a new RPC manager, an empty set of outstanding Outputs,
+    no root resource. A run that failed (a refused config) leaves neither to
+    the next run."""
+    pulumi.runtime.reset_options()
+    pulumi.runtime.set_all_config({}, [])
 
 
-def run_config(stack: str, config: dict[str, str], secret_keys: set[str], mocks: Optional[IdrMocks] = None) -> Recording:
-    """Run the program once for `stack` with the given wire config."""
+# Kept for callers of the former name.
+_reset_runtime = reset_runtime
+
+
+def _keep_outputs(recording: Recording) -> Callable[[Any], None]:
+    def keep(outputs: Any) -> None:
+        if isinstance(outputs, dict):  # a program's outputs (a component's body returns its resource)
+            recording.outputs.update(outputs)
+    return keep
+
+
+def run_mocked(body: Callable[[], Any], stack: str, mocks: Optional[pulumi_mocks.Mocks] = None,
+               recording: Optional[Recording] = None, monitor: Optional[pulumi_mocks.MockMonitor] = None,
+               config: Optional[dict[str, str]] = None, secret_keys: Optional[set[str]] = None) -> Recording:
+    """Run `body` (declares resources; may return Inputs or be a coroutine
+    function) under mocks for `stack`, from a clean runtime, and return what
+    the monitor recorded. An error of `body` or of a registration is raised
+    once every outstanding registration has finished; pass `recording` to
+    keep what was registered up to it."""
+    mocks = mocks or IdrMocks(stack=stack)
+    if monitor is None:
+        monitor = RecordingMonitor(mocks, recording if recording is not None else Recording(stack))
+    recording = getattr(monitor, "recording", recording)
+    if recording is None:
+        raise TypeError("run_mocked: a monitor that records nothing")
+
+    async def program():
+        result = body()
+        return await result if inspect.isawaitable(result) else result
+
+    reset_runtime()
+    try:
+        pulumi.runtime.set_all_config(config or {}, list(secret_keys or ()))
+        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+        # `pulumi.runtime.test` runs its function, resolves the Output it
+        # returns, then waits for every outstanding registration and Output,
+        # and raises the program's error, if any.
+        pulumi.runtime.test(lambda: pulumi.Output.from_input(program()).apply(_keep_outputs(recording)))()
+    finally:
+        recording.calls = getattr(mocks, "calls", [])
+        reset_runtime()
+    return recording
+
+
+def run_config(stack: str, config: dict[str, str], secret_keys: set[str], mocks: Optional[IdrMocks] = None,
+               recording: Optional[Recording] = None) -> Recording:
+    """Run the program once for `stack` with the given wire config (into
+    `recording` when given: it keeps what a failed run registered)."""
     from . import program
 
-    _reset_runtime()
     mocks = mocks or IdrMocks()
     mocks.stack = mocks.stack or stack  # its reference to itself: never deployed unless told
-    recording = Recording(stack)
-    pulumi.runtime.set_all_config(config, list(secret_keys))
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False,
-                             monitor=RecordingMonitor(mocks, recording))
-
-    def body():
-        outputs = program.main()
-        resolved = _sync_await(pulumi.Output.from_input(outputs).future())
-        recording.outputs.update(resolved or {})
-
-    try:
-        _sync_await(run_pulumi_func(body))
-    finally:
-        recording.calls = mocks.calls
-        _reset_runtime()
-    return recording
+    return run_mocked(program.main, stack, mocks, recording if recording is not None else Recording(stack),
+                      config=config, secret_keys=secret_keys)
 
 
 def run_stack(stack: str, overrides: Optional[dict] = None, floating_ip_holders: Optional[dict] = None,

@@ -1,7 +1,8 @@
 """The whole program: settings -> IdrEnvironment -> stack outputs.
 
-`__main__.py` (pulumi up) and `components.offline` (tests, offline render)
-both call `main()`, so what is tested is what is deployed.
+`__main__.py` (pulumi up) hands `main` to `pulumi.run`, the SDK's async
+entrypoint, and `components.offline` (tests, offline render) awaits the same
+`main()`, so what is tested is what is deployed.
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from . import settings as settings_module
 from .environment import IdrEnvironment, IdrEnvironmentArgs
 
 
-def main() -> dict:
+async def main() -> dict:
     s = settings_module.load()
-    # Before any other resource: what is deployed refuses what would harm it.
-    deployed = identity.deployed_from(identity.read_deployed())
+    # Before any other resource: what is deployed refuses what would harm it
+    # (awaited: nothing else is declared until the stack's own outputs are read).
+    deployed = identity.deployed_from(await identity.read_deployed())
     identity.remember(deployed)
     identity.check(s, deployed)
     s = identity.settle_clones(s, deployed)

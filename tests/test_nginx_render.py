@@ -6,13 +6,10 @@ import hashlib
 import re
 import subprocess
 
-import pulumi
 import pytest
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 from components.network import proxy_external_rules
-from components.offline import IdrMocks, Recording, RecordingMonitor, _reset_runtime
+from components.offline import Recording, run_mocked
 from components.proxy import Proxy, ProxyArgs
 from components.render import nginx as render
 from components.render.hostfiles import install_script
@@ -470,15 +467,7 @@ def test_scripts_pass_shellcheck(tmp_path, raw):
 
 def run_proxy(**raw) -> Recording:
     s = settings(**raw)
-    _reset_runtime()
-    mocks, recording = IdrMocks(), Recording("prod")
-    pulumi.runtime.set_mocks(mocks, project="idr", stack="prod", preview=False,
-                             monitor=RecordingMonitor(mocks, recording))
-    try:
-        _sync_await(run_pulumi_func(lambda: Proxy("prod-proxy", ProxyArgs(settings=s, depends_on=[]))))
-    finally:
-        _reset_runtime()
-    return recording
+    return run_mocked(lambda: Proxy("prod-proxy", ProxyArgs(settings=s, depends_on=[])), "prod")
 
 
 def test_component_wires_nginx_only_by_default():

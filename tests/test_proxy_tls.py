@@ -11,10 +11,8 @@ import subprocess
 import pulumi
 import pytest
 from pulumi.runtime import rpc
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
-from components.offline import IdrMocks, Recording, RecordingMonitor, _reset_runtime, run_stack
+from components.offline import IdrMocks, Recording, RecordingMonitor, run_mocked, run_stack
 from components.proxy import Proxy, ProxyArgs
 from components.render import nginx as render
 from components.render.__main__ import write_tree
@@ -60,19 +58,14 @@ class RawMonitor(RecordingMonitor):
 
 
 def run_proxy(settings, instance_ids=None):
-    _reset_runtime()
     mocks, recording = IdrMocks(), Recording("prod")
     monitor = RawMonitor(mocks, recording)
-    pulumi.runtime.set_mocks(mocks, project="idr", stack="prod", preview=False, monitor=monitor)
     built = {}
 
     def body():
         built["proxy"] = Proxy("prod-proxy", ProxyArgs(settings=settings, depends_on=[],
                                                        instance_ids=instance_ids or {}))
-    try:
-        _sync_await(run_pulumi_func(body))
-    finally:
-        _reset_runtime()
+    run_mocked(body, "prod", mocks, monitor=monitor)
     return recording, monitor.raw, built["proxy"]
 
 

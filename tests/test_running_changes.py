@@ -67,24 +67,12 @@ def refused(first, overrides, stack="prod", deployed=None, **kw):
 
 
 def registered_before_refusal(first, overrides):
-    """What a refused run registered: run it by hand to keep the recording."""
-    from components.offline import Recording, RecordingMonitor, effective_config, _reset_runtime
-    from pulumi.runtime import mocks as pulumi_mocks
-    from pulumi.runtime.stack import run_pulumi_func
-    from pulumi.runtime.sync_await import _sync_await
-    from components import program
+    """What a refused run registered: its recording is kept past the error."""
+    from components.offline import Recording, effective_config, run_config
     config, secrets = effective_config("prod", overrides)
-    mocks = IdrMocks(stack="prod", deployed=first.outputs)
     recording = Recording("prod")
-    _reset_runtime()
-    pulumi.runtime.set_all_config(config, list(secrets))
-    pulumi.runtime.set_mocks(mocks, project="idr", stack="prod", preview=False,
-                             monitor=RecordingMonitor(mocks, recording))
-    try:
-        with pytest.raises(ConfigError) as error:
-            _sync_await(run_pulumi_func(program.main))
-    finally:
-        _reset_runtime()
+    with pytest.raises(ConfigError) as error:
+        run_config("prod", config, secrets, IdrMocks(stack="prod", deployed=first.outputs), recording=recording)
     return error.value, recording
 
 
@@ -148,11 +136,11 @@ def test_guard_names_this_stack_when_it_holds_the_ip_under_another_name():
     deployed as another environment (the identity check normally stops first)."""
     from pulumi.runtime import mocks as pulumi_mocks
     from components import floatingip
-    from components.offline import effective_config, _reset_runtime
+    from components.offline import effective_config, reset_runtime
     from components.settings import build_settings
     config, _ = effective_config("prod", {"environment": "prod2"})
     s = build_settings("prod", lambda k: config.get(f"idr:{k}"), lambda k: "secret")
-    _reset_runtime()
+    reset_runtime()
     pulumi_mocks.set_mocks(IdrMocks({"203.0.113.10": "prod-proxy"}), project="idr", stack="prod", preview=False)
     try:
         identity.remember(identity.deployed_from({"environment": "prod"}))
@@ -167,7 +155,7 @@ def test_guard_names_this_stack_when_it_holds_the_ip_under_another_name():
         assert "python -m operations.swap --from prod --to prod" in str(error.value)
     finally:
         identity.remember(identity.deployed_from({}))
-        _reset_runtime()
+        reset_runtime()
 
 
 # ----------------------------------------------- allowed changes keep all else
