@@ -7,13 +7,13 @@ wiring: the script and its triggers come from components/render/deployment.py.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import pulumi
 import pulumi_command as command
 
+from .hostfiles import digest
 from .render import deployment as render
 from .render.inventory import inventory
 from .settings import PROJECT_DIR, Settings
@@ -32,10 +32,6 @@ class DeploymentArgs:
     instance_ids: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 class Deployment(pulumi.ComponentResource):
     def __init__(self, name: str, args: DeploymentArgs, opts: Optional[pulumi.ResourceOptions] = None):
         s = args.settings
@@ -52,11 +48,11 @@ class Deployment(pulumi.ComponentResource):
             "IDR_SSH_PRIVATE_KEY": s.ssh_private_key,
             "IDR_SSH_BASTION_HOST_KEY": s.ssh_bastion_host_key,
         }
-        triggers: list[Any] = [_digest(script), *render.triggers(s)]
+        triggers: list[Any] = [digest(script), *render.triggers(s)]
         if secret_vars is not None:
             environment["IDR_DEPLOYMENT_SECRET_VARS"] = secret_vars
             # New secret values run the playbooks again; only a digest, kept secret.
-            triggers.append(pulumi.Output.secret(pulumi.Output.from_input(secret_vars).apply(_digest)))
+            triggers.append(pulumi.Output.secret(pulumi.Output.from_input(secret_vars).apply(digest)))
         # A replaced server (not the proxy: no playbook runs there) gets the playbooks again.
         triggers += [args.instance_ids[h.name] for h in s.hosts
                      if h.role != "proxy" and h.name in args.instance_ids]

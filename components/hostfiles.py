@@ -28,7 +28,8 @@ TYPE = "idr:host:HostFiles"
 REFRESH_CONNECTION = "cat > /dev/null"
 
 
-def _digest(text: str) -> str:
+def digest(text: str) -> str:
+    """SHA-256 of a script: a step's trigger, so a changed text runs it again."""
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -44,7 +45,7 @@ def remote_step(name: str, settings: Settings, host: Host, stdin: pulumi.Input[s
         create="sudo bash -s",
         update=on_reconnect,
         stdin=stdin,
-        triggers=[stdin.apply(_digest), *triggers],
+        triggers=[stdin.apply(digest), *triggers],
         opts=opts,
     )
 
