@@ -6,6 +6,12 @@ query only) the database -> omero-cli-render on the nodes -> old cache moved
 aside on omeroreadwrite -> run started detached on the proxy. Every step is
 idempotent on the host; the run's start script refuses a finished generation,
 so an unrelated `pulumi up` that re-runs it repeats nothing.
+
+The node, database and run steps need software from IDR's deployment
+playbooks (omero, psql). With `idr:deploymentEnabled` a missing one fails
+the step; without, the step prints one "waiting for ..." line and does
+nothing, and the run does not start. They carry `idr:deploymentGeneration`
+as a trigger: bumping it once the software is there runs them again.
 """
 from __future__ import annotations
 
@@ -57,23 +63,27 @@ class BfCache(pulumi.ComponentResource):
                 [ids[host.name]] if host.name in ids else [],
                 pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on) + [keygen]))
 
+        # A bump re-runs the steps that wait for the deployment playbooks' software.
+        deployment = [s.deployment.generation]
         ready = []
         for node in render.nodes(s):
             host = next(h for h in s.hosts if h.name == node.name)
             ready.append(authorize(host))
             ready.append(HostFiles(f"{name}-node-{host.alias}", HostFilesArgs(
-                s, host, render.node_files(s, host), run=render.node_run(), instance_id=ids.get(host.name)),
+                s, host, render.node_files(s, host), run=render.node_run(), triggers=deployment,
+                instance_id=ids.get(host.name)),
                 child()))
 
         database = s.host("database")
         ready.append(authorize(database, render.ids_command()))
         ready.append(HostFiles(f"{name}-ids", HostFilesArgs(
-            s, database, render.database_files(s), instance_id=ids.get(database.name)), child()))
+            s, database, render.database_files(s), run=render.database_run(), triggers=deployment,
+            instance_id=ids.get(database.name)), child()))
 
         ready.append(HostFiles(f"{name}-backup", HostFilesArgs(
             s, s.host("omeroreadwrite"), render.backup_files(), run=render.backup_run(s),
             instance_id=ids.get(s.host("omeroreadwrite").name)), child()))
 
         self.run = HostFiles(f"{name}-run", HostFilesArgs(
-            s, proxy, render.coordinator_files(s), run=render.start_run(s)), child(*ready))
+            s, proxy, render.coordinator_files(s), run=render.start_run(s), triggers=deployment), child(*ready))
         self.register_outputs({"generation": s.bfcache_generation, "publicKey": self.public_key})

@@ -3,14 +3,16 @@ on scratch directories (with stubbed system commands), and the component
 under Pulumi mocks."""
 from __future__ import annotations
 
+import ast
+import importlib.util
+import json
 import os
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
-import pulumi
 import pytest
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 from components import offline
 from components.bfcache import BfCache, BfCacheArgs
@@ -21,7 +23,10 @@ from tests.tools import tool
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfcacheTestKeyAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 RAW = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10",
-       "omeroreadonlyCount": "3", "bfcacheGeneration": "2"}
+       "omeroreadonlyCount": "3", "bfcacheGeneration": "2",
+       # The deployment step's checkout (a pinned commit); tests of the
+       # 'waiting' behaviour turn deploymentEnabled off.
+       "deploymentRef": "0123456789abcdef0123456789abcdef01234567"}
 
 
 def settings(**raw):
@@ -56,30 +61,42 @@ def test_nodes_are_readwrite_and_every_readonly_host_with_slots_from_config():
         ("test-omeroreadonly-3", "192.168.1.103", 2)]
     (nodes_file,) = [f for f in render.coordinator_files(s) if f.path.endswith("/nodes")]
     lines = [l for l in nodes_file.content.splitlines() if not l.startswith("#")]
-    assert lines == ["@omeroreadwrite/12/rocky@192.168.1.11"] + [
-        f"@omeroreadonly/2/rocky@192.168.1.10{n}" for n in (1, 2, 3)]
+    assert lines == ["12/rocky@192.168.1.11"] + [f"2/rocky@192.168.1.10{n}" for n in (1, 2, 3)]
+    # The dispatcher's starting values: omeroreadonly ten times slower.
+    (info,) = [f for f in render.coordinator_files(s) if f.path.endswith("/node-info")]
+    assert [l for l in info.content.splitlines() if not l.startswith("#")] == [
+        "192.168.1.11 test-omeroreadwrite omeroreadwrite 1"] + [
+        f"192.168.1.10{n} test-omeroreadonly-{n} omeroreadonly {render.SLOWDOWN}" for n in (1, 2, 3)]
 
 
-def test_every_script_passes_shellcheck(tmp_path):
+def test_every_script_passes_shellcheck_and_the_dispatcher_is_python_3_9(tmp_path):
     shellcheck = tool("shellcheck")
-    s = settings()
-    scripts = [f for f in all_files(s) if f.content.startswith("#!/bin/bash")]
-    scripts.append(render.authorize_script(s, s.host("database"), KEY, render.ids_command()))
     paths = []
-    for i, f in enumerate(scripts):
-        text = f if isinstance(f, str) else f.content
-        paths.append(str(write(tmp_path / f"script{i}.sh", text)))
-    assert len(paths) >= 10
+    for enabled in ("true", "false"):
+        s = settings(deploymentEnabled=enabled)
+        scripts = [f for f in all_files(s) if f.content.startswith("#!/bin/bash")]
+        scripts.append(render.authorize_script(s, s.host("database"), KEY, render.ids_command()))
+        for i, f in enumerate(scripts):
+            text = f if isinstance(f, str) else f.content
+            paths.append(str(write(tmp_path / f"script-{enabled}-{i}.sh", text)))
+    assert len(paths) >= 26
     result = subprocess.run([shellcheck, "-s", "bash", *paths], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+    (dispatch,) = [f for f in all_files(settings()) if f.path.endswith("dispatch.py")]
+    ast.parse(dispatch.content, feature_version=(3, 9))   # Rocky Linux 9's python3
 
 
 def test_sql_is_plain_and_orders_by_cost():
     sql = render.first_image_sql()
     assert "{{" not in sql and "{%" not in sql
     assert "ORDER BY images DESC" in sql
-    (sql_file,) = [f for f in render.database_files(settings()) if f.path.endswith(".sql")]
-    assert sql_file.content == sql
+    sql_files = {f.path: f.content for f in render.database_files(settings()) if ".sql" in f.path or ".psql" in f.path}
+    assert sql_files[render.SQL_PATH] == sql
+    subset = render.subset_sql()
+    assert sql_files[render.SUBSET_SQL_PATH] == subset
+    assert "{{" not in subset and "ORDER BY images DESC, image" in subset
+    for kind in render.SUBSET_KINDS:
+        assert f":'kind' = '{kind}'" in subset
 
 
 def test_run_step_changes_with_generation_only():
@@ -107,12 +124,15 @@ def test_public_key_is_taken_from_the_keygen_output():
 
 def stubs(tmp_path: Path, hostname: str) -> dict:
     """PATH with `hostname` answering as the target host and systemd stubs
-    that log their arguments."""
+    that log their arguments ($ACTIVE: is-active's exit; $UNITS: the active
+    units list-units shows)."""
     bin_dir = tmp_path / "bin"
     write(bin_dir / "hostname", f"#!/bin/sh\necho {hostname}\n")
     for name in ("systemctl", "systemd-run"):
         write(bin_dir / name, f'#!/bin/sh\necho "{name} $*" >> {tmp_path}/systemd.log\n'
-                              f'[ "$1" = is-active ] && exit ${{ACTIVE:-3}}\nexit 0\n')
+                              f'[ "$1" = is-active ] && exit ${{ACTIVE:-3}}\n'
+                              f'[ "$1" = list-units ] && [ -n "$UNITS" ] && echo "$UNITS loaded active running x"\n'
+                              'exit 0\n')
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
@@ -196,58 +216,96 @@ def test_render_one_reports_one_csv_line_and_fails_for_retry(tmp_path, output, r
     (tmp_path / "output").write_text(output + "\n")
     omero = write(tmp_path / "omero", f"#!/bin/bash\necho \"$*\" > {tmp_path}/args\n"
                                       f"cat {tmp_path}/output\nexit {rc}\n")
-    (text,) = [f.content for f in render.node_files(settings(omeroBin=str(omero)), settings().host("omeroreadwrite"))
-               if f.path.endswith("render-one.sh")]
-    script = write(tmp_path / "render-one.sh", text)
-    result = subprocess.run([str(script), "42"], capture_output=True, text=True,
+    script = render_one(tmp_path, omero)
+    result = subprocess.run([str(script), "42:7"], capture_output=True, text=True,
                             env={**os.environ, "PARALLEL_SSHHOST": "192.168.1.11"})
     assert result.returncode == code
     fields = result.stdout.strip().split(",")
-    assert fields[:3] == ["42", "192.168.1.11", status] and fields[3].isdigit()
+    assert fields[:3] == ["42", "192.168.1.11", status] and float(fields[3]) >= 0 and fields[4] == "7"
     assert (tmp_path / "args").read_text().split() == \
         ["render", "-s", "localhost", "-u", "public", "-w", "public", "test", "--force", "Image:42"]
     assert subprocess.run([str(script), "42;rm"], capture_output=True).returncode == 2
 
 
-def coordinator_script(tmp_path: Path, name: str) -> Path:
-    (text,) = [f.content for f in render.coordinator_files(settings()) if f.path.endswith(name)]
-    return write(tmp_path / name, text.replace(f"state_dir={render.STATE_DIR}", f"state_dir={tmp_path}/state"))
+def render_one(tmp_path: Path, omero: Path) -> Path:
+    (text,) = [f.content for f in render.node_files(settings(omeroBin=str(omero)), settings().host("omeroreadwrite"))
+               if f.path.endswith("render-one.sh")]
+    return write(tmp_path / "render-one.sh", text)
 
 
-def state(tmp_path: Path, generation: int, ids: list[tuple[int, int]], joblog: list[tuple[int, int]],
-          finished=False):
-    d = tmp_path / "state" / str(generation)
+def test_render_one_takes_a_lane_of_images_on_stdin_one_line_each_as_it_finishes(tmp_path):
+    """BFCACHE_BATCH=-: image after image from stdin (the dispatcher's lane);
+    a result line leaves as soon as its image is done, before the next is read;
+    omero gets no stdin (it would eat the queue)."""
+    omero = write(tmp_path / "omero", f"#!/bin/bash\nid=${{!#}}\necho \"${{id#Image:}} $(cat | wc -c)\" >> {tmp_path}/calls\n"
+                                      "echo 'ok: Pixel:1 0.1'\n")
+    script = render_one(tmp_path, omero)
+    p = subprocess.Popen([str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PARALLEL_SSHHOST": "n1", "BFCACHE_BATCH": "-"})
+    p.stdin.write("5:3\n")
+    p.stdin.flush()
+    assert p.stdout.readline().split(",")[:3] == ["5", "n1", "ok"]        # before any more input
+    p.stdin.write("6:1\nbad;id\n7:2\n")
+    p.stdin.close()
+    rest = p.stdout.read().splitlines()
+    assert p.wait() == 0
+    assert [line.split(",")[0] for line in rest] == ["6", "7"]
+    assert (tmp_path / "calls").read_text().split("\n")[:3] == ["5 0", "6 0", "7 0"]
+    # A batch in the environment: the same lines.
+    out = subprocess.run([str(script)], capture_output=True, text=True,
+                         env={**os.environ, "PARALLEL_SSHHOST": "n1", "BFCACHE_BATCH": "8:1,9:4"})
+    assert [line.split(",")[4] for line in out.stdout.splitlines()] == ["1", "4"]
+
+
+def coordinator_script(tmp_path: Path, name: str, s=None) -> Path:
+    (text,) = [f.content for f in render.coordinator_files(s or settings()) if f.path.endswith(name)]
+    text = text.replace(f"state_dir={render.STATE_DIR}", f"state_dir={tmp_path}/state")
+    # run.sh stands in: it logs its arguments; `--check` answers $READY.
+    text = text.replace(f"run={render.LIBEXEC}/run.sh", f"run={tmp_path}/run.sh")
+    write(tmp_path / "run.sh", f'#!/bin/bash\necho "run.sh $*" >> {tmp_path}/run.log\n'
+                               f'[ "$1" = --check ] && {{ [ "${{READY:-0}}" = 1 ] && echo "waiting for omero on n1: ..."; '
+                               f'exit "${{READY:-0}}"; }}\nexit 0\n')
+    return write(tmp_path / name, text)
+
+
+def state(tmp_path: Path, run, ids: list[tuple[int, int]], done: list[tuple[int, str]], finished=False):
+    """A run's state: ids.txt, and results.csv with a line per (image, status)."""
+    d = tmp_path / "state" / str(run)
     d.mkdir(parents=True, exist_ok=True)
     (d / "ids.txt").write_text("".join(f"{i}|{c}\n" for i, c in ids))
-    (d / "queue.txt").write_text("".join(f"{i}\n" for i, _ in ids))
-    (d / "joblog").write_text("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n" + "".join(
-        f"{seq}\troot@x\t0\t1\t0\t0\t{rc}\t0\tcmd\n" for seq, rc in joblog))
-    (d / "results.csv").write_text("".join(f"{ids[seq - 1][0]},x,{'ok' if rc == 0 else 'fail'},1\n"
-                                           for seq, rc in joblog))
+    cost = dict(ids)
+    (d / "results.csv").write_text("".join(f"{i},10.0.0.{i % 3},{st},{cost[i] * (10 if i % 3 else 1)}.0,{cost[i]}\n"
+                                           for i, st in done))
     (d / "started").write_text("1\n")
     if finished:
         (d / "finished").write_text("2\n")
     return d
 
 
-def test_start_refuses_a_finished_generation_and_starts_a_new_one(tmp_path):
+def test_start_refuses_a_finished_generation_waits_for_nodes_and_starts_a_new_one(tmp_path):
     start = coordinator_script(tmp_path, "start.sh")
     env = stubs(tmp_path, "test-proxy")
     log = tmp_path / "systemd.log"
     ids = [(10, 5), (20, 3), (30, 1)]
-    # Every queued image has a final joblog entry (one failed): complete, even
-    # without the finished marker (the run was killed while writing it).
-    state(tmp_path, 1, ids, [(1, 0), (2, 0), (3, 1)])
+    # Every image has a result line (one failed): complete, even without the
+    # finished marker (the run was killed while writing it).
+    state(tmp_path, 1, ids, [(10, "ok"), (20, "ok"), (30, "fail")])
     out = subprocess.run([str(start), "1"], capture_output=True, text=True, env=env, check=True)
     assert "not starting it again" in out.stdout and not log.exists()
-    state(tmp_path, 4, ids, [(1, 0)], finished=True)
+    state(tmp_path, 4, ids, [(10, "ok")], finished=True)
     assert "not starting" in subprocess.run([str(start), "4"], capture_output=True, text=True, env=env).stdout
     assert not log.exists()
-    # Half done and stopped: started again (it resumes).
-    state(tmp_path, 2, ids, [(1, 0)])
+    # Half done and stopped, but a node waits for omero: its one line, exit 0, nothing started.
+    state(tmp_path, 2, ids, [(10, "ok")])
+    out = subprocess.run([str(start), "2"], capture_output=True, text=True, env={**env, "READY": "1"})
+    assert out.returncode == 0 and out.stdout.splitlines() == ["waiting for omero on n1: ..."]
+    assert "systemd-run" not in log.read_text()
+    # Unreachable node: the step fails.
+    assert subprocess.run([str(start), "2"], capture_output=True, env={**env, "READY": "2"}).returncode == 2
+    # Ready: started again (it resumes).
     subprocess.run([str(start), "2"], capture_output=True, text=True, env=env, check=True)
     assert "systemd-run --unit idr-bfcache-2.service" in log.read_text()
-    assert f"{render.LIBEXEC}/run.sh 2" in log.read_text()
+    assert f"{tmp_path}/run.sh 2" in log.read_text()
     # Running: nothing is started twice.
     log.unlink()
     out = subprocess.run([str(start), "2"], capture_output=True, text=True, env={**env, "ACTIVE": "0"}, check=True)
@@ -259,38 +317,79 @@ def test_start_refuses_a_finished_generation_and_starts_a_new_one(tmp_path):
     assert subprocess.run([str(start), "x"], capture_output=True, env=env).returncode == 2
 
 
-def test_status_prints_done_total_failures_and_eta(tmp_path):
+def test_bfcache_start_runs_a_subset_or_the_failures_of_a_finished_run(tmp_path):
+    start = coordinator_script(tmp_path, "idr-bfcache-start")
+    env = stubs(tmp_path, "test-proxy")
+    log = tmp_path / "systemd.log"
+
+    def go(*args, **extra):
+        return subprocess.run([str(start), *args], capture_output=True, text=True, env={**env, **extra})
+
+    # One screen: its own run, state and unit.
+    out = go("--screen", "1101")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "state/screen-1101/subset").read_text() == "screen\n1101\n"
+    assert f"systemd-run --unit idr-bfcache-screen-1101.service" in log.read_text()
+    assert f"{tmp_path}/run.sh screen-1101" in log.read_text()
+    assert "idr-bfcache-status screen-1101" in out.stdout
+    # A file of image IDs (sorted, blank lines dropped), with a name.
+    (tmp_path / "ids").write_text("7\n\n3\n5\n")
+    assert go("--images", str(tmp_path / "ids"), "--name", "failed-hcs").returncode == 0
+    assert (tmp_path / "state/failed-hcs/subset").read_text() == "images\n3\n5\n7\n"
+    # Refused: bad IDs, a numeric name (generations), two subsets, another subset under a used name.
+    (tmp_path / "bad").write_text("7\nImage:3\n")
+    assert go("--images", str(tmp_path / "bad")).returncode == 2
+    assert go("--plate", "5", "--name", "12").returncode == 2
+    assert go("--plate", "5", "--dataset", "6").returncode == 2
+    assert go("--plate", "5", "--name", "failed-hcs").returncode == 2
+    # Nodes waiting: nothing starts.
+    log.unlink()
+    assert go("--dataset", "9", READY="1").returncode == 1
+    # Another run active: refused.
+    busy = go("--dataset", "9", UNITS="idr-bfcache-7.service")
+    assert busy.returncode == 1 and "another run is active (idr-bfcache-7.service" in busy.stderr
+    assert "systemd-run" not in log.read_text()
+
+    # Retry: only a finished run, only if something failed; default the newest generation.
+    state(tmp_path, 6, [(10, 5), (20, 3)], [(10, "ok"), (20, "cancel")], finished=True)
+    state(tmp_path, 5, [(10, 5)], [(10, "fail"), (10, "ok")], finished=True)
+    out = go("--retry-failures")
+    assert out.returncode == 0 and "retrying the 1 failed image(s) of run 6" in out.stdout
+    assert f"{tmp_path}/run.sh --retry-failures 6" in log.read_text()
+    assert "no failed image" in go("--retry-failures", "5").stdout
+    state(tmp_path, 7, [(10, 5)], [(10, "fail")])
+    assert go("--retry-failures", "7").returncode == 2   # not finished: start it again instead
+    # A finished subset is not run again; its failures can be retried.
+    state(tmp_path, "plate-5", [(10, 5)], [(10, "fail")], finished=True)
+    (tmp_path / "state/plate-5/subset").write_text("plate\n5\n")
+    assert "retries its failures" in go("--plate", "5").stdout
+
+
+def test_status_prints_done_total_failures_eta_and_speeds(tmp_path):
     status = coordinator_script(tmp_path, "idr-bfcache-status")
-    d = state(tmp_path, 5, [(10, 6), (20, 2), (30, 1), (40, 1)], [(1, 0), (3, 1)])
+    d = state(tmp_path, 5, [(10, 6), (20, 2), (30, 1), (40, 1)], [(10, "ok"), (30, "fail")])
     (d / "started").write_text(f"{int(__import__('time').time()) - 60}\n")
     out = subprocess.run([str(status)], capture_output=True, text=True, env=stubs(tmp_path, "p"), check=True).stdout
     assert "generation 5: stopped" in out
-    assert "done: 1/4 images (60.0% of the work)" in out
+    # Work counts images + 5 per fileset: 11 of 30 units done, 6 failed.
+    assert "done: 1/4 images (36.7% of the work)" in out
     assert "failed: 1" in out and "image 30: fail" in out
     eta = int(out.split("eta: ")[1].split("s")[0])
-    assert 25 <= eta <= 35  # 60 s for 6 of 10 cost units, 3 units left (1 failed)
-    state(tmp_path, 6, [(10, 6)], [(1, 0)], finished=True)
+    assert 60 <= eta <= 75  # 60 s for 11 units, 13 units left
+    assert "speed: 10.0.0.1 5.455 s per cost unit" in out   # 60 s / 11 units
+    state(tmp_path, 6, [(10, 6)], [(10, "ok")], finished=True)
     out = subprocess.run([str(status), "6"], capture_output=True, text=True, env=stubs(tmp_path, "p")).stdout
     assert "done: 1/1" in out and "eta: none, finished" in out
+    d = state(tmp_path, "dataset-3", [(10, 6)], [])
+    (d / "subset").write_text("dataset\n3\n")
+    out = subprocess.run([str(status), "dataset-3"], capture_output=True, text=True, env=stubs(tmp_path, "p")).stdout
+    assert "run dataset-3 (subset: dataset): stopped" in out and "done: 0/1" in out
 
 
 # ------------------------------------------------ the component, mocked
 
 def record(s) -> offline.Recording:
-    offline._reset_runtime()
-    mocks = offline.IdrMocks()
-    recording = offline.Recording("test")
-    pulumi.runtime.set_mocks(mocks, project="idr", stack="test", preview=False,
-                             monitor=offline.RecordingMonitor(mocks, recording))
-
-    def body():
-        BfCache("test-bfcache", BfCacheArgs(settings=s, depends_on=[]))
-
-    try:
-        _sync_await(run_pulumi_func(body))
-    finally:
-        offline._reset_runtime()
-    return recording
+    return offline.run_mocked(lambda: BfCache("test-bfcache", BfCacheArgs(settings=s, depends_on=[])), "test")
 
 
 def test_generation_zero_declares_nothing():
@@ -324,3 +423,154 @@ def test_component_wires_key_nodes_backup_and_run_in_order():
         if n not in ("test-bfcache-run", "test-bfcache-key"):
             assert rec.named(n, "command:remote:Command").urn in run_deps
     assert rec.of_type("idr:bfcache:BfCache")[0].inputs == {"generation": 7}
+    assert files["test-bfcache-ids"].inputs["run"] == render.database_run()
+
+
+def test_a_deployment_generation_bump_reruns_the_steps_that_wait_for_its_software():
+    def triggers(**raw):
+        rec = record(settings(bfcacheGeneration=7, **raw))
+        return {r.name: r.inputs["triggers"] for r in rec.of_type("command:remote:Command")}
+    base, bumped = triggers(deploymentGeneration=4), triggers(deploymentGeneration=5)
+    waiting = {"test-bfcache-ids", "test-bfcache-run"} | {
+        f"test-bfcache-node-{n}" for n in ["omeroreadwrite"] + [f"omeroreadonly-{i}" for i in (1, 2, 3)]}
+    assert {n for n in base if base[n] != bumped[n]} == waiting
+    for n in waiting:
+        assert 4 in base[n] and 5 in bumped[n]
+
+
+# ---------------------------------------- deployment software: wait or fail
+
+def node_setup(tmp_path: Path, omero: Path, enabled: str) -> Path:
+    s = settings(omeroBin=str(omero), deploymentEnabled=enabled, omeroCliRenderVersion="0.8.1")
+    (text,) = [f.content for f in render.node_files(s, s.host("omeroreadwrite")) if f.path.endswith("node-setup.sh")]
+    return write(tmp_path / "node-setup.sh", text.replace(f"ready_file={render.NODE_READY}",
+                                                         f"ready_file={tmp_path}/ready/node-ready"))
+
+
+def test_missing_omero_fails_the_node_step_or_waits_on_one_line(tmp_path):
+    missing = tmp_path / "no/omero"
+    failed = subprocess.run([str(node_setup(tmp_path, missing, "true"))], capture_output=True, text=True)
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.splitlines() == [f"bfcache: {missing} is missing on test-omeroreadwrite: IDR's deployment "
+                                          "playbooks have not installed OMERO.server here"]
+    waiting = subprocess.run([str(node_setup(tmp_path, missing, "false"))], capture_output=True, text=True)
+    assert waiting.returncode == 0 and waiting.stderr == ""
+    assert waiting.stdout.splitlines() == ["waiting for omero on test-omeroreadwrite: install it, then bump "
+                                           "idr:deploymentGeneration and run pulumi up"]
+    assert not (tmp_path / "ready").exists()
+
+
+def test_missing_psql_fails_the_database_step_or_waits_on_one_line(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool_name in ("bash", "env"):
+        os.symlink(subprocess.run(["which", tool_name], capture_output=True, text=True).stdout.strip(),
+                   bin_dir / tool_name)
+    for enabled, rc, stream, line in (
+            ("true", 1, "stderr", "bfcache: psql is missing on test-database: IDR's deployment playbooks have not "
+                                  "installed PostgreSQL here"),
+            ("false", 0, "stdout", "waiting for psql on test-database: install it, then bump idr:deploymentGeneration "
+                                   "and run pulumi up")):
+        s = settings(deploymentEnabled=enabled)
+        (text,) = [f.content for f in render.database_files(s) if f.path.endswith("db-setup.sh")]
+        out = subprocess.run(["bash", "-c", text], capture_output=True, text=True, env={"PATH": str(bin_dir)})
+        assert out.returncode == rc and getattr(out, stream).splitlines() == [line]
+    (bin_dir / "psql").symlink_to("/bin/true")
+    out = subprocess.run(["bash", "-c", text], capture_output=True, text=True, env={"PATH": str(bin_dir)})
+    assert out.returncode == 0 and "can answer the ID query" in out.stdout
+
+
+def wheel(directory: Path, version: str) -> Path:
+    """A minimal wheel of `omero-cli-render` VERSION (for a local, offline index)."""
+    name = f"omero_cli_render-{version}"
+    path = directory / f"{name}-py3-none-any.whl"
+    files = {f"omero_cli_render_stub/__init__.py": f"VERSION = {version!r}\n",
+             f"{name}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: omero-cli-render\nVersion: {version}\n",
+             f"{name}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{name}.dist-info/RECORD"] = "".join(f"{p},,\n" for p in files) + f"{name}.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for p, text in files.items():
+            z.writestr(p, text)
+    return path
+
+
+def test_node_setup_installs_exactly_the_pinned_omero_cli_render_and_marks_the_node_ready(tmp_path):
+    """Real pip into a real virtualenv (omero next to its python, as OMERO's
+    venv has it), from a local index holding an older and a newer release."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    omero = write(venv / "bin/omero", "#!/bin/sh\nexit 0\n")
+    index = tmp_path / "index"
+    index.mkdir()
+    for version in ("0.8.0", "0.8.1", "0.9.0"):
+        wheel(index, version)
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(index), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+    def installed():
+        out = subprocess.run([str(venv / "bin/python"), "-m", "pip", "show", "omero-cli-render"],
+                             capture_output=True, text=True)
+        return next((l.split()[1] for l in out.stdout.splitlines() if l.startswith("Version:")), None)
+
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "omero-cli-render==0.9.0"],
+                   check=True, env=env)
+    script = node_setup(tmp_path, omero, "true")
+    out = subprocess.run([str(script)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert installed() == "0.8.1"
+    assert (tmp_path / "ready/node-ready").read_text() == "omero-cli-render 0.8.1\n"
+    # Run again: nothing to install (pip would fail without the index).
+    out = subprocess.run([str(script)], capture_output=True, text=True, env={**env, "PIP_FIND_LINKS": "/nonexistent"})
+    assert out.returncode == 0, out.stderr
+    assert installed() == "0.8.1"
+
+
+# ----------------------------------------------- the dispatcher's choices
+
+def dispatcher(tmp_path: Path, nodes: dict, plan: list[tuple[int, int]]):
+    """The rendered dispatch.py as a module, on a scratch node list and plan."""
+    (text,) = [f.content for f in render.coordinator_files(settings()) if f.path.endswith("dispatch.py")]
+    path = write(tmp_path / "dispatch_under_test.py", text)
+    spec = importlib.util.spec_from_file_location("dispatch_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "plan").write_text("".join("%012d|%08d\n" % r for r in plan))
+    (tmp_path / "taken").write_bytes(b"\0" * len(plan))
+    every = {a: (a, prior, lanes) for a, (prior, lanes) in nodes.items()}
+    state = {"head": 0, "total": len(plan), "remaining": len(plan),
+             "left": float(sum(module.cost(i) for _, i in plan)), "speed": {}, "overhead": (0.0, 0)}
+    return module, every, state
+
+
+def test_measured_speeds_decide_who_takes_the_largest_and_what_a_slow_node_may_take(tmp_path):
+    plan = [(1, 400), (2, 200), (3, 100)] + [(10 + i, 60 - i) for i in range(60)]
+    nodes = {"rw": (1, 10), "ro1": (10, 1), "ro2": (10, 1)}
+    module, every, state = dispatcher(tmp_path, nodes, plan)
+
+    def choose(node, state):
+        with open(tmp_path / "plan", "rb") as p, open(tmp_path / "taken", "r+b") as t:
+            return module.choose(state, p, t, node, every, {}, 0.0)
+
+    # Starting values: the fast node takes the largest; a slow one the largest
+    # it finishes before the rest is done (the plates stay with the fast node).
+    assert choose("rw", json.loads(json.dumps(state)))[1][0] == (1, 400)
+    fresh = json.loads(json.dumps(state))
+    source, batch, *_ = choose("ro1", fresh)
+    assert source == "fit" and batch[0][1] < 100
+    first_fit = batch[0][1]
+    # Measured: ro1 is 4x slower than assumed, ro2 as assumed; rw's lanes 1 s a unit.
+    measured = json.loads(json.dumps(state))
+    measured["speed"] = {"rw": (1000.0, 1000.0), "ro1": (4000.0, 100.0), "ro2": (1000.0, 100.0)}
+    _, slow1, *_ = choose("ro1", json.loads(json.dumps(measured)))
+    _, slow2, *_ = choose("ro2", json.loads(json.dumps(measured)))
+    assert slow1[0][1] < slow2[0][1] <= first_fit
+    assert module.speeds(measured, every)["ro1"] > 3 * module.speeds(measured, every)["ro2"]
+    # Measured the other way round: a read-only node faster per lane than
+    # omeroreadwrite takes the largest filesets.
+    swapped = json.loads(json.dumps(state))
+    swapped["speed"] = {"rw": (3000.0, 1000.0), "ro1": (100.0, 100.0)}
+    (tmp_path / "taken").write_bytes(b"\0" * len(plan))
+    assert choose("ro1", swapped)[:2] == ("head", [(1, 400)])
+    # Everything handed out: drained.
+    empty = json.loads(json.dumps(state))
+    empty["remaining"] = 0
+    assert choose("rw", empty)[0] == "drained"

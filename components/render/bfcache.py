@@ -5,6 +5,13 @@ scripts. Nodes are the omeroreadwrite host and every omeroreadonly host, by
 their fixed addresses from settings. The ID list is queried on the database
 host (as postgres: omeroreadonly has a statement timeout) through a forced
 command of the coordinator's key. Pure functions: no Pulumi here.
+
+A run is a generation (a number, started by `pulumi up`) or a named subset
+(started by an operator with idr-bfcache-start); each has its own state
+directory under STATE_DIR. GNU parallel provides the lanes (job slots per
+node); the coordinator's dispatcher (dispatch.py, parallel's --ssh command)
+chooses each job's images when the job starts, from the node speeds it has
+measured, and records every image's result as it arrives.
 """
 from __future__ import annotations
 
@@ -17,18 +24,31 @@ from . import HostFile, render_template
 LIBEXEC = "/usr/local/libexec/idr-bfcache"
 CONF_DIR = "/etc/idr-bfcache"
 STATE_DIR = "/var/lib/idr-bfcache"
+# ControlMaster sockets: a short path (a socket path has at most 107 bytes).
+CONTROL_DIR = f"{STATE_DIR}/cm"
 KEY_DIR = "/root/.ssh/idr_bfcache"
 SQL_PATH = "/usr/local/share/idr-bfcache/first_image_per_fileset.sql"
+# psql variables make it a psql script, not plain SQL (.psql).
+SUBSET_SQL_PATH = "/usr/local/share/idr-bfcache/first_image_of_subset.psql"
 STATUS_BIN = "/usr/local/bin/idr-bfcache-status"
+START_BIN = "/usr/local/bin/idr-bfcache-start"
+# Written by node-setup on a node once omero and omero-cli-render are in
+# place; the coordinator starts no run while a node lacks it.
+NODE_READY = f"{STATE_DIR}/node-ready"
 CACHE_DIR = f"{DATA_VOLUME_MOUNTS['omeroreadwrite']}/BioFormatsCache"
 
-SLOWDOWN = 10          # omeroreadonly vs omeroreadwrite time per job (production)
+SLOWDOWN = 10          # starting value: omeroreadonly vs omeroreadwrite time per image (production)
 ATTEMPTS = 3           # tries per image within one job (render-one.sh)
-KEEP_GENERATIONS = 3   # state directories kept on the coordinator
+KEEP_GENERATIONS = 3   # generation state directories kept on the coordinator
 JOB_TIMEOUT = "6h"     # one image; a hung job must not hold a slot forever
+# sshd's default MaxSessions: sessions one shared connection may carry. A
+# node with more slots gets one more connection per MAX_SESSIONS slots.
+MAX_SESSIONS = 10
 
 FAST_ROLE = "omeroreadwrite"
 SLOW_ROLE = "omeroreadonly"
+# What idr-bfcache-start can take as a subset (the subset SQL's `kind`).
+SUBSET_KINDS = ("screen", "plate", "project", "dataset", "filesets", "images")
 
 
 @dataclass(frozen=True)
@@ -37,6 +57,11 @@ class Node:
     role: str
     address: str
     slots: int
+
+    @property
+    def prior(self) -> int:
+        """Starting value of the node's time per image, relative to omeroreadwrite."""
+        return 1 if self.role == FAST_ROLE else SLOWDOWN
 
 
 def nodes(settings) -> list[Node]:
@@ -51,6 +76,22 @@ def key_comment(settings) -> str:
 
 def first_image_sql() -> str:
     return render_template("bfcache/first_image_per_fileset.sql")
+
+
+def subset_sql() -> str:
+    return render_template("bfcache/first_image_of_subset.psql")
+
+
+def ready_marker(settings) -> str:
+    """What NODE_READY holds on a node that can run jobs."""
+    return f"omero-cli-render {settings.omero_cli_render_version}"
+
+
+def waiting_line(what: str, hosts: str) -> str:
+    """The one line a step prints while software from IDR's deployment
+    playbooks is missing and the playbooks are not run by this program."""
+    return (f"waiting for {what} on {hosts}: install it, then bump idr:deploymentGeneration "
+            "and run pulumi up")
 
 
 # --- coordinator (proxy) ----------------------------------------------------
@@ -75,20 +116,28 @@ def public_key_of(stdout: str | None) -> str:
 def coordinator_files(settings) -> list[HostFile]:
     every = nodes(settings)
     database = settings.host("database")
-    fast = sum(n.slots for n in every if n.role == FAST_ROLE)
-    slow = sum(n.slots for n in every if n.role == SLOW_ROLE)
+    paths = dict(state_dir=STATE_DIR, nodes_file=f"{CONF_DIR}/nodes", node_info=f"{CONF_DIR}/node-info",
+                 ssh_config=f"{CONF_DIR}/ssh_config", control_dir=CONTROL_DIR,
+                 dispatch=f"{LIBEXEC}/dispatch.py", ssh_wrapper=f"{LIBEXEC}/ssh.sh", run_script=f"{LIBEXEC}/run.sh")
     run = render_template(
-        "bfcache/run.sh.j2", coordinator=settings.host("proxy").name,
-        state_dir=STATE_DIR, nodes_file=f"{CONF_DIR}/nodes", key=f"{KEY_DIR}/id_ed25519",
-        known_hosts=f"{KEY_DIR}/known_hosts",
-        database_login=f"{settings.ssh_user}@{database.fixed_ip}",
-        render_one=f"{LIBEXEC}/render-one.sh", fast_slots=fast, slow_slots=slow,
-        slowdown=SLOWDOWN, keep_generations=KEEP_GENERATIONS)
+        "bfcache/run.sh.j2", coordinator=settings.host("proxy").name, **paths,
+        database_login=f"{settings.ssh_user}@{database.fixed_ip}", database=database.name,
+        render_one=f"{LIBEXEC}/render-one.sh", node_ready=NODE_READY, ready=ready_marker(settings),
+        waiting_omero=waiting_line("omero", "%s"), waiting_psql=waiting_line("psql", database.name),
+        max_sessions=MAX_SESSIONS, keep_generations=KEEP_GENERATIONS)
     return [
         HostFile(f"{CONF_DIR}/nodes", render_template("bfcache/nodes.j2", nodes=every, user=settings.ssh_user)),
+        HostFile(f"{CONF_DIR}/node-info", render_template("bfcache/node-info.j2", nodes=every)),
+        HostFile(f"{CONF_DIR}/ssh_config", render_template(
+            "bfcache/ssh_config.j2", key=f"{KEY_DIR}/id_ed25519", known_hosts=f"{KEY_DIR}/known_hosts")),
+        HostFile(f"{LIBEXEC}/dispatch.py", render_template(
+            "bfcache/dispatch.py.j2", max_sessions=MAX_SESSIONS, render_one=f"{LIBEXEC}/render-one.sh",
+            **paths), "0755"),
+        HostFile(f"{LIBEXEC}/ssh.sh", render_template(
+            "bfcache/ssh.sh.j2", dispatch=paths["dispatch"], max_sessions=MAX_SESSIONS), "0755"),
         HostFile(f"{LIBEXEC}/run.sh", run, "0755"),
-        HostFile(f"{LIBEXEC}/start.sh", render_template(
-            "bfcache/start.sh.j2", state_dir=STATE_DIR, run_script=f"{LIBEXEC}/run.sh"), "0755"),
+        HostFile(f"{LIBEXEC}/start.sh", render_template("bfcache/start.sh.j2", **paths), "0755"),
+        HostFile(START_BIN, render_template("bfcache/bfcache-start.sh.j2", kinds=SUBSET_KINDS, **paths), "0755"),
         HostFile(STATUS_BIN, render_template("bfcache/status.sh.j2", state_dir=STATE_DIR), "0755"),
     ]
 
@@ -120,7 +169,9 @@ def node_files(settings, host) -> list[HostFile]:
             attempts=ATTEMPTS), "0755"),
         HostFile(f"{LIBEXEC}/node-setup.sh", render_template(
             "bfcache/node-setup.sh.j2", host=host.name, user=settings.ssh_user,
-            omero_bin=settings.omero_bin, generation=settings.bfcache_generation), "0755"),
+            omero_bin=settings.omero_bin, generation=settings.bfcache_generation,
+            version=settings.omero_cli_render_version, ready_file=NODE_READY, ready=ready_marker(settings),
+            deployment_enabled=settings.deployment.enabled, waiting=waiting_line("omero", host.name)), "0755"),
     ]
 
 
@@ -129,12 +180,21 @@ def node_run() -> str:
 
 
 def database_files(settings) -> list[HostFile]:
+    database = settings.host("database")
     return [
         HostFile(SQL_PATH, first_image_sql()),
+        HostFile(SUBSET_SQL_PATH, subset_sql()),
         HostFile(f"{LIBEXEC}/ids.sh", render_template(
-            "bfcache/ids.sh.j2", host=settings.host("database").name,
-            database=settings.database_name, sql_path=SQL_PATH), "0755"),
+            "bfcache/ids.sh.j2", host=database.name, database=settings.database_name, sql_path=SQL_PATH,
+            subset_sql_path=SUBSET_SQL_PATH, kinds=SUBSET_KINDS), "0755"),
+        HostFile(f"{LIBEXEC}/db-setup.sh", render_template(
+            "bfcache/db-setup.sh.j2", host=database.name, deployment_enabled=settings.deployment.enabled,
+            waiting=waiting_line("psql", database.name)), "0755"),
     ]
+
+
+def database_run() -> str:
+    return f"{LIBEXEC}/db-setup.sh"
 
 
 def ids_command() -> str:

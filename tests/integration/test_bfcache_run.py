@@ -1,12 +1,15 @@
-"""The regeneration run for real: GNU parallel on the rendered run.sh drives
-three OMERO "nodes" (sshd on 127.0.0.2-4, one fast, two ten times slower) and
-fetches the ID list from a "database" (sshd on 127.0.0.5 with the forced
-command). A stand-in `omero` sleeps per image cost (milliseconds) and prints
-the plugin's `ok:`/`fail:` lines. Only paths and addresses are rewritten.
+"""The regeneration run for real: GNU parallel on the rendered run.sh,
+ssh.sh and dispatch.py drives three OMERO "nodes" (sshd on 127.0.0.2-4, one
+fast, two ten times slower) and fetches the ID list from a "database" (sshd
+on 127.0.0.5 with the forced command). A stand-in `omero` sleeps per image
+cost (milliseconds) and prints the plugin's `ok:`/`fail:` lines. Only paths,
+addresses and the port are rewritten.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,14 +27,19 @@ from tests.tools import tool
 pytestmark = pytest.mark.integration
 
 FAST, SLOW1, SLOW2, DB = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
+NODES = (FAST, SLOW1, SLOW2)
 ADDRESSES = {"192.168.1.11": FAST, "192.168.1.101": SLOW1, "192.168.1.102": SLOW2, "192.168.1.12": DB}
-FLAKY, BROKEN = 1013, 1017  # fails once / always
+FLAKY, BROKEN = 1013, 1017  # fails once / always (until the test mends it)
+# Subset of the stand-in database: image -> dataset it is linked to.
+DATASET = 51
+# Run on the system's tools (a pyenv shim in front of python3 costs 0.5 s a call).
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def free_port() -> int:
     for port in range(22400, 22500):
         try:
-            for address in (FAST, SLOW1, SLOW2, DB):
+            for address in (*NODES, DB):
                 with socket.socket() as s:
                     s.bind((address, port))
             return port
@@ -47,11 +55,33 @@ def write(path: Path, text: str, mode=0o755) -> Path:
 
 
 def costs() -> dict[int, int]:
-    """Image ID -> cost (ms on the fast node): one plate, a few big
-    filesets, many small ones, as the query returns them (largest first)."""
+    """Image ID -> cost (ms on the fast node, images in its fileset): one
+    plate, a few big filesets, many small ones, largest first."""
     c = {1000: 400, 1001: 150, 1002: 120, 1003: 100}
     c.update({1000 + i: 5 + (i * 7) % 30 for i in range(4, 40)})
     return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# Stand-in psql: `-f FILE` is the whole list; a subset comes on stdin as
+# ids.sh sends it (\set kind, \set ids '{...}', \i FILE).
+PSQL = r"""#!/bin/bash
+if [[ " $* " == *" -f "* ]]; then exec cat ROOT/ids.txt; fi
+kind='' ids=''
+while IFS= read -r line; do
+    case "$line" in
+        '\set kind '*) kind=${line#'\set kind '} ;;
+        '\set ids '*) ids=${line#*\{}; ids=${ids%\}*} ;;
+    esac
+done
+case "$kind" in
+    images) awk -F'|' -v want=",$ids," 'index(want, "," $1 ",")' ROOT/ids.txt ;;
+    dataset) if [ "$ids" = 51 ]; then awk -F'|' '$1 % 3 == 0' ROOT/ids.txt; fi ;;
+esac
+"""
+
+
+def subset_images() -> list[int]:
+    return [i for i in costs() if i % 3 == 0]
 
 
 @pytest.fixture(scope="module")
@@ -65,29 +95,33 @@ def cluster():
     client_key = (root / "key.pub").read_text().strip()
     port = free_port()
 
-    # Database host: the coordinator's key may only run the ID query.
+    # Database host: the coordinator's key may only run ids.sh; its psql is
+    # a stand-in answering from ids.txt (every fileset) or, for a subset,
+    # from the dataset's images (the real SQL runs in test_bfcache_subset_sql).
     (ids_text,) = [f.content for f in render.database_files(settings()) if f.path.endswith("ids.sh")]
-    assert "exec sudo -n -u postgres psql" in ids_text
-    ids_text = ids_text.replace("exec sudo -n -u postgres psql", f"exec cat {root}/ids.txt #")
+    assert "psql=(sudo -n -u postgres psql" in ids_text
+    ids_text = ids_text.replace("psql=(sudo -n -u postgres psql", f"psql=({root}/psql")
     write(root / "ids.sh", ids_text)
+    write(root / "psql", PSQL.replace("ROOT", str(root)))
     write(root / "ids.txt", "".join(f"{i}|{c}\n" for i, c in costs().items()), 0o644)
 
     daemons = []
-    for address in (FAST, SLOW1, SLOW2, DB):
+    for address in (*NODES, DB):
         d = root / address
         d.mkdir()
         subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(d / "hostkey")], check=True)
         options = f'command="{root}/ids.sh",restrict ' if address == DB else ""
         write(d / "authorized_keys", f"{options}{client_key}\n", 0o600)
+        # sshd's default MaxSessions (10): a shared connection must stay within it.
         write(d / "sshd_config", "\n".join([
             f"ListenAddress {address}:{port}", f"HostKey {d}/hostkey", f"PidFile {d}/pid",
             f"AuthorizedKeysFile {d}/authorized_keys", "PermitRootLogin prohibit-password",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            "MaxStartups 100", "MaxSessions 100", ""]), 0o600)
+            "MaxStartups 100", "MaxSessions 10", "LogLevel INFO", ""]), 0o600)
         daemons.append(subprocess.Popen([sshd, "-D", "-e", "-f", str(d / "sshd_config")],
                                         stderr=open(d / "log", "w")))
     deadline = time.time() + 20
-    for address in (FAST, SLOW1, SLOW2, DB):
+    for address in (*NODES, DB):
         while True:
             try:
                 socket.create_connection((address, port), timeout=1).close()
@@ -96,9 +130,12 @@ def cluster():
                 if time.time() > deadline:
                     raise
                 time.sleep(0.05)
+    install(root, port)
     try:
         yield root, port
     finally:
+        for cm in (root / "cm").glob("*-[0-9]"):   # shared connections a killed run left
+            subprocess.run(["ssh", "-o", f"ControlPath={cm}", "-O", "exit", "x"], capture_output=True)
         for p in daemons:
             p.terminate()
         for p in daemons:
@@ -108,14 +145,15 @@ def cluster():
 def install(root: Path, port: int):
     """Render the coordinator and node files for this stand-in environment."""
     omero = write(root / "omero", f"""#!/bin/bash
-# Stand-in for `omero render ... test --force Image:ID`
+# Stand-in for `omero render ... test --force Image:ID`: cost x the node's factor, in ms.
 id=${{!#}}; id=${{id#Image:}}
 node=$PARALLEL_SSHHOST
 echo "start $id $node" >> {root}/calls.log
 ms=$(awk -v id="$id" -F'|' '$1 == id {{ print $2 }}' {root}/ids.txt)
 factor=10; [ "$node" = {FAST} ] && factor=1
+[ -s {root}/factor-$node ] && read -r factor < {root}/factor-$node
 sleep "$(awk -v ms="$ms" -v f="$factor" 'BEGIN {{ print ms * f / 1000 }}')"
-if [ "$id" = {BROKEN} ] || {{ [ "$id" = {FLAKY} ] && mkdir {root}/flaky-failed 2>/dev/null; }}; then
+if {{ [ "$id" = {BROKEN} ] && [ ! -e {root}/mended ]; }} || {{ [ "$id" = {FLAKY} ] && mkdir {root}/flaky-failed 2>/dev/null; }}; then
     echo "fail: Pixel:$id 0.1 java.io.FileNotFoundException"
     echo "fail $id $node" >> {root}/calls.log
     exit 0
@@ -133,28 +171,41 @@ echo "done $id $node" >> {root}/calls.log
         for public, loopback in ADDRESSES.items():
             text = text.replace(public, loopback)
         for path, name in ((f"{render.LIBEXEC}/render-one.sh", "render-one.sh"),
+                           (f"{render.LIBEXEC}/dispatch.py", "dispatch.py"), (f"{render.LIBEXEC}/ssh.sh", "ssh.sh"),
                            (f"{render.KEY_DIR}/id_ed25519", "key"), (f"{render.KEY_DIR}/known_hosts", "known_hosts"),
-                           (f"{render.CONF_DIR}/nodes", "nodes"), (render.STATE_DIR, "state")):
+                           (f"{render.CONF_DIR}/", "conf-"), (render.CONTROL_DIR, "cm"), (render.NODE_READY, "node-ready"),
+                           (render.STATE_DIR, "state")):
             text = text.replace(path, f"{root}/{name}")
-        return text.replace('ssh_cmd="ssh -i', f'ssh_cmd="ssh -p {port} -i')
+        return text
 
-    write(root / "nodes", local(files[f"{render.CONF_DIR}/nodes"]), 0o644)
-    write(root / "run.sh", local(files[f"{render.LIBEXEC}/run.sh"]))
+    for path in (f"{render.CONF_DIR}/nodes", f"{render.CONF_DIR}/node-info"):
+        write(root / f"conf-{Path(path).name}", local(files[path]), 0o644)
+    write(root / "conf-ssh_config", local(files[f"{render.CONF_DIR}/ssh_config"]) + f"    Port {port}\n", 0o644)
+    for name in ("run.sh", "ssh.sh", "dispatch.py"):
+        write(root / name, local(files[f"{render.LIBEXEC}/{name}"]))
     write(root / "status", local(files[render.STATUS_BIN]))
     write(root / "render-one.sh", files[f"{render.LIBEXEC}/render-one.sh"])
     return s
 
 
-def joblog(path: Path) -> dict[int, int]:
-    """Seq -> exit value of its last entry."""
-    if not path.exists():
-        return {}
-    out = {}
-    for line in path.read_text().splitlines()[1:]:
-        fields = line.split("\t")
-        if len(fields) >= 7:
-            out[int(fields[0])] = int(fields[6])
-    return out
+def env(root: Path) -> dict:
+    return {**os.environ, "HOME": str(root), "PATH": PATH}   # parallel keeps its own files under ~/.parallel
+
+
+def run(root: Path, *args, timeout=120) -> subprocess.CompletedProcess:
+    p = subprocess.Popen([str(root / "run.sh"), *args], start_new_session=True, env=env(root), text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(p.args, p.returncode, out)
+
+
+def results(state: Path) -> list[list[str]]:
+    path = state / "results.csv"
+    return [line.split(",") for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def calls(root: Path) -> list[tuple[str, int, str]]:
@@ -164,83 +215,193 @@ def calls(root: Path) -> list[tuple[str, int, str]]:
     return [(a, int(b), c) for a, b, c in (line.split() for line in path.read_text().splitlines())]
 
 
-def test_killed_run_resumes_retries_and_finishes_each_image_once(cluster):
-    root, port = cluster
-    install(root, port)
+def handshakes(root: Path) -> Counter:
+    """Accepted ssh logins per node, from each sshd's log."""
+    return Counter({a: len(re.findall(r"Accepted publickey", (root / a / "log").read_text())) for a in (*NODES, DB)})
+
+
+def dispatched(state: Path) -> list[tuple[str, str, list[tuple[int, int]], float]]:
+    """dispatch.log: (node, source, [(image, images)], node's seconds per cost unit then)."""
+    out = []
+    for line in (state / "dispatch.log").read_text().splitlines():
+        _, node, source, _, batch, speed, *_ = line.split()
+        out.append((node, source, [tuple(map(int, b.split(":"))) for b in batch.split(",")], float(speed)))
+    return out
+
+
+def test_a_killed_run_repeats_no_finished_image_retries_failures_and_finishes(cluster):
+    root, _ = cluster
     ids = list(costs())
     state = root / "state" / "1"
-    env = {**os.environ, "HOME": str(root)}  # parallel keeps its own files under ~/.parallel
 
-    # First run: killed midway, as a node reboot or `systemctl stop` would.
-    first = subprocess.Popen([str(root / "run.sh"), "1"], start_new_session=True, env=env,
+    # First run: killed midway (SIGKILL of its process group), as a reboot would.
+    first = subprocess.Popen([str(root / "run.sh"), "1"], start_new_session=True, env=env(root),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
-    while len([s for s, rc in joblog(state / "joblog").items() if rc == 0]) < 10:
+    while len(results(state)) < 10:
         assert first.poll() is None, first.stdout.read().decode()
         assert time.time() < deadline, "the first run did not get going"
         time.sleep(0.02)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    time.sleep(0.5)  # remote jobs notice their ssh went away and stop
-    done_first = {s for s, rc in joblog(state / "joblog").items() if rc == 0}
+    time.sleep(0.5)  # remote jobs notice their session went away and stop
+    done_first = {int(r[0]) for r in results(state) if r[2] == "ok"}
     calls_first = len(calls(root))
+    # In flight: handed to a lane, no result yet.
+    in_flight = {i for d in dispatched(state) for i, _ in d[2]} - {int(r[0]) for r in results(state)}
     assert not (state / "finished").exists()
     assert 10 <= len(done_first) < len(ids)
 
-    # Restart: continues from the joblog.
-    second = subprocess.Popen([str(root / "run.sh"), "1"], start_new_session=True, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        output, _ = second.communicate(timeout=120)
-    finally:
-        if second.poll() is None:
-            os.killpg(second.pid, signal.SIGKILL)
-    assert second.returncode == 0, output
+    second = run(root, "1")
+    assert second.returncode == 0, second.stdout
     assert (state / "finished").exists()
-    assert "finished with 1 failed image" in output
+    assert "finished with 1 failed image" in second.stdout
 
-    # The queue: the ID list as fetched through the database's forced
-    # command, largest first; heavy images pinned to the fast node.
-    queue = (state / "queue.txt").read_text().split()
-    assert [int(q.split("@")[0]) for q in queue] == ids
-    pinned = {int(q.split("@")[0]) for q in queue if q.endswith("@omeroreadwrite")}
-    assert 1000 in pinned and 0 < len(pinned) < len(ids)
-
-    # No image completed in the first run was started again.
+    # No image finished in the first run was started again.
     again = [i for kind, i, _ in calls(root)[calls_first:] if kind == "start"]
-    assert not {ids[s - 1] for s in done_first} & set(again)
-    # Every image finished once: exactly one final joblog entry per image.
-    final = joblog(state / "joblog")
-    assert sorted(final) == list(range(1, len(ids) + 1))
-    assert {ids[s - 1] for s, rc in final.items() if rc != 0} == {BROKEN}
+    assert not done_first & set(again)
+    # Every image has a result; each finished once, except one in flight at the kill.
+    last = {int(r[0]): r for r in results(state)}
+    assert set(last) == set(ids)
     done = Counter(i for kind, i, _ in calls(root) if kind == "done")
     assert set(done) == set(ids) - {BROKEN}
-    # Twice only if it was running when the first run was killed.
-    assert all(n == 1 for i, n in done.items() if ids.index(i) + 1 in done_first)
-    assert all(n <= 2 for n in done.values())
+    assert all(n == 1 for i, n in done.items() if i in done_first)
+    repeated = {i for i, n in done.items() if n > 1}
+    assert repeated <= in_flight and len(repeated) <= 5   # at most one image a lane (3 + 1 + 1)
 
     # The flaky image failed, was retried and is ok; the broken one was tried
     # ATTEMPTS times in each run that reached it, and is reported.
-    flaky = [(kind, node) for kind, i, node in calls(root) if i == FLAKY and kind in ("fail", "done")]
-    assert flaky[0][0] == "fail" and flaky[-1][0] == "done"
-    assert final[ids.index(FLAKY) + 1] == 0
+    flaky = [kind for kind, i, _ in calls(root) if i == FLAKY and kind in ("fail", "done")]
+    assert flaky[0] == "fail" and flaky[-1] == "done"
     assert sum(1 for kind, i, _ in calls(root) if kind == "start" and i == BROKEN) >= render.ATTEMPTS
 
-    # Results CSV: image,node,status,seconds; pinned images ran on the fast node.
-    rows = [line.split(",") for line in (state / "results.csv").read_text().splitlines()]
-    assert all(len(r) == 4 and r[2] in ("ok", "fill", "miss", "fail", "cancel") for r in rows)
-    last = {int(r[0]): r for r in rows}
-    assert set(last) == set(ids)
+    # Results: image,node,status,seconds,images, one line per finished image.
+    rows = results(state)
+    assert all(len(r) == 5 and r[2] in ("ok", "fill", "miss", "fail", "cancel") and float(r[3]) >= 0 for r in rows)
+    assert all(int(r[4]) == costs()[int(r[0])] for r in rows)
     assert last[BROKEN][2] == "fail" and last[FLAKY][2] == "ok"
-    assert {last[i][1] for i in pinned} == {FAST}
-    assert {r[1] for r in rows} == {FAST, SLOW1, SLOW2}
+    assert {r[1] for r in rows} == set(NODES)
+    # The largest filesets went to the fast node (it is the fastest per lane).
+    assert {last[i][1] for i in ids[:4]} == {FAST}
+    # A lane is one job for many images: far fewer ssh sessions than images.
+    lanes = [line.split(",") for line in (state / "jobs.csv").read_text().splitlines()]
+    assert max(int(j[3]) for j in lanes) >= 5
 
     status = subprocess.run([str(root / "status"), "1"], capture_output=True, text=True, check=True).stdout
     assert f"done: {len(ids) - 1}/{len(ids)}" in status
     assert "failed: 1" in status and f"image {BROKEN}: fail" in status
+    assert f"speed: {FAST} " in status
 
     # Finished: running it again starts nothing.
     before = len(calls(root))
-    third = subprocess.run([str(root / "run.sh"), "1"], env=env, capture_output=True, text=True, timeout=60)
+    third = run(root, "1", timeout=60)
     assert third.returncode == 0 and "already finished" in third.stdout
     assert len(calls(root)) == before
+
+
+def test_b_one_ssh_handshake_per_node_for_a_whole_run(cluster):
+    root, _ = cluster
+    before = handshakes(root)
+    out = run(root, "2")
+    assert out.returncode == 0, out.stdout
+    after = handshakes(root)
+    rows = results(root / "state" / "2")
+    per_node = Counter(r[1] for r in rows)
+    for node in NODES:
+        assert after[node] - before[node] == 1, (node, after[node] - before[node])
+        assert per_node[node] >= (20 if node == FAST else 1)
+    assert after[DB] - before[DB] == 1   # the ID list
+    assert sum(per_node.values()) == len(costs())
+    # The shared connections are closed at the end of the run.
+    assert not [p for p in (root / "cm").iterdir() if re.search(r"-[0-9]+$", p.name) and p.is_socket()]
+
+
+def test_c_retry_failures_runs_exactly_the_failed_images_in_the_same_results(cluster):
+    root, _ = cluster
+    state = root / "state" / "1"
+    assert (state / "finished").exists()
+    (root / "mended").touch()
+    rows_before = len(results(state))
+    calls_before = len(calls(root))
+    out = run(root, "--retry-failures", "1")
+    assert out.returncode == 0, out.stdout
+    assert "finished with 0 failed image" in out.stdout
+    started = [i for kind, i, _ in calls(root)[calls_before:] if kind == "start"]
+    assert started == [BROKEN]
+    new = results(state)[rows_before:]
+    assert [(int(r[0]), r[2]) for r in new] == [(BROKEN, "ok")]
+    status = subprocess.run([str(root / "status"), "1"], capture_output=True, text=True, check=True).stdout
+    assert f"done: {len(costs())}/{len(costs())}" in status and "failed: 0" in status
+    # Nothing left to retry: the same command runs nothing.
+    calls_before = len(calls(root))
+    again = run(root, "--retry-failures", "1")
+    assert again.returncode == 0 and len(calls(root)) == calls_before
+
+
+def test_d_a_subset_run_touches_exactly_its_images_with_its_own_state(cluster):
+    root, _ = cluster
+    for name, subset in (("images-x", "images\n" + "\n".join(map(str, subset_images())) + "\n"),
+                         ("dataset-51", f"dataset\n{DATASET}\n")):
+        state = root / "state" / name
+        state.mkdir(parents=True)
+        (state / "subset").write_text(subset)   # as idr-bfcache-start writes it
+        calls_before = len(calls(root))
+        out = run(root, name)
+        assert out.returncode == 0, out.stdout
+        touched = {i for kind, i, _ in calls(root)[calls_before:] if kind == "start"}
+        assert touched == set(subset_images())
+        assert [int(line.split("|")[0]) for line in (state / "ids.txt").read_text().split()] == subset_images()
+        assert {int(r[0]) for r in results(state)} == set(subset_images())
+        status = subprocess.run([str(root / "status"), name], capture_output=True, text=True, check=True).stdout
+        kind = subset.split()[0]
+        assert f"run {name} (subset: {kind}): finished" in status
+        assert f"done: {len(subset_images())}/{len(subset_images())}" in status
+    # The generations' state is untouched.
+    assert len(results(root / "state" / "2")) == len(costs())
+
+
+def test_e_learned_speeds_change_what_a_slowed_node_takes(cluster):
+    root, _ = cluster
+    (root / f"factor-{SLOW1}").write_text("40\n")
+    try:
+        out = run(root, "3")
+    finally:
+        (root / f"factor-{SLOW1}").unlink()
+    assert out.returncode == 0, out.stdout
+    state = root / "state" / "3"
+    rows = results(state)
+    # Learned from its own results: SLOW1 is about four times slower than SLOW2.
+    speed = {}
+    for node in NODES:
+        mine = [r for r in rows if r[1] == node and r[2] == "ok"]
+        speed[node] = sum(float(r[3]) for r in mine) / sum(int(r[4]) + 5 for r in mine)
+    assert 2.5 < speed[SLOW1] / speed[SLOW2] < 6, speed
+    assert 3 < speed[SLOW2] / speed[FAST] < 15, speed   # the fast node pays per-image process costs too
+    # The dispatcher used it: SLOW1's own speed in its later decisions, and
+    # with it smaller filesets (the larger stay pinned to faster lanes).
+    decisions = dispatched(state)
+    slow1 = [d for d in decisions if d[0] == SLOW1]
+    slow2 = [d for d in decisions if d[0] == SLOW2]
+    assert slow1[0][3] == pytest.approx(slow2[0][3], rel=0.3)    # both start from the same value
+    assert slow1[-1][3] > 2 * slow2[-1][3]
+    assert all(source == "fit" for _, source, _, _ in slow1 + slow2)
+    assert all(source == "head" for node, source, _, _ in decisions if node == FAST)
+    work = {n: sum(int(r[4]) for r in rows if r[1] == n) for n in NODES}
+    assert work[SLOW1] < work[SLOW2]
+    later1 = max(images for d in slow1[1:] for _, images in d[2]) if slow1[1:] else 0
+    later2 = max(images for d in slow2[1:] for _, images in d[2])
+    assert later1 < later2
+
+
+def test_f_check_waits_for_the_nodes_software_and_says_so_on_one_line(cluster):
+    root, _ = cluster
+    marker = root / "node-ready"
+    marker.unlink(missing_ok=True)
+    out = subprocess.run([str(root / "run.sh"), "--check"], capture_output=True, text=True, env=env(root))
+    assert out.returncode == 1
+    assert out.stdout.splitlines() == [
+        "waiting for omero on test-omeroreadwrite,test-omeroreadonly-1,test-omeroreadonly-2: install it, "
+        "then bump idr:deploymentGeneration and run pulumi up"]
+    marker.write_text(render.ready_marker(settings()) + "\n")
+    out = subprocess.run([str(root / "run.sh"), "--check"], capture_output=True, text=True, env=env(root))
+    assert out.returncode == 0 and out.stdout == "", out.stdout + out.stderr
