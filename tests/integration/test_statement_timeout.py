@@ -20,7 +20,9 @@ from tests.integration.postgres import Cluster, pg_cluster
 pytestmark = pytest.mark.integration
 
 RAW = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10",
-       "omeroreadonlyCount": "1"}
+       "omeroreadonlyCount": "1",
+       # The deployment step is on by default and needs a pinned commit.
+       "deploymentRef": "0123456789abcdef0123456789abcdef01234567"}
 
 
 def settings(timeout_ms: int):
