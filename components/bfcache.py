@@ -1,11 +1,22 @@
 """BfCache: Bio-Formats cache regeneration across the OMERO nodes.
 
-Bumping `idr:bfcacheGeneration` starts one run; 0 declares nothing. Order:
-coordinator key on the proxy -> key trusted by every node and (for the ID
-query only) the database -> omero-cli-render on the nodes -> old cache moved
-aside on omeroreadwrite -> run started detached on the proxy. Every step is
-idempotent on the host; the run's start script refuses a finished generation,
-so an unrelated `pulumi up` that re-runs it repeats nothing.
+Bumping `idr:bfcacheGeneration` starts one run. Order: coordinator key on
+the proxy -> key trusted by every node and (for the ID query only) the
+database; the coordinator forgets the host keys of replaced hosts ->
+omero-cli-render on the nodes -> old cache moved aside on omeroreadwrite ->
+run started detached on the proxy. Every step is idempotent on the host; the
+run's start script refuses a finished generation, so an unrelated
+`pulumi up` that re-runs it repeats nothing.
+
+0 declares only the revoke steps: every node and the database drop the
+coordinator's key from authorized_keys. Explicit steps, not a `delete` of
+the trust steps: pulumi-command runs a `delete` whenever the resource goes,
+which includes a replacement (the old step's delete would follow the new
+step's create, and remove the key it installed) and `pulumi destroy` of a
+retired stack, whose stored connections may by then lead to the bastion of
+the environment that took its public IP. A revoke step runs once (new, or
+on a new server: its triggers are its script and the instance ID) and does
+nothing on a host that never trusted the key.
 
 The node, database and run steps need software from IDR's deployment
 playbooks (omero, psql). With `idr:deploymentEnabled` a missing one fails
@@ -36,15 +47,19 @@ class BfCache(pulumi.ComponentResource):
         s = args.settings
         super().__init__(TYPE, name, {"generation": s.bfcache_generation}, opts)
         self.public_key: Optional[pulumi.Output] = None
-        if s.bfcache_generation <= 0:
-            self.register_outputs({"generation": 0})
-            return
+        ids = args.instance_ids
 
         def child(*deps):
             return pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on) + list(deps))
 
+        if s.bfcache_generation <= 0:
+            self.revoke = [HostFiles(f"{name}-revoke-{host.alias}", HostFilesArgs(
+                s, host, [], run=render.revoke_run(s, host), instance_id=ids.get(host.name)), child())
+                for host in render.peers(s)]
+            self.register_outputs({"generation": 0})
+            return
+
         proxy = s.host("proxy")
-        ids = args.instance_ids
         # Instance triggers: a replaced host gets its step again. Not the run:
         # its state is on the proxy's root disk, and a new proxy must not start
         # a finished regeneration over; the next generation starts afresh.
@@ -79,6 +94,17 @@ class BfCache(pulumi.ComponentResource):
         ready.append(HostFiles(f"{name}-ids", HostFilesArgs(
             s, database, render.database_files(s), run=render.database_run(), triggers=deployment,
             instance_id=ids.get(database.name)), child()))
+
+        # The coordinator forgets the host key of a replaced node or database
+        # (and of one that left): the step's script carries every peer's
+        # instance ID, and the host compares them with the IDs it saw last.
+        peers = render.peers(s)
+        peer_ids = pulumi.Output.all(*[ids.get(h.name, "") for h in peers]).apply(
+            lambda values: render.forget_run(s, {h.name: v for h, v in zip(peers, values)}))
+        ready.append(HostFiles(f"{name}-forget", HostFilesArgs(
+            s, proxy, render.forget_files(s), run=peer_ids,
+            triggers=[ids[h.name] for h in peers if h.name in ids], instance_id=ids.get(proxy.name)),
+            child()))
 
         ready.append(HostFiles(f"{name}-backup", HostFilesArgs(
             s, s.host("omeroreadwrite"), render.backup_files(), run=render.backup_run(s),

@@ -101,7 +101,7 @@ CHANGES: dict[str, Change] = {
     "maintenance": Change({"maintenance": "true"}, IN_PLACE, "flag file on the proxy"),
     "jupyterEnabled": Change({"jupyterEnabled": "true"}, IN_PLACE, "nginx config, reload"),
     "cachePurgeGeneration": Change({"cachePurgeGeneration": "1"}, IN_PLACE, "one cache purge"),
-    "bfcacheGeneration": Change({"bfcacheGeneration": "1"}, IN_PLACE, "one regeneration run, started detached"),
+    "bfcacheGeneration": Change({"bfcacheGeneration": "1"}, IN_PLACE, "one regeneration run, started detached; back to 0: the coordinator's key revoked on every node and the database"),
     "bfcacheSlots": Change({"bfcacheSlots": '["omeroreadwrite=8", "omeroreadonly=2"]'}, IN_PLACE, "node list updated", given=_REGENERATING),
     "omeroBin": Change({"omeroBin": "/opt/omero/bin/omero"}, IN_PLACE, "regeneration scripts", given=_REGENERATING),
     "omeroCliRenderVersion": Change({"omeroCliRenderVersion": "0.9.0"}, IN_PLACE, "installed on the OMERO nodes", given=_REGENERATING),

@@ -35,7 +35,8 @@ def settings(**raw):
 
 
 def all_files(s):
-    files = render.keygen_files(s) + render.coordinator_files(s) + render.database_files(s) + render.backup_files()
+    files = (render.keygen_files(s) + render.coordinator_files(s) + render.database_files(s) + render.backup_files()
+             + render.forget_files(s))
     for node in render.nodes(s):
         host = next(h for h in s.hosts if h.name == node.name)
         files += render.node_files(s, host)
@@ -76,10 +77,14 @@ def test_every_script_passes_shellcheck_and_the_dispatcher_is_python_3_9(tmp_pat
         s = settings(deploymentEnabled=enabled)
         scripts = [f for f in all_files(s) if f.content.startswith("#!/bin/bash")]
         scripts.append(render.authorize_script(s, s.host("database"), KEY, render.ids_command()))
+        # Generation 0's revoke steps and the coordinator's forget step, as fed to the hosts.
+        scripts += [install_script(h.name, [], render.revoke_run(s, h)) for h in render.peers(s)]
+        scripts.append(install_script(s.host("proxy").name, render.forget_files(s),
+                                      render.forget_run(s, {h.name: f"id-{h.alias}" for h in render.peers(s)})))
         for i, f in enumerate(scripts):
             text = f if isinstance(f, str) else f.content
             paths.append(str(write(tmp_path / f"script-{enabled}-{i}.sh", text)))
-    assert len(paths) >= 26
+    assert len(paths) >= 40
     result = subprocess.run([shellcheck, "-s", "bash", *paths], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
     (dispatch,) = [f for f in all_files(settings()) if f.path.endswith("dispatch.py")]
@@ -155,7 +160,7 @@ def test_authorize_installs_the_key_once_and_replaces_an_old_one(tmp_path):
     lines = (home / ".ssh/authorized_keys").read_text().splitlines()
     assert lines[0] == "ssh-ed25519 AAAAother operator"
     assert lines[1] == (f'command="{render.ids_command()}",restrict,from="192.168.1.10" {KEY} '
-                        "idr-bfcache@test-proxy")
+                        "idr-bfcache-coordinator@test-proxy")
     assert len(lines) == 2
     new_key = KEY.replace("Test", "Next")
     assert run(new_key + " root@elsewhere").returncode == 0
@@ -168,6 +173,17 @@ def test_authorize_installs_the_key_once_and_replaces_an_old_one(tmp_path):
     wrong = subprocess.run(["bash", "-s"], input=render.authorize_script(s, db, KEY), text=True,
                            capture_output=True, env=stubs(tmp_path / "other", "someone-else"))
     assert wrong.returncode == 1 and "refusing" in wrong.stderr
+    # A line an older version wrote (comment idr-bfcache@<proxy>) is replaced
+    # too; a line that merely mentions the marker elsewhere is not ours.
+    keys = home / ".ssh/authorized_keys"
+    mention = "ssh-ed25519 AAAAmention see idr-bfcache-coordinator docs"
+    keys.write_text(f"ssh-ed25519 AAAAother operator\n{mention}\n"
+                    f'from="192.168.1.10" {KEY} idr-bfcache@test-proxy\n')
+    assert run(KEY).returncode == 0
+    assert keys.read_text().splitlines() == [
+        "ssh-ed25519 AAAAother operator", mention,
+        f'command="{render.ids_command()}",restrict,from="192.168.1.10" {KEY} idr-bfcache-coordinator@test-proxy']
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
 
 
 def test_backup_moves_the_cache_once_per_generation(tmp_path):
@@ -388,13 +404,32 @@ def test_status_prints_done_total_failures_eta_and_speeds(tmp_path):
 
 # ------------------------------------------------ the component, mocked
 
+def instance_ids(s) -> dict:
+    return {h.name: f"instance-of-{h.name}" for h in s.hosts}
+
+
 def record(s) -> offline.Recording:
-    return offline.run_mocked(lambda: BfCache("test-bfcache", BfCacheArgs(settings=s, depends_on=[])), "test")
+    return offline.run_mocked(lambda: BfCache("test-bfcache", BfCacheArgs(
+        settings=s, depends_on=[], instance_ids=instance_ids(s))), "test")
 
 
-def test_generation_zero_declares_nothing():
-    rec = record(settings(bfcacheGeneration=0))
-    assert [r.type for r in rec.resources] == ["idr:bfcache:BfCache"]
+def test_generation_zero_declares_only_the_revoke_step_of_every_node_and_the_database():
+    s = settings(bfcacheGeneration=0)
+    rec = record(s)
+    files = {r.name: r for r in rec.of_type("idr:host:HostFiles")}
+    peers = ["omeroreadwrite", "omeroreadonly-1", "omeroreadonly-2", "omeroreadonly-3", "database"]
+    assert set(files) == {f"test-bfcache-revoke-{alias}" for alias in peers}
+    assert {r.type for r in rec.resources} == {"idr:bfcache:BfCache", "idr:host:HostFiles", "command:remote:Command"}
+    for alias in peers:
+        host = next(h for h in s.hosts if h.alias == alias)
+        step = files[f"test-bfcache-revoke-{alias}"]
+        assert step.inputs["host"] == host.name and step.inputs["files"] == []
+        cmd = rec.named(f"test-bfcache-revoke-{alias}", "command:remote:Command")
+        assert cmd.inputs["stdin"] == install_script(host.name, [], render.revoke_run(s, host))
+        # Runs once; again only on a new server or a changed script. No delete.
+        assert cmd.inputs["triggers"][1:] == [f"instance-of-{host.name}"]
+        assert "delete" not in cmd.inputs and cmd.inputs["update"] == "cat > /dev/null"
+        assert cmd.inputs["connection"]["host"] == host.fixed_ip
 
 
 def test_component_wires_key_nodes_backup_and_run_in_order():
@@ -402,8 +437,10 @@ def test_component_wires_key_nodes_backup_and_run_in_order():
     rec = record(s)
     files = {r.name: r for r in rec.of_type("idr:host:HostFiles")}
     assert set(files) == {"test-bfcache-key", "test-bfcache-ids", "test-bfcache-backup", "test-bfcache-run",
-                          "test-bfcache-node-omeroreadwrite"} | {
+                          "test-bfcache-forget", "test-bfcache-node-omeroreadwrite"} | {
         f"test-bfcache-node-omeroreadonly-{n}" for n in (1, 2, 3)}
+    assert files["test-bfcache-forget"].inputs["host"] == "test-proxy"
+    assert not [r for r in rec.resources if "-revoke-" in r.name]
     assert files["test-bfcache-run"].inputs["host"] == "test-proxy"
     assert files["test-bfcache-run"].inputs["run"].endswith("start.sh 7")
     assert files["test-bfcache-backup"].inputs["host"] == "test-omeroreadwrite"
@@ -413,6 +450,9 @@ def test_component_wires_key_nodes_backup_and_run_in_order():
         f"test-bfcache-trust-omeroreadonly-{n}" for n in (1, 2, 3)}
     for r in trust.values():
         assert r.inputs["update"] == "cat > /dev/null"   # a new connection re-runs nothing
+        # No delete: generation 0 revokes with its own steps (a delete would
+        # also run on a replacement, after the new step's create).
+        assert "delete" not in r.inputs
         assert any(u.endswith("Command::test-bfcache-key") for u in r.options.depends_on)
     # Offline the key is unknown, so the trust step would refuse, not guess.
     assert "line=''" in trust["test-bfcache-trust-database"].inputs["stdin"]

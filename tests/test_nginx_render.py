@@ -473,8 +473,8 @@ def run_proxy(**raw) -> Recording:
 def test_component_wires_nginx_only_by_default():
     rec = run_proxy()
     (proxy,) = rec.of_type("idr:proxy:Proxy")
-    files = rec.of_type("idr:host:HostFiles")
     # nginx, and with rsync off the step that keeps rsyncd stopped on omeroreadwrite.
+    files = sorted(rec.of_type("idr:host:HostFiles"), key=lambda f: f.name)
     assert [f.name for f in files] == ["prod-proxy-nginx", "prod-proxy-rsyncd-off"]
     off = files[1]
     assert off.inputs["host"] == "prod-omeroreadwrite" and off.inputs["files"] == []

@@ -294,7 +294,9 @@ def test_readonly_count_scales_hosts():
 
 def test_cache_regeneration_is_part_of_the_environment_and_waits_for_every_node(prod_run):
     assert [r.name for r in prod_run.of_type("idr:bfcache:BfCache")] == ["prod-bfcache"]
-    assert not [c for c in prod_run.of_type(COMMAND) if "bfcache" in c.name]   # generation 0: nothing runs
+    # generation 0: no regeneration; only the steps that revoke the coordinator's key, once
+    assert {c.name for c in prod_run.of_type(COMMAND) if "bfcache" in c.name} == {
+        f"prod-bfcache-revoke-{h}" for h in ["omeroreadwrite", "database"] + [f"omeroreadonly-{n}" for n in range(1, 5)]}
     run = run_stack("prod", {"bfcacheGeneration": "1"})
     start = run.named("prod-bfcache-run", COMMAND)
     waits_for = {run.by_urn(u).name for u in start.options.depends_on}

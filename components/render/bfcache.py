@@ -6,6 +6,12 @@ their fixed addresses from settings. The ID list is queried on the database
 host (as postgres: omeroreadonly has a statement timeout) through a forced
 command of the coordinator's key. Pure functions: no Pulumi here.
 
+Nothing is left behind: the coordinator forgets the host key of a replaced
+node or database (forget-hosts.sh, from the instance IDs it saw last), and
+with generation 0 every node and the database drop the coordinator's key
+from the login user's authorized_keys (revoke.sh), by the comment every such
+line carries (AUTHORIZED_MARKER).
+
 A run is a generation (a number, started by `pulumi up`) or a named subset
 (started by an operator with idr-bfcache-start); each has its own state
 directory under STATE_DIR. GNU parallel provides the lanes (job slots per
@@ -17,8 +23,9 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from typing import Mapping
 
-from ..settings import DATA_VOLUME_MOUNTS
+from ..settings import DATA_VOLUME_MOUNTS, Host
 from . import HostFile, render_template
 
 LIBEXEC = "/usr/local/libexec/idr-bfcache"
@@ -27,6 +34,16 @@ STATE_DIR = "/var/lib/idr-bfcache"
 # ControlMaster sockets: a short path (a socket path has at most 107 bytes).
 CONTROL_DIR = f"{STATE_DIR}/cm"
 KEY_DIR = "/root/.ssh/idr_bfcache"
+KNOWN_HOSTS = f"{KEY_DIR}/known_hosts"
+# host -> instance ID the coordinator last saw (forget-hosts.sh).
+INSTANCE_RECORD = f"{KEY_DIR}/instance-ids"
+SSH_PORT = 22
+# The comment of every authorized_keys line of the coordinator's key
+# (`idr-bfcache-coordinator@<env>-proxy`): a new key replaces, and revoking
+# removes, exactly those lines. LEGACY_MARKER begins the comment earlier
+# versions wrote (`idr-bfcache@<env>-proxy`); those lines are matched too.
+AUTHORIZED_MARKER = "idr-bfcache-coordinator"
+LEGACY_MARKER = "idr-bfcache@"
 SQL_PATH = "/usr/local/share/idr-bfcache/first_image_per_fileset.sql"
 # psql variables make it a psql script, not plain SQL (.psql).
 SUBSET_SQL_PATH = "/usr/local/share/idr-bfcache/first_image_of_subset.psql"
@@ -70,8 +87,20 @@ def nodes(settings) -> list[Node]:
     return [Node(h.name, h.role, h.fixed_ip, settings.bfcache_slots[h.role]) for h in hosts]
 
 
+def peers(settings) -> list[Host]:
+    """Every host the coordinator logs in to: the nodes, then the database."""
+    return (list(settings.hosts_of(FAST_ROLE)) + list(settings.hosts_of(SLOW_ROLE))
+            + [settings.host("database")])
+
+
 def key_comment(settings) -> str:
+    """The comment of the coordinator's key pair (ssh-keygen -C)."""
     return f"idr-bfcache@{settings.host('proxy').name}"
+
+
+def authorized_comment(settings) -> str:
+    """The comment of the coordinator's lines in authorized_keys."""
+    return f"{AUTHORIZED_MARKER}@{settings.host('proxy').name}"
 
 
 def first_image_sql() -> str:
@@ -129,7 +158,7 @@ def coordinator_files(settings) -> list[HostFile]:
         HostFile(f"{CONF_DIR}/nodes", render_template("bfcache/nodes.j2", nodes=every, user=settings.ssh_user)),
         HostFile(f"{CONF_DIR}/node-info", render_template("bfcache/node-info.j2", nodes=every)),
         HostFile(f"{CONF_DIR}/ssh_config", render_template(
-            "bfcache/ssh_config.j2", key=f"{KEY_DIR}/id_ed25519", known_hosts=f"{KEY_DIR}/known_hosts")),
+            "bfcache/ssh_config.j2", key=f"{KEY_DIR}/id_ed25519", known_hosts=KNOWN_HOSTS)),
         HostFile(f"{LIBEXEC}/dispatch.py", render_template(
             "bfcache/dispatch.py.j2", max_sessions=MAX_SESSIONS, render_one=f"{LIBEXEC}/render-one.sh",
             **paths), "0755"),
@@ -146,7 +175,24 @@ def start_run(settings) -> str:
     return f"{LIBEXEC}/start.sh {int(settings.bfcache_generation)}"
 
 
+def forget_files(settings) -> list[HostFile]:
+    return [HostFile(f"{LIBEXEC}/forget-hosts.sh", render_template(
+        "bfcache/forget-hosts.sh.j2", coordinator=settings.host("proxy").name, key_dir=KEY_DIR,
+        known_hosts=KNOWN_HOSTS, record=INSTANCE_RECORD, port=str(SSH_PORT)), "0755")]
+
+
+def forget_run(settings, instance_ids: Mapping[str, str]) -> str:
+    """forget-hosts.sh with every peer's name, alias, address and current
+    instance ID (host name -> ID; a missing one is refused on the host)."""
+    specs = [f"{h.name},{h.alias},{h.fixed_ip},{instance_ids.get(h.name) or ''}" for h in peers(settings)]
+    return " ".join([f"{LIBEXEC}/forget-hosts.sh", *(shlex.quote(s) for s in specs)])
+
+
 # --- nodes, database, omeroreadwrite -----------------------------------------
+
+def _markers() -> dict:
+    return {"marker": AUTHORIZED_MARKER, "legacy": LEGACY_MARKER}
+
 
 def authorize_script(settings, host, public_key: str, forced_command: str = "") -> str:
     """Root script installing the coordinator's key for the login user of
@@ -157,9 +203,16 @@ def authorize_script(settings, host, public_key: str, forced_command: str = "") 
     options = [f'from="{settings.host("proxy").fixed_ip}"']
     if forced_command:
         options = [f'command="{forced_command}"', "restrict"] + options
-    line = f"{','.join(options)} {key} {key_comment(settings)}" if key else ""
+    line = f"{','.join(options)} {key} {authorized_comment(settings)}" if key else ""
     return render_template("bfcache/authorize.sh.j2", host=host.name, user=settings.ssh_user,
-                           line=line, marker=key_comment(settings))
+                           line=line, **_markers())
+
+
+def revoke_run(settings, host) -> str:
+    """The follow-up step (shell, as root, after install-files' host check)
+    that removes the coordinator's key from the login user's authorized_keys
+    on `host`: generation 0."""
+    return render_template("bfcache/revoke.sh.j2", host=host.name, user=settings.ssh_user, **_markers())
 
 
 def node_files(settings, host) -> list[HostFile]:

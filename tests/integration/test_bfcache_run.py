@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from components.render import bfcache as render
+from tests.integration import sshd
 from tests.test_bfcache_render import settings
 from tests.tools import tool
 
@@ -34,18 +34,6 @@ FLAKY, BROKEN = 1013, 1017  # fails once / always (until the test mends it)
 DATASET = 51
 # Run on the system's tools (a pyenv shim in front of python3 costs 0.5 s a call).
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def free_port() -> int:
-    for port in range(22400, 22500):
-        try:
-            for address in (*NODES, DB):
-                with socket.socket() as s:
-                    s.bind((address, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port on 127.0.0.2-5")
 
 
 def write(path: Path, text: str, mode=0o755) -> Path:
@@ -86,14 +74,11 @@ def subset_images() -> list[int]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    sshd = tool("sshd")
     tool("parallel")
     root = Path(tempfile.mkdtemp(prefix="idr-bfcache-run-"))
     root.chmod(0o755)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(root / "key")], check=True)
-    client_key = (root / "key.pub").read_text().strip()
-    port = free_port()
+    client_key = sshd.keygen(root / "key")
+    port = sshd.free_port((*NODES, DB), range(22400, 22500))
 
     # Database host: the coordinator's key may only run ids.sh; its psql is
     # a stand-in answering from ids.txt (every fileset) or, for a subset,
@@ -105,41 +90,16 @@ def cluster():
     write(root / "psql", PSQL.replace("ROOT", str(root)))
     write(root / "ids.txt", "".join(f"{i}|{c}\n" for i, c in costs().items()), 0o644)
 
-    daemons = []
-    for address in (*NODES, DB):
-        d = root / address
-        d.mkdir()
-        subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(d / "hostkey")], check=True)
-        options = f'command="{root}/ids.sh",restrict ' if address == DB else ""
-        write(d / "authorized_keys", f"{options}{client_key}\n", 0o600)
-        # sshd's default MaxSessions (10): a shared connection must stay within it.
-        write(d / "sshd_config", "\n".join([
-            f"ListenAddress {address}:{port}", f"HostKey {d}/hostkey", f"PidFile {d}/pid",
-            f"AuthorizedKeysFile {d}/authorized_keys", "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            "MaxStartups 100", "MaxSessions 10", "LogLevel INFO", ""]), 0o600)
-        daemons.append(subprocess.Popen([sshd, "-D", "-e", "-f", str(d / "sshd_config")],
-                                        stderr=open(d / "log", "w")))
-    deadline = time.time() + 20
-    for address in (*NODES, DB):
-        while True:
-            try:
-                socket.create_connection((address, port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-    install(root, port)
-    try:
-        yield root, port
-    finally:
-        for cm in (root / "cm").glob("*-[0-9]"):   # shared connections a killed run left
-            subprocess.run(["ssh", "-o", f"ControlPath={cm}", "-O", "exit", "x"], capture_output=True)
-        for p in daemons:
-            p.terminate()
-        for p in daemons:
-            p.wait(timeout=10)
+    # sshd's default MaxSessions (10): a shared connection must stay within it.
+    keys = {address: f"{client_key}\n" for address in NODES}
+    keys[DB] = f'command="{root}/ids.sh",restrict {client_key}\n'
+    with sshd.running(root, (*NODES, DB), port, authorized_keys=keys, max_sessions=10, log_level="INFO"):
+        install(root, port)
+        try:
+            yield root, port
+        finally:
+            for cm in (root / "cm").glob("*-[0-9]"):   # shared connections a killed run left
+                subprocess.run(["ssh", "-o", f"ControlPath={cm}", "-O", "exit", "x"], capture_output=True)
 
 
 def install(root: Path, port: int):

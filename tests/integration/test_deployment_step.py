@@ -13,17 +13,15 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from components.offline import PROJECT_DIR, run_stack
-from tests.tools import tool
+from tests.integration import sshd
 
 pytestmark = pytest.mark.integration
 
@@ -48,60 +46,23 @@ ROLE_GROUP = {"prod-omeroreadwrite": "omeroreadwrite-hosts", "prod-database": "d
               "prod-dockermanager": "dockermanager-hosts"}
 
 
-def free_port() -> int:
-    for port in range(22600, 22700):
-        try:
-            for address in (BASTION, *ADDRESSES.values()):
-                with socket.socket() as s:
-                    s.bind((address, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port on 127.0.0.20-25")
-
-
 @pytest.fixture(scope="module")
 def hosts():
     """sshd on the bastion address and every host address, one port; root
     logs in with one key (the program's idr:sshPrivateKey stand-in)."""
-    sshd = tool("sshd")
     root = Path(tempfile.mkdtemp(prefix="idr-deployment-"))
     root.chmod(0o755)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(root / "key")], check=True)
-    port = free_port()
-    daemons = []
-    for address in (BASTION, *ADDRESSES.values()):
-        d = root / address
-        d.mkdir()
-        subprocess.run([tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(d / "hostkey")], check=True)
-        (d / "authorized_keys").write_text((root / "key.pub").read_text())
-        (d / "sshd_config").write_text("\n".join([
-            f"ListenAddress {address}:{port}", f"HostKey {d}/hostkey", f"PidFile {d}/pid",
-            f"AuthorizedKeysFile {d}/authorized_keys", "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            "AllowTcpForwarding yes", "Subsystem sftp internal-sftp", "MaxStartups 100", "MaxSessions 100",
-            # The bastion logs every forward it makes (direct-tcpip targets).
-            f"LogLevel {'DEBUG1' if address == BASTION else 'VERBOSE'}", ""]))
-        daemons.append(subprocess.Popen([sshd, "-D", "-e", "-f", str(d / "sshd_config")],
-                                        stderr=open(d / "log", "w")))
-    deadline = time.time() + 20
-    for address in (BASTION, *ADDRESSES.values()):
-        while True:
-            try:
-                socket.create_connection((address, port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
+    key = sshd.keygen(root / "key")
+    addresses = (BASTION, *ADDRESSES.values())
+    port = sshd.free_port(addresses, range(22600, 22700))
     try:
-        yield root, port
+        with sshd.running(
+                root, addresses, port, authorized_keys=f"{key}\n", max_sessions=100,
+                options=["AllowTcpForwarding yes", "Subsystem sftp internal-sftp"],
+                # The bastion logs every forward it makes (direct-tcpip targets).
+                log_level={a: "DEBUG1" if a == BASTION else "VERBOSE" for a in addresses}):
+            yield root, port
     finally:
-        for p in daemons:
-            p.terminate()
-        for p in daemons:
-            p.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
 
 
