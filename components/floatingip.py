@@ -5,9 +5,30 @@ unbinds the IP wherever it is by then. So one stack must never take an IP
 another environment's port holds: the guard looks it up before anything is
 declared, and the association is protected so that a plain `pulumi destroy`
 of an environment holding an IP refuses (release it with the swap command).
+
+One exception, for the floating-IP swap (operations/swap.py) and only while
+it runs in its direct order. The swap writes its record to both stacks'
+config (`idrswap:state`, outside the `idr:` namespace) before its first
+change, and this module reads it for two decisions:
+- the stack the record moves the public IP *to* may take it from the proxy
+  port of the environment the record moves it *from*: Neutron moves an
+  associated floating IP to another port in one update (PUT
+  /v2.0/floatingips/{id} with the new port_id; neutron/db/l3_db.py
+  `_update_fip_assoc`), which is what the association's create does
+  (terraform-provider-openstack, resource_openstack_networking_floatingip_
+  associate_v2.go: Create is `floatingips.Update` with the port ID);
+- the stack the record moves it *from* declares its association
+  `retain_on_delete`, so that removing the association from that stack
+  afterwards leaves the IP where Neutron put it: the provider's Delete
+  (`floatingips.Update` with an empty port_id) would unbind it from the new
+  proxy, and Pulumi does not call Delete for a retained resource. The swap
+  checks that the flag is in the stack's state before the IP moves.
+Every other time (no record, a finished one, another order, another IP) the
+rules above hold unchanged.
 """
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import pulumi
@@ -16,16 +37,67 @@ import pulumi_openstack as openstack
 from . import identity
 from .settings import Settings
 
+# The swap's record (operations/swap.py RECORD), as `namespace:key`.
+SWAP_NAMESPACE, SWAP_KEY = "idrswap", "state"
+ASSOCIATION_TYPE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
+
 
 class FloatingIpHeld(pulumi.RunError):
     """The configured IP is bound to a port of another environment."""
 
 
-def release_hint(holder_env: str, this_stack: str = "<this stack>") -> str:
-    return (f"release it in the {holder_env} environment first: "
-            f"`python -m operations.swap --from {holder_env} --to {this_stack}`, or by hand "
-            f"`pulumi state unprotect -s {holder_env} <its floatingIpUrn output> && "
-            f"pulumi config rm idr:floatingIp -s {holder_env} && pulumi up -s {holder_env} --policy-pack policy`")
+def association_urn(stack: str, environment: str) -> str:
+    return (f"urn:pulumi:{stack}::{pulumi.get_project() or 'idr'}::idr:environment:IdrEnvironment${ASSOCIATION_TYPE}"
+            f"::{environment}-proxy-floating-ip")
+
+
+def release_hint(holder_env: str, this_stack: str = "<this stack>", ip: str = "<the IP>") -> str:
+    """How to release `ip` in the stack of environment `holder_env` (named
+    like it, as this project's stacks are): a procedure that works as written."""
+    s = holder_env
+    urn = association_urn(s, holder_env)
+    return (f"release it in the {holder_env} environment first. The swap command moves it here in one Neutron "
+            f"update and gives {s} this stack's IP: `python -m operations.swap --from {s} --to {this_stack}`. "
+            f"By hand, release it in {s} (the public IP then answers nothing until this stack has taken it):\n"
+            f"  pulumi state unprotect -s {s} '{urn}'\n"
+            f"  pulumi config get idr:sshBastion -s {s} || pulumi config set idr:sshBastion {ip} -s {s}"
+            f"   # required once idr:floatingIp is empty; point it at {s}'s proxy before its next full update\n"
+            f"  pulumi config rm idr:floatingIp -s {s}\n"
+            f"  pulumi up -s {s} --policy-pack policy --target '{urn}'\n"
+            f"then run this update again")
+
+
+def swap_in_progress() -> Optional[dict]:
+    """The swap record of this stack's config when a swap in the direct
+    order is in progress, else None (a record that does not parse is
+    ignored here; the swap command and the project's tests refuse it)."""
+    text = pulumi.Config(SWAP_NAMESPACE).get(SWAP_KEY)
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("status") != "in-progress" or record.get("order") != "direct":
+        return None
+    return record
+
+
+def _short(stack) -> str:
+    return str(stack or "").split("/")[-1]
+
+
+def taking_over(settings: Settings, holder_env: str) -> bool:
+    """This stack takes idr:floatingIp from environment `holder_env` in a swap in progress."""
+    r = swap_in_progress()
+    return bool(r) and _short(r.get("to_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip \
+        and bool(holder_env) and r.get("from_env") == holder_env
+
+
+def handing_over(settings: Settings) -> bool:
+    """This stack hands idr:floatingIp over in a swap in progress."""
+    r = swap_in_progress()
+    return bool(r) and _short(r.get("from_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip
 
 
 def check_floating_ip(settings: Settings) -> None:
@@ -53,9 +125,13 @@ def check_floating_ip(settings: Settings) -> None:
             f"{holder_env}, while config now names it {settings.environment}. Nothing is released and nothing is "
             f"renamed: set `pulumi config set idr:environment {holder_env} -s {settings.stack}` to keep the running "
             f"environment; a differently named one is a new stack from this one's volumes and the swap command")
+    if holder_env and taking_over(settings, holder_env):
+        pulumi.log.info(f"idr:floatingIp {ip} is held by {holder} of environment {holder_env}: the swap in progress "
+                        f"(config {SWAP_NAMESPACE}:{SWAP_KEY}) moves it to this stack's proxy in one Neutron update")
+        return
     if holder_env:
         raise FloatingIpHeld(f"config idr:floatingIp = {ip!r} is held by {holder} of environment "
-                             f"{holder_env}; {release_hint(holder_env, settings.stack)}")
+                             f"{holder_env}; {release_hint(holder_env, settings.stack, ip)}")
     raise FloatingIpHeld(f"config idr:floatingIp = {ip!r} is held by {holder}, which is no IDR proxy; "
                          f"free it with `openstack floating ip unset --port {ip}` once you are sure it is unused")
 
@@ -67,5 +143,7 @@ def associate(settings: Settings, port: openstack.networking.Port,
         return None
     return openstack.networking.FloatingIpAssociate(
         f"{settings.environment}-proxy-floating-ip", floating_ip=settings.floating_ip, port_id=port.id,
-        # Unbind before binding anew: an IP may be held by one association only.
-        opts=pulumi.ResourceOptions(parent=parent, protect=True, delete_before_replace=True))
+        # Unbind before binding anew: an IP may be held by one association
+        # only. Retained while a swap hands the IP over (module docstring).
+        opts=pulumi.ResourceOptions(parent=parent, protect=True, delete_before_replace=True,
+                                    retain_on_delete=handing_over(settings)))

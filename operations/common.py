@@ -169,17 +169,26 @@ class Pulumi:
             on_output=self._stream, on_error=self._stream), streamed=True)
 
     # ------------------------------------------------------------ updates
-    def up_target(self, stack: str, urn: str, message: str) -> str:
-        """A targeted `pulumi up` with the policy pack, streamed."""
+    def up_target(self, stack: str, urn: str, message: str,
+                  watch: Optional[Callable[[str], None]] = None) -> str:
+        """A targeted `pulumi up` with the policy pack, streamed. `watch`
+        sees each line of the engine's output as it arrives (the swap times
+        the association's step by it)."""
         if not message:
             raise ValueError("every update carries a message")
         packs = list(POLICY_PACKS)
         command = (f"pulumi up -s {stack} --target {shlex.quote(urn)} "
                    + " ".join(f"--policy-pack {p}" for p in packs) + f" --message {shlex.quote(message)}")
         self._announce(command)
+
+        def output(line: str) -> None:
+            if watch is not None:
+                watch(line)
+            self._stream(line)
+
         result = self._call(stack, command, lambda: self.stack(stack).up(
             target=[urn], policy_packs=packs, message=message, suppress_progress=True,
-            on_output=self._stream, on_error=self._stream), streamed=True)
+            on_output=output, on_error=self._stream), streamed=True)
         return result.stdout
 
     def destroy_unprotected(self, stack: str, message: str) -> str:
@@ -233,6 +242,13 @@ class OpenStack:
         port_id = found[0].port_id or ""
         name = self.conn.network.get_port(port_id).name or "" if port_id else ""
         return FloatingIpHolder(address, port_id, name)
+
+    def floating_ips_of_port(self, port_name: str) -> list[str]:
+        """Addresses of the floating IPs bound to the port(s) of that name."""
+        found = []
+        for port in self.conn.network.ports(name=port_name):
+            found += [ip.floating_ip_address for ip in self.conn.network.ips(port_id=port.id)]
+        return sorted(found)
 
 
 def connect(cloud: Optional[str] = None):

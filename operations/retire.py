@@ -6,7 +6,14 @@ Refuses while the stack holds a floating IP (the public one must move first,
 with operations.swap; the association is protected, so a plain
 `pulumi destroy` refuses too). Then runs `pulumi destroy --exclude-protected`
 (through the Automation API, message "retire <stack>: ...", output streamed)
-and lists what stays: the data volumes, which are released only on purpose.
+and lists what stays: the data volumes, which are released only on purpose,
+and what Pulumi keeps with them - a protected resource keeps its parents,
+its provider and its dependencies (pulumi's `destroy --exclude-protected`,
+separateProtected), here the environment component, the OpenStack provider
+and the stack resource, none of them a cloud object. It ends with the
+commands that release the volumes and remove the stack (`pulumi stack rm`
+refuses a stack that still has resources). Run it again once the volumes
+are released and it removes the rest itself.
 """
 from __future__ import annotations
 
@@ -17,7 +24,6 @@ from typing import Optional
 
 from .common import ASSOCIATION_TYPE, VOLUME_TYPE, OperationError, Pulumi, association_urn, confirm, stack_environment
 
-ROOT_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:")
 # Protected by the program so that no update detaches a data volume from a
 # running server (components/server.py, network.py); retiring is the explicit
 # step that lets them go. Volumes and the floating-IP association stay protected.
@@ -27,14 +33,17 @@ HOLDER_TYPES = ("openstack:compute/instance:Instance", "openstack:compute/volume
 
 
 def held_ip(pulumi: Pulumi, stack: str) -> tuple[str, str]:
-    """(IP, association URN) the stack holds, by its outputs, config and state."""
-    outputs = pulumi.outputs(stack)
+    """(IP, association URN) the stack holds, by its config and state: its
+    outputs are those of its last update, which a swap's targeted updates
+    may not have rewritten, so they only help to name the association."""
     config = pulumi.config(stack)
-    ip = outputs.get("floatingIp") or config.get("idr:floatingIp", "")
     association = [r for r in pulumi.resources(stack) if r.get("type") == ASSOCIATION_TYPE]
-    urn = association[0]["urn"] if association else (outputs.get("floatingIpUrn") or "")
+    ip = config.get("idr:floatingIp", "")
     if association and not ip:
         ip = (association[0].get("inputs") or {}).get("floatingIp", "") or "(an IP)"
+    urn = association[0]["urn"] if association else ""
+    if ip and not urn:
+        urn = pulumi.outputs(stack).get("floatingIpUrn") or ""
     return ip, urn or association_urn(stack, stack_environment(stack, config))
 
 
@@ -54,7 +63,8 @@ def main(argv=None, pulumi: Optional[Pulumi] = None) -> int:
                   f"  python -m operations.swap --from {s} --to <next stack>\n"
                   f"If it is a spare, release it:\n"
                   f"  pulumi state unprotect -s {s} {q(urn)}\n"
-                  f"  pulumi config set idr:sshBastion {ip} -s {s}   # if unset: it defaulted to the IP\n"
+                  f"  pulumi config get idr:sshBastion -s {s} || pulumi config set idr:sshBastion {ip} -s {s}"
+                  f"   # required once idr:floatingIp is empty\n"
                   f"  pulumi config rm idr:floatingIp -s {s}\n"
                   f"  pulumi up -s {s} --policy-pack policy --target {q(urn)}\n"
                   f"then run `python -m operations.retire --stack {s}` again.", file=sys.stderr)
@@ -67,28 +77,38 @@ def main(argv=None, pulumi: Optional[Pulumi] = None) -> int:
             if r.get("protect") and r.get("type") in HOLDER_TYPES:
                 pulumi.unprotect(s, r["urn"])
         pulumi.destroy_unprotected(s, f"retire {s}: destroy all but the protected data volumes")
-        remaining = [r for r in pulumi.resources(s) if not r.get("type", "").startswith(ROOT_TYPES)]
+        remaining = pulumi.resources(s)
     except OperationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    protected = [r for r in remaining if r.get("protect")]
     if not remaining:
         print(f"{s} is empty: remove the stack with `pulumi stack rm {s}`")
         return 0
-    print(f"Still in {s} ({len(protected)} protected):")
-    for r in remaining:
-        print(f"  {r['urn']}" + ("  [protected]" if r.get("protect") else ""))
-    print("These hold data (snapshot them first: "
-          f"`python -m operations.backup snapshot --stack {s} --include-cache`). To release one deliberately:")
+    protected = [r for r in remaining if r.get("protect")]
+    kept = [r for r in remaining if not r.get("protect")]
+    q = shlex.quote
+    print(f"Still in {s}: {len(protected)} protected, and {len(kept)} that Pulumi keeps because they hold them "
+          f"(parents, provider, the stack resource; none is a cloud object):")
     for r in protected:
-        print(f"  pulumi state unprotect -s {s} {shlex.quote(r['urn'])}")
-        print(f"  pulumi destroy -s {s} --target {shlex.quote(r['urn'])}")
+        print(f"  {r['urn']}  [protected]")
+    for r in kept:
+        print(f"  {r['urn']}")
+    print("The protected ones hold data (snapshot them first: "
+          f"`python -m operations.backup snapshot --stack {s} --include-cache`). To release them deliberately, "
+          f"one by one, then remove the stack:")
+    for r in protected:
+        print(f"  pulumi state unprotect -s {s} {q(r['urn'])}")
+        print(f"  pulumi destroy -s {s} --target {q(r['urn'])}")
         if r.get("type") == VOLUME_TYPE:
             # Data volumes are retained on delete: the destroy above only
             # forgets the volume; deleting it in OpenStack is a separate act.
-            print(f"  openstack volume delete {shlex.quote(r.get('id') or '<volume id>')}"
+            print(f"  openstack volume delete {q(r.get('id') or '<volume id>')}"
                   "   # the volume stays in OpenStack until this")
-    print(f"then `pulumi stack rm {s}` once nothing is left.")
+    print(f"  pulumi destroy -s {s} --message {q(f'retire {s}: remove what held the data volumes')}"
+          f"   # the component, provider and stack resource kept for them")
+    print(f"  pulumi stack rm {s}")
+    print(f"(or, once the volumes are released, `python -m operations.retire --stack {s}` again, which removes the "
+          f"rest, then `pulumi stack rm {s}`)")
     return 0
 
 

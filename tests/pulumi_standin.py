@@ -1,4 +1,4 @@
-"""A stand-in `pulumi` executable for the operator-command tests.
+"""A stand-in `pulumi` executable, and a stand-in Neutron, for the operator-command tests.
 
 The operator commands drive Pulumi through pulumi.automation, whose
 LocalWorkspace and Stack run the `pulumi` CLI found on PATH and read its
@@ -7,24 +7,59 @@ builds the command lines (`up --yes --skip-preview --message ... --target ...
 --policy-pack policy ...`), reads the JSON it prints, streams its output
 through the API's reader threads and classifies its errors (a locked stack
 becomes ConcurrentUpdateError). It also accepts an operator's command lines
-(`pulumi config set K V -s S`), which the commands print as advice.
+(`pulumi config set K V -s S`), which the commands print as advice, and
+behaves as the real CLI does where that matters here:
+- non-interactive (no terminal): `up` and `destroy` refuse without --yes or
+  --skip-preview, state edits and `stack rm` without --yes, each with the
+  CLI's words;
+- `config set` stores the value as the string given (the CLI writes every
+  top-level value as a string); `World.stack_file` writes Pulumi.<stack>.yaml
+  from that, values from the repository's file keeping their type;
+- `stack output` answers from the last update, not from config: the
+  outputs of the stack resource (none when the state has none);
+- `destroy --exclude-protected` keeps the protected resources and what they
+  hang on, transitively: parents (the environment component), providers,
+  dependencies (pulumi's separateProtected); a plain `destroy` refuses while
+  anything is protected and empties the state otherwise; `destroy --target`
+  deletes that resource alone; `stack rm` refuses a stack with resources.
 
 `install(tmp_path)` writes an executable named `pulumi` and returns a `World`
-whose files are the stand-in's whole state: each stack's config, resources
-and update history, and a fake Neutron (floating IP -> name of the port
-holding it). The stand-in records every call but the API's `pulumi version`
-probe, and fails on demand: `world.fail_at(n)` makes call number n exit 1
-before doing anything, `world.fail_at(n, after=True)` after doing its work
-(as an update that changed the cloud and then lost its connection).
-`world.lock(stack)` makes updates, destroys and state edits of the stack
-refuse as a locked stack does; `world.handshake()` makes every update and
-destroy wait, after its first line of output, until the test has seen that
-line (`world.ack()`), which only streamed output allows.
+whose files are the stand-in's whole state: each stack's config, resources,
+outputs and update history, and the fake Neutron (floating IP -> name of the
+port holding it) with its event log. The stand-in records every call but the
+API's `pulumi version` probe, and fails on demand: `world.fail_at(n)` makes
+call number n exit 1 before doing anything, `world.fail_at(n, after=True)`
+after doing its work (as an update that changed the cloud and then lost its
+connection). `world.lock(stack)` makes updates, destroys and state edits of
+the stack refuse as a locked stack does; `world.handshake()` makes every
+update and destroy wait, after its first line of output, until the test has
+seen that line (`world.ack()`), which only streamed output allows.
 
-Its `up --target <association>` does what the program and Neutron would:
-the program's guard refuses an IP another environment's proxy holds, a
-protected association refuses to be replaced or deleted, a replacement
-deletes first, and a delete unbinds the IP wherever it is by then.
+Its `up --target <association>` does what the program, the provider and
+Neutron would:
+- the program (components/floatingip.py): refuses an IP another
+  environment's proxy holds, unless this stack's swap record (config
+  `idrswap:state`, in progress, direct order) moves that IP here from that
+  environment; declares the association retain-on-delete while the record
+  hands this stack's IP over; refuses an empty idr:floatingIp without
+  idr:sshBastion;
+- the engine: a protected association refuses to be replaced or deleted, a
+  replacement deletes first, a "same" step writes the goal's options
+  (protect, retainOnDelete) to the state, a retained resource leaves the
+  state without its Delete, each step's line is printed when it starts and
+  when it ends (`creating (0s)`, `created (0s)`), and the stack's outputs are
+  those of this update;
+- the provider: Create is one update of the floating IP with the port; Delete
+  unbinds the IP wherever it is by then;
+- Neutron (neutron/db/l3_db.py): one floating IP per fixed IP (a port already
+  holding one refuses another: FloatingIPPortAlreadyAssociated, 409); an
+  associated IP moves to another port in one update, during which it
+  answers nothing for `move_seconds` (the dataplane switching; 0 by
+  default); `world.refuse_moves()` makes it refuse such a move instead, as a
+  cloud that does not re-associate would.
+Every bind and unbind is appended to the event log with its time
+(`World.unbound_spans`). `program_seconds` is how long an update runs before
+it reaches the association (the program and the engine's start).
 """
 from __future__ import annotations
 
@@ -33,6 +68,8 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from operations.common import ASSOCIATION_TYPE as ASSOC_TYPE, VOLUME_TYPE
 
@@ -66,6 +103,7 @@ fail_n, _, fail_when = fail.partition(":")
 fail_now = fail_n.isdigit() and int(fail_n) == number
 if fail_now and fail_when != "after":
     die(f"injected failure of call {number}")
+settings = load(HOME / "settings.json", {})
 
 # The Automation API's forms (`config set K --plaintext --stack S -- V`,
 # `state unprotect --yes --stack S -- URN`) and an operator's (`config set K V -s S`).
@@ -88,6 +126,8 @@ while i < len(argv):
 for unwanted in ("event-log", "client"):  # the operations neither inline programs nor take engine events
     if unwanted in values:
         die(f"the stand-in does not serve --{unwanted}")
+if args[:2] == ["stack", "rm"] and len(args) == 3:
+    values.setdefault("stack", []).append(args.pop())
 if "stack" not in values:
     die("no stack selected")
 stack = values["stack"][-1].split("/")[-1]
@@ -95,13 +135,13 @@ spath = HOME / "stacks" / f"{stack}.json"
 if not spath.exists():
     die(f"no stack named '{stack}' found")
 st = load(spath, None)
-neutron_path = HOME / "neutron.json"
-neutron = load(neutron_path, {})
 cfg = st["config"]
 env = cfg.get("idr:environment") or stack
 urn = (f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${ASSOC}::{env}-proxy-floating-ip")
 assoc = next((r for r in st["resources"] if r["type"] == ASSOC), None)
 out = ""
+yes = bool({"--yes", "-y"} & flags) or os.environ.get("PULUMI_SKIP_CONFIRMATIONS", "").lower() in ("1", "true")
+skip_preview = "--skip-preview" in flags
 
 def say(line):  # the engine's output, line by line, as it happens
     print(line, flush=True)
@@ -130,25 +170,121 @@ def handshake():
         time.sleep(0.02)
     die("nobody saw the engine's output while it ran (not streamed)")
 
-def remember(kind):
+def remember(kind, result="succeeded"):
     st.setdefault("history", []).append({"kind": kind, "message": values.get("message", [""])[-1],
-                                         "flags": sorted(flags), "result": "succeeded"})
+                                         "flags": sorted(flags), "result": result})
+
+def display(value):
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+# ------------------------------------------------------------------ Neutron
+NEUTRON = HOME / "neutron.json"
+EVENTS = HOME / "neutron-events.jsonl"
+
+def neutron():
+    return load(NEUTRON, {})
+
+def neutron_set(ip, port, why):
+    data = neutron()
+    if port:
+        data[ip] = port
+    else:
+        data.pop(ip, None)
+    NEUTRON.write_text(json.dumps(data))
+    with open(EVENTS, "a") as f:
+        f.write(json.dumps({"t": time.time(), "ip": ip, "port": port, "why": why}) + "\n")
+
+def fip_id(ip):
+    return "fip-" + ip.replace(".", "-")
+
+def provider_error(op, ip, port, status, kind, message):
+    # terraform-provider-openstack's words around gophercloud's for a refused PUT.
+    st["history"] = st.get("history", [])
+    remember("update", "failed")
+    save(spath, st)
+    body = json.dumps({"NeutronError": {"type": kind, "message": message, "detail": ""}})
+    die(f"{op} {urn}: 1 error occurred:\n\t* Error associating openstack_networking_floatingip_associate_v2 "
+        f"floating_ip {fip_id(ip)} with port port-{port}: Expected HTTP response code [200] when accessing "
+        f"[PUT https://neutron.example.org:9696/v2.0/floatingips/{fip_id(ip)}], but got {status} instead: {body}")
+
+def associate(ip, port):
+    """The provider's Create: PUT /v2.0/floatingips/{id} with port_id."""
+    data = neutron()
+    others = sorted(a for a, p in data.items() if p == port and a != ip)
+    if others:
+        provider_error("creating", ip, port, 409, "FloatingIPPortAlreadyAssociated",
+                       f"Cannot associate floating IP {ip} ({fip_id(ip)}) with port port-{port} using fixed IP "
+                       f"192.168.1.10, as that fixed IP already has a floating IP on external network public.")
+    holder = data.get(ip)
+    if holder == port:
+        return
+    if holder:
+        if settings.get("refuse_moves"):
+            provider_error("creating", ip, port, 409, "FloatingIPAssociated",
+                           f"Floating IP {ip} is associated with port port-{holder}: disassociate it first.")
+        # One update: the old binding goes, the new one comes; the dataplane
+        # switches in between.
+        neutron_set(ip, None, f"move from {holder}")
+        time.sleep(float(settings.get("move_seconds", 0)))
+        neutron_set(ip, port, f"move to {port}")
+        return
+    neutron_set(ip, port, "associate")
+
+def disassociate(ip):
+    """The provider's Delete: PUT /v2.0/floatingips/{id} with port_id null, wherever the IP is."""
+    if ip in neutron():
+        neutron_set(ip, None, "disassociate")
+
+# ------------------------------------------------------------------ program
+def swap_record():
+    try:
+        r = json.loads(cfg.get("idrswap:state") or "null")
+    except ValueError:
+        return None
+    if isinstance(r, dict) and r.get("status") == "in-progress" and r.get("order") == "direct":
+        return r
+    return None
+
+def outputs(want):
+    vols = {r["role"]: {"id": r["id"], "name": r["name"], "size": r["size"], "mount": r["mount"]}
+            for r in st["resources"] if r["type"] == VOLUME}
+    return {"environment": env, "floatingIp": want, "floatingIpUrn": urn if want else "", "dataVolumes": vols}
+
+def line(sign, verb):
+    say(f" {sign}  openstack:networking:FloatingIpAssociate {env}-proxy-floating-ip {verb} (0s) ")
+
+def ancestors(resources):
+    """What protected resources keep with them (pulumi's separateProtected):
+    parents, providers and dependencies, transitively."""
+    by_urn = {r["urn"]: r for r in resources}
+    keep, todo = set(), [r["urn"] for r in resources if r.get("protect")]
+    while todo:
+        u = todo.pop()
+        if u in keep or u not in by_urn:
+            continue
+        keep.add(u)
+        r = by_urn[u]
+        todo += [x for x in [r.get("parent"), r.get("provider"), *r.get("dependencies", [])] if x]
+    return keep
 
 if args == ["config"]:
-    out = json.dumps({k: {"value": v, "secret": False} for k, v in cfg.items()}
+    out = json.dumps({k: {"value": display(v), "secret": False} for k, v in cfg.items()}
                      | {k: {"value": v if "--show-secrets" in flags else "[secret]", "secret": True}
                         for k, v in st.get("secrets", {}).items()})
 elif args[:2] == ["config", "set"] and len(args) == 4:
-    cfg[args[2]] = args[3]
+    cfg[args[2]] = args[3]   # the CLI writes every top-level value as a string
+elif args[:2] == ["config", "get"] and len(args) == 3:
+    if args[2] not in cfg:
+        die(f"configuration key '{args[2]}' not found for stack '{stack}'")
+    out = display(cfg[args[2]])
 elif args[:2] == ["config", "rm"] and len(args) == 3:
     cfg.pop(args[2], None)
 elif args == ["stack", "select"]:
     pass
 elif args == ["stack", "output"]:
-    vols = {r["role"]: {"id": r["id"], "name": r["name"], "size": r["size"], "mount": r["mount"]}
-            for r in st["resources"] if r["type"] == VOLUME}
-    out = json.dumps({"environment": env, "floatingIp": cfg.get("idr:floatingIp", ""),
-                      "floatingIpUrn": assoc["urn"] if assoc else "", "dataVolumes": vols})
+    # The outputs live on the stack resource: none without it (never deployed, or destroyed).
+    rooted = any(r["type"] == "pulumi:pulumi:Stack" for r in st["resources"])
+    out = json.dumps(st.get("outputs", {}) if rooted else {})
 elif args == ["stack", "export"]:
     out = json.dumps({"version": 3, "deployment": {"resources": st["resources"]}})
 elif args == ["stack", "history"]:
@@ -158,59 +294,111 @@ elif args == ["stack", "history"]:
                         "config": {}, "version": len(st["history"]) - n,
                         "startTime": "2024-05-17T09:00:00.000000Z", "endTime": "2024-05-17T09:01:00.000000Z"})
     out = json.dumps(entries[: int(values.get("page-size", ["0"])[-1]) or None])
+elif args == ["stack", "rm"]:
+    if not yes:
+        die("--yes must be passed in to proceed when running in non-interactive mode")
+    if st["resources"] and "--force" not in flags:
+        die(f"'{stack}' still has resources; removal rejected; pass --force to override")
+    spath.unlink()
+    sys.exit(print(f"Stack '{stack}' has been removed!") or 0)
 elif args[:2] == ["state", "unprotect"] and len(args) == 3:
+    if not yes:
+        die("--yes must be passed in to proceed when running in non-interactive mode")
     take_lock()
     found = [r for r in st["resources"] if r["urn"] == args[2]]
     if not found:
         die(f"No such resource {args[2]!r} exists in the current state")
     found[0]["protect"] = False
 elif args == ["up"]:
+    if not (yes or skip_preview):
+        die("--yes or --skip-preview must be passed in to proceed when running in non-interactive mode")
     take_lock()
     # The operator commands never update without the policy pack.
     if values.get("policy-pack") != ["policy"]:
         die("the stand-in refuses `pulumi up` without --policy-pack policy")
     targets = set(values.get("target", []))
     if targets != {urn}:
-        die(f"unexpected targets {sorted(targets)} (the association is {urn})")
+        die(f"unexpected targets {sorted(targets)} (the stand-in serves updates of the association {urn})")
     say(f"Updating ({stack}):")
     handshake()
+    time.sleep(float(settings.get("program_seconds", 0)))
     want = cfg.get("idr:floatingIp", "")
     if not (cfg.get("idr:sshBastion") or want):
-        die("config idr:sshBastion = '' is not allowed: required when floatingIp is empty")
-    holder = neutron.get(want) if want else None
+        die("config idr:sshBastion = '' is not allowed: an address of the proxy for SSH; required when "
+            "floatingIp is empty")
+    record = swap_record()
+    holder = neutron().get(want) if want else None
     if holder and holder != f"{env}-proxy":
-        die(f"config idr:floatingIp = {want!r} is held by port {holder}")
+        holder_env = holder[: -len("-proxy")] if holder.endswith("-proxy") else None
+        taking = (record is not None and str(record.get("to_stack", "")).split("/")[-1] == stack
+                  and record.get("public_ip") == want and holder_env and record.get("from_env") == holder_env)
+        if not taking:
+            die(f"config idr:floatingIp = {want!r} is held by port {holder}")
+    retain = (record is not None and str(record.get("from_stack", "")).split("/")[-1] == stack
+              and record.get("public_ip") == want and bool(want))
     have = assoc["inputs"]["floatingIp"] if assoc else ""
     if assoc and have != want and assoc["protect"]:
         die(f"unable to {'replace' if want else 'delete'} resource {urn} as it is currently marked for protection")
     if assoc and have != want:
-        neutron.pop(have, None)  # the association's delete unbinds the IP wherever it is
+        line("-", "deleting")
+        if not assoc.get("retainOnDelete"):
+            disassociate(have)  # the association's delete unbinds the IP wherever it is
         st["resources"].remove(assoc)
-        say(f" - {urn} deleted")
-    if want and have != want:
-        neutron[want] = f"{env}-proxy"
-        st["resources"].append({"urn": urn, "type": ASSOC, "protect": True, "inputs": {"floatingIp": want}})
-        say(f" + {urn} created")
+        save(spath, st)
+        line("-", "deleted")
+        assoc = None
+    if want and assoc is None:
+        line("+", "creating")
+        associate(want, f"{env}-proxy")
+        st["resources"].append({"urn": urn, "type": ASSOC, "protect": True, "retainOnDelete": retain,
+                                "parent": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment::{env}",
+                                "provider": f"urn:pulumi:{stack}::idr::pulumi:providers:openstack::default",
+                                "inputs": {"floatingIp": want}})
+        line("+", "created")
+    elif assoc and not settings.get("same_keeps_options"):  # a "same" step writes the goal's options
+        assoc["protect"], assoc["retainOnDelete"] = True, retain
+    st["outputs"] = outputs(want)
     remember("update")
     out = "Resources: updated"
 elif args == ["destroy"]:
+    if not (yes or skip_preview):
+        die("--yes or --skip-preview or --preview-only must be passed in to proceed when running in "
+            "non-interactive mode")
     take_lock()
     say(f"Destroying ({stack}):")
     handshake()
-    if "--exclude-protected" not in flags and any(r["protect"] for r in st["resources"]):
-        die("resource(s) are protected; use --exclude-protected")
-    kept = [r for r in st["resources"] if r["protect"]]
-    for r in st["resources"]:
-        if not r["protect"]:
-            say(f" - {r['urn']} deleted")
+    resources = st["resources"]
+    targets = set(values.get("target", []))
+    if "--exclude-protected" in flags:
+        kept = ancestors(resources)
+        doomed = [r for r in resources if r["urn"] not in kept]
+    elif targets:
+        doomed = [r for r in resources if r["urn"] in targets]
+        for r in doomed:
+            if r.get("protect"):
+                die(f"unable to delete resource {r['urn']} as it is currently marked for protection")
+            hangers = [x["urn"] for x in resources if x["urn"] not in targets
+                       and r["urn"] in [x.get("parent"), x.get("provider"), *x.get("dependencies", [])]]
+            if hangers:
+                die(f"resource {r['urn']} cannot be deleted alone: {hangers[0]} depends on it")
+    else:
+        if any(r.get("protect") for r in resources):
+            die("resource(s) are protected; use --exclude-protected")
+        doomed = list(resources)
+    for r in reversed(doomed):
+        if r["type"] == ASSOC and not r.get("retainOnDelete"):
+            disassociate(r["inputs"]["floatingIp"])
+        say(f" - {r['urn']} deleted")
+    gone = {r["urn"] for r in doomed}
+    st["resources"] = [r for r in resources if r["urn"] not in gone]
+    if not st["resources"]:
+        st["outputs"] = {}  # the stack resource went too
     remember("destroy")
-    out = f"Resources: {len(st['resources']) - len(kept)} deleted"
-    st["resources"] = kept
+    out = f"Resources: {len(doomed)} deleted"
 else:
     die(f"the stand-in does not know `pulumi {' '.join(argv)}`")
 
 save(spath, st)
-save(neutron_path, neutron)
 if out:
     print(out)
 if fail_now:
@@ -221,7 +409,7 @@ if fail_now:
 VALUED = {"-s": "stack", "--stack": "stack", "--target": "target", "--policy-pack": "policy-pack",
           "-m": "message", "--message": "message", "--exec-kind": "exec-kind", "--page-size": "page-size",
           "--page": "page", "--color": "color", "--event-log": "event-log", "--client": "client"}
-MUTATING = (("config", "set"), ("config", "rm"), ("state", "unprotect"), ("up",), ("destroy",))
+MUTATING = (("config", "set"), ("config", "rm"), ("state", "unprotect"), ("up",), ("destroy",), ("stack", "rm"))
 
 
 @dataclass(frozen=True)
@@ -264,17 +452,24 @@ def parse_call(argv: list[str]) -> Call:
         else:
             args.append(a)
         i += 1
+    if args[:2] == ["stack", "rm"] and len(args) == 3:
+        values.setdefault("stack", []).append(args.pop())
     return Call(tuple(argv), tuple(args), frozenset(flags), values)
 
 
 def stack_state(stack: str, config: dict, floating_ip: str = "", env: str = "") -> dict:
+    """A deployed stack's state: what the program declares, with the parents,
+    providers and dependencies that `destroy --exclude-protected` follows."""
     env = env or stack
-    resources = [{"urn": f"urn:pulumi:{stack}::idr::pulumi:pulumi:Stack::idr-{stack}", "type": "pulumi:pulumi:Stack",
-                  "protect": False},
-                 {"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment::{env}",
-                  "type": "idr:environment:IdrEnvironment", "protect": False},
+    root = f"urn:pulumi:{stack}::idr::pulumi:pulumi:Stack::idr-{stack}"
+    provider = f"urn:pulumi:{stack}::idr::pulumi:providers:openstack::default"
+    component = f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment::{env}"
+    resources = [{"urn": root, "type": "pulumi:pulumi:Stack", "protect": False},
+                 {"urn": provider, "type": "pulumi:providers:openstack", "protect": False},
+                 {"urn": component, "type": "idr:environment:IdrEnvironment", "protect": False, "parent": root},
                  {"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment$openstack:networking/port:Port"
-                         f"::{env}-omeroreadonly-1", "type": "openstack:networking/port:Port", "protect": False}]
+                         f"::{env}-omeroreadonly-1", "type": "openstack:networking/port:Port", "protect": False,
+                  "parent": component, "provider": provider}]
     # What a data volume hangs on is protected by the program (components/server.py, network.py).
     for rtype, name in (("openstack:networking/network:Network", f"{env}-network"),
                         ("openstack:networking/subnet:Subnet", f"{env}-subnet"),
@@ -282,19 +477,25 @@ def stack_state(stack: str, config: dict, floating_ip: str = "", env: str = "") 
                         ("openstack:compute/instance:Instance", f"{env}-database"),
                         ("openstack:compute/volumeAttach:VolumeAttach", f"{env}-database-data")):
         resources.append({"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${rtype}::{name}",
-                          "type": rtype, "protect": True})
+                          "type": rtype, "protect": True, "parent": component, "provider": provider})
     for role, size in (("omeroreadwrite", 1500), ("database", 800), ("proxy", 100)):
         name = f"{env}-{role}-data"
         resources.append({"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${VOLUME_TYPE}::{name}",
-                          "type": VOLUME_TYPE, "protect": True, "role": role, "name": name, "size": size,
-                          "id": f"vol-{env}-{role}", "mount": {"omeroreadwrite": "/data", "database": "/var/lib/pgsql",
-                                                               "proxy": "/var/cache/nginx"}[role]})
+                          "type": VOLUME_TYPE, "protect": True, "retainOnDelete": True, "role": role, "name": name,
+                          "size": size, "id": f"vol-{env}-{role}", "parent": component, "provider": provider,
+                          "mount": {"omeroreadwrite": "/data", "database": "/var/lib/pgsql",
+                                    "proxy": "/var/cache/nginx"}[role]})
     if floating_ip:
-        resources.append({"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${ASSOC_TYPE}"
-                                 f"::{env}-proxy-floating-ip",
-                          "type": ASSOC_TYPE, "protect": True, "inputs": {"floatingIp": floating_ip}})
-    return {"config": dict(config, **({"idr:floatingIp": floating_ip} if floating_ip else {})),
-            "resources": resources}
+        assoc_urn = (f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${ASSOC_TYPE}"
+                     f"::{env}-proxy-floating-ip")
+        resources.append({"urn": assoc_urn, "type": ASSOC_TYPE, "protect": True, "retainOnDelete": False,
+                          "parent": component, "provider": provider, "inputs": {"floatingIp": floating_ip}})
+    config = dict(config, **({"idr:floatingIp": floating_ip} if floating_ip else {}))
+    vols = {r["role"]: {"id": r["id"], "name": r["name"], "size": r["size"], "mount": r["mount"]}
+            for r in resources if r["type"] == VOLUME_TYPE}
+    outputs = {"environment": env, "floatingIp": floating_ip, "dataVolumes": vols,
+               "floatingIpUrn": resources[-1]["urn"] if floating_ip else ""}
+    return {"config": config, "resources": resources, "outputs": outputs}
 
 
 @dataclass
@@ -308,8 +509,28 @@ class World:
         if floating_ip:
             self.set_neutron(floating_ip, f"{stack}-proxy")
 
+    def add_stack_from_file(self, stack: str, path: Path) -> None:
+        """A deployed stack whose config is a Pulumi.<stack>.yaml (values keep their YAML types)."""
+        config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+        config = {k: v for k, v in config.items() if not (isinstance(v, dict) and "secure" in v)}
+        self.add_stack(stack, str(config.get("idr:floatingIp", "")), config)
+
+    def stack_file(self, stack: str, base: Path | None = None) -> str:
+        """Pulumi.<stack>.yaml as the CLI leaves it: the config of `base`
+        with every `config set` and `config rm` applied, set values as strings."""
+        data = (yaml.safe_load(base.read_text()) or {}) if base else {}
+        secure = {k: v for k, v in (data.get("config") or {}).items() if isinstance(v, dict) and "secure" in v}
+        data["config"] = {**self.config(stack), **secure}
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
+
     def stack(self, stack: str) -> dict:
         return json.loads((self.home / "stacks" / f"{stack}.json").read_text())
+
+    def exists(self, stack: str) -> bool:
+        return (self.home / "stacks" / f"{stack}.json").exists()
+
+    def save_stack(self, stack: str, state: dict) -> None:
+        (self.home / "stacks" / f"{stack}.json").write_text(json.dumps(state, indent=1))
 
     def config(self, stack: str) -> dict:
         return self.stack(stack)["config"]
@@ -323,12 +544,43 @@ class World:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def set_neutron(self, ip: str, port_name: str | None) -> None:
+        """Set up (or disturb) Neutron by hand: not an event of the log."""
         data = self.neutron
         if port_name:
             data[ip] = port_name
         else:
             data.pop(ip, None)
         (self.home / "neutron.json").write_text(json.dumps(data))
+
+    def configure(self, **settings) -> None:
+        """move_seconds, program_seconds, refuse_moves (see the module docstring);
+        same_keeps_options: a "same" step leaves protect and retainOnDelete as
+        they were in the state (an engine that would not write them)."""
+        path = self.home / "settings.json"
+        current = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**current, **settings}))
+
+    def refuse_moves(self, refuse: bool = True) -> None:
+        self.configure(refuse_moves=refuse)
+
+    @property
+    def events(self) -> list[dict]:
+        """Neutron's binds and unbinds, oldest first: {"t", "ip", "port" (None: unbound), "why"}."""
+        path = self.home / "neutron-events.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def unbound_spans(self, ip: str) -> list[float]:
+        """Seconds of each time `ip` was bound to no port, by the event log."""
+        spans, since = [], None
+        for e in self.events:
+            if e["ip"] != ip:
+                continue
+            if e["port"] is None and since is None:
+                since = e["t"]
+            elif e["port"] is not None and since is not None:
+                spans.append(e["t"] - since)
+                since = None
+        return spans
 
     @property
     def calls(self) -> list[list[str]]:
@@ -347,9 +599,9 @@ class World:
     def clear_calls(self) -> None:
         (self.home / "calls.jsonl").write_text("")
 
-    def history(self, stack: str) -> list[dict]:
-        """The stack's updates and destroys, oldest first (kind, message, flags)."""
-        return self.stack(stack).get("history", [])
+    def history(self, stack: str, result: str | None = "succeeded") -> list[dict]:
+        """The stack's updates and destroys, oldest first (kind, message, flags); `result=None`: failed ones too."""
+        return [h for h in self.stack(stack).get("history", []) if result is None or h["result"] == result]
 
     def lock(self, stack: str, kind: str = "diy") -> None:
         """'diy': the S3 backend's lock file message; 'cloud': Pulumi Cloud's 409."""
@@ -394,4 +646,5 @@ def install(tmp_path: Path, monkeypatch) -> World:
     (home / "calls.jsonl").write_text("")
     monkeypatch.setenv("FAKE_PULUMI_HOME", str(home))
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("PULUMI_SKIP_CONFIRMATIONS", raising=False)
     return World(home, bindir)

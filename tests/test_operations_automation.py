@@ -18,11 +18,16 @@ from tests.pulumi_standin import install
 from tests.test_swap import PUBLIC, READS, SPARE, URN, NeutronFromFiles, assert_swapped, run, web, world  # noqa: F401
 
 OPERATIONS = Path(__file__).resolve().parent.parent / "operations"
+STEPS = {1: f"mark the prod association of {PUBLIC} retain-on-delete; nothing changes in OpenStack",
+         2: f"free the newidr proxy port: newidr releases its spare {SPARE}",
+         3: f"move {PUBLIC} from the prod proxy to the newidr proxy: one Neutron update",
+         4: f"prod forgets its association of {PUBLIC}, retained: {PUBLIC} stays with newidr",
+         5: f"give {SPARE} to prod"}
 MESSAGES = {
-    "prod": [f"swap prod -> newidr: step 1 of 3 (release {PUBLIC} in prod)",
-             f"swap prod -> newidr: step 3 of 3 (give {SPARE} to prod)"],
-    "newidr": [f"swap prod -> newidr: step 2 of 3 (take {PUBLIC} in newidr)"],
+    "prod": [f"swap prod -> newidr: step {n} of 5 ({STEPS[n]})" for n in (1, 4, 5)],
+    "newidr": [f"swap prod -> newidr: step {n} of 5 ({STEPS[n]})" for n in (2, 3)],
 }
+MOVE_CALL = READS + 2 + 5 + 7 + 2  # the `up` of step 3 (see test_swap)
 
 
 def ups(world):
@@ -31,16 +36,18 @@ def ups(world):
 
 def test_every_update_has_its_message_the_policy_pack_and_one_target(world, web):
     assert run(world, web) == 0
-    # The command line pulumi.automation's Stack.up builds for step 2, as given.
-    assert list(ups(world)[1].argv) == [
+    # The command line pulumi.automation's Stack.up builds for step 3, as given.
+    assert list(ups(world)[2].argv) == [
         "--non-interactive", "up", "--yes", "--skip-preview",
-        "--message", f"swap prod -> newidr: step 2 of 3 (take {PUBLIC} in newidr)",
+        "--message", MESSAGES["newidr"][1],
         "--target", URN.format("newidr"), "--policy-pack", "policy", "--suppress-progress",
         "--exec-kind", "auto.local", "--stack", "newidr"]
     assert [(c.stack, c.values["message"], c.values["policy-pack"], c.values["target"]) for c in ups(world)] == [
         ("prod", [MESSAGES["prod"][0]], ["policy"], [URN.format("prod")]),
         ("newidr", [MESSAGES["newidr"][0]], ["policy"], [URN.format("newidr")]),
+        ("newidr", [MESSAGES["newidr"][1]], ["policy"], [URN.format("newidr")]),
         ("prod", [MESSAGES["prod"][1]], ["policy"], [URN.format("prod")]),
+        ("prod", [MESSAGES["prod"][2]], ["policy"], [URN.format("prod")]),
     ]
     # The stacks' update history shows why each update ran.
     for stack in ("prod", "newidr"):
@@ -49,14 +56,20 @@ def test_every_update_has_its_message_the_policy_pack_and_one_target(world, web)
 
 
 def test_a_resumed_swap_numbers_its_updates_as_the_plan(world, web, capsys):
-    world.fail_at(READS + 2 + 7 + 4)  # the `up` of step 2 (see test_swap)
+    assert ups(world) == []
+    world.fail_at(MOVE_CALL)
     assert run(world, web) == 2
     world.fail_at(None)
     assert run(world, web) == 0
     assert_swapped(world)
-    # Step 2's update was refused before it started (no history), then made by the second run.
-    assert [h["message"] for h in world.history("newidr")] == MESSAGES["newidr"]
-    assert [c.values["message"][0] for c in ups(world) if c.stack == "newidr"] == MESSAGES["newidr"] * 2
+    # Step 3's update was refused before it started (no history). The second
+    # run gave newidr its spare back to check it, then made steps 2 and 3 again.
+    back = f"swap prod -> newidr: give {SPARE} back to newidr for its check"
+    assert [h["message"] for h in world.history("newidr")] == [MESSAGES["newidr"][0], back, *MESSAGES["newidr"]]
+    assert [c.values["message"][0] for c in ups(world) if c.stack == "newidr"] == [
+        *MESSAGES["newidr"], back, *MESSAGES["newidr"]]
+    assert "newidr gave up 127.0.0.12 but 127.0.0.11 has not moved: newidr takes 127.0.0.12 back" \
+        in capsys.readouterr().out
 
 
 def test_engine_output_reaches_the_operator_while_the_update_runs(world, web):
@@ -75,11 +88,14 @@ def test_engine_output_reaches_the_operator_while_the_update_runs(world, web):
     assert job.run() == 0
     assert_swapped(world)
     # Announced as the CLI command, then the engine's lines, indented.
-    first = seen.index(f"$ pulumi up -s prod --target '{URN.format('prod')}' --policy-pack policy "
-                       f"--message '{MESSAGES['prod'][0]}'")
-    assert seen[first + 1:first + 4] == ["    Updating (prod):", f"     - {URN.format('prod')} deleted",
-                                         "    Resources: updated"]
-    assert sum(1 for line in seen if line == "    Resources: updated") == 3
+    first = seen.index(f"$ pulumi up -s newidr --target '{URN.format('newidr')}' --policy-pack policy "
+                       f"--message '{MESSAGES['newidr'][1]}'")
+    assert [line.rstrip() for line in seen[first + 1:first + 5]] == [
+        "    Updating (newidr):",
+        "     +  openstack:networking:FloatingIpAssociate newidr-proxy-floating-ip creating (0s)",
+        "     +  openstack:networking:FloatingIpAssociate newidr-proxy-floating-ip created (0s)",
+        "    Resources: updated"]
+    assert sum(1 for line in seen if line == "    Resources: updated") == 5
 
 
 def test_retire_streams_its_destroy(tmp_path, monkeypatch):
@@ -95,7 +111,7 @@ def test_retire_streams_its_destroy(tmp_path, monkeypatch):
 
     assert retire.main(["--stack", "oldidr", "--yes"], pulumi=Pulumi(say=say)) == 0
     assert [h["message"] for h in w.history("oldidr")] == ["retire oldidr: destroy all but the protected data volumes"]
-    assert "    Resources: 8 deleted" in seen
+    assert "    Resources: 6 deleted" in seen
 
 
 def test_the_streaming_proof_has_teeth(world):
@@ -112,7 +128,7 @@ def test_concurrent_update_is_explained_and_the_swap_resumes(world, web, capsys,
     assert run(world, web) == 2
     err = capsys.readouterr().err
     assert re.search(rf"error: {locked} is locked by another update \(ConcurrentUpdateError\), so "
-                     rf"`pulumi state unprotect -s {locked} '[^']+' --yes` did not run\. Wait until that update has "
+                     rf"`pulumi (state unprotect|up) -s {locked} [^`]+` did not run\. Wait until that update has "
                      rf"finished, then run this command again\. If no update of {locked} is running \(an update "
                      rf"that was killed leaves its lock behind\), remove the lock with `pulumi cancel -s {locked}` "
                      rf"first:\n", err), err

@@ -1,10 +1,13 @@
 """The floating-IP swap, through the real pulumi.automation driving a
-stand-in `pulumi` (tests/pulumi_standin.py), a fake Neutron kept in the
-stand-in's files, and real HTTP health checks answered by stub servers on
-loopback addresses that play the two IPs."""
+stand-in `pulumi` (tests/pulumi_standin.py), a stand-in Neutron kept in the
+stand-in's files (one floating IP per fixed IP, a move is one update, a
+deleted association unbinds unless retained), and real HTTP health checks
+answered by stub servers on loopback addresses that play the two IPs: an
+address answers only while Neutron binds it to a proxy."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,11 +35,15 @@ class NeutronFromFiles:
         name = self.world.neutron.get(address, "")
         return FloatingIpHolder(address, f"port-{name}" if name else "", name)
 
+    def floating_ips_of_port(self, port_name):
+        return sorted(ip for ip, name in self.world.neutron.items() if name == port_name)
+
 
 class Web:
-    """One stub web server per IP, all on the same port; status per IP."""
+    """One stub web server per IP, all on the same port; status per IP. With
+    a world, an IP answers only while the stand-in's Neutron binds it."""
 
-    def __init__(self):
+    def __init__(self, world=None):
         self.status = {PUBLIC: 200, SPARE: 200}
         self.seen = []
         self.servers = []
@@ -45,6 +52,9 @@ class Web:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 ip = self.server.server_address[0]
+                if world is not None and ip not in world.neutron:
+                    self.close_connection = True  # nobody there: no answer at all
+                    return
                 web.seen.append((ip, self.path))
                 self.send_response(web.status[ip])
                 self.send_header("Content-Length", "2")
@@ -75,18 +85,18 @@ class Web:
 
 
 @pytest.fixture
-def web():
-    w = Web()
-    yield w
-    w.close()
-
-
-@pytest.fixture
 def world(tmp_path, monkeypatch):
     w = install(tmp_path, monkeypatch)
     w.add_stack("prod", PUBLIC)
     w.add_stack("newidr", SPARE, {"idr:cloneFromStack": "organization/idr/prod"})
     return w
+
+
+@pytest.fixture
+def web(world):
+    w = Web(world)
+    yield w
+    w.close()
 
 
 def run(world, web, *extra, argv=CMD):
@@ -101,7 +111,11 @@ def mutating(world):
     return world.mutating()
 
 
-def assert_swapped(world):
+def records(world):
+    return [json.loads(world.config(s)["idrswap:state"]) for s in ("prod", "newidr")]
+
+
+def assert_swapped(world, order="direct"):
     prod, newidr = world.config("prod"), world.config("newidr")
     assert prod["idr:floatingIp"] == SPARE and newidr["idr:floatingIp"] == PUBLIC
     assert world.neutron == {PUBLIC: "newidr-proxy", SPARE: "prod-proxy"}
@@ -110,43 +124,69 @@ def assert_swapped(world):
     for stack, ip in (("prod", SPARE), ("newidr", PUBLIC)):
         assoc = world.association(stack)
         assert assoc["inputs"]["floatingIp"] == ip and assoc["protect"], "protected again by the program"
-    records = [json.loads(world.config(s)["idrswap:state"]) for s in ("prod", "newidr")]
-    assert records[0] == records[1] == {"from_stack": "prod", "to_stack": "newidr", "public_ip": PUBLIC,
-                                        "spare_ip": SPARE, "status": "done"}
+        assert not assoc["retainOnDelete"], "retained only while the swap hands an IP over"
+    first, second = records(world)
+    assert first == second
+    assert {k: first[k] for k in ("from_stack", "to_stack", "public_ip", "spare_ip", "status", "order",
+                                  "from_env")} == {"from_stack": "prod", "to_stack": "newidr", "public_ip": PUBLIC,
+                                                   "spare_ip": SPARE, "status": "done", "order": order,
+                                                   "from_env": "prod"}
+    return first
+
+
+def assert_only_moves(world):
+    """In the direct order the public IP is never unbound but by a move."""
+    assert [e["why"] for e in world.events if e["ip"] == PUBLIC] in ([], ["move from prod-proxy",
+                                                                          "move to newidr-proxy"])
 
 
 URN = "urn:pulumi:{0}::idr::idr:environment:IdrEnvironment$openstack:networking/floatingIpAssociate:FloatingIpAssociate::{0}-proxy-floating-ip"
-RECORD = json.dumps({"from_stack": "prod", "public_ip": PUBLIC, "spare_ip": SPARE, "status": "in-progress",
-                     "to_stack": "newidr"}, sort_keys=True)
+RECORD = json.dumps({"asked_at": "", "from_env": "prod", "from_stack": "prod", "order": "direct",
+                     "public_ip": PUBLIC, "spare_ip": SPARE, "status": "in-progress", "to_stack": "newidr",
+                     "unbound_seconds": None}, sort_keys=True)
 
 
-def test_swap_in_the_safe_order(world, web, capsys):
+def test_swap_in_the_direct_order(world, web, capsys):
     assert run(world, web) == 0
-    assert mutating(world) == [
+    changes = mutating(world)
+    measured = next(json.loads(c[3]) for c in changes
+                    if c[2] == "idrswap:state" and '"unbound_seconds": null' not in c[3])
+    assert changes == [
         ("config", "set", "idrswap:state", RECORD, "prod"),
         ("config", "set", "idrswap:state", RECORD, "newidr"),
-        # 1. release the public IP in the old stack
-        ("config", "set", "idr:sshBastion", PUBLIC, "prod"),
+        # 1. prod's association is retained on delete from now on (same step)
+        ("up", URN.format("prod"), "prod"),
+        # 2. newidr gives up its spare: its proxy's port is free
+        ("config", "set", "idr:sshBastion", PUBLIC, "newidr"),
+        ("state", "unprotect", URN.format("newidr"), "newidr"),
+        ("config", "rm", "idr:floatingIp", "newidr"),
+        ("up", URN.format("newidr"), "newidr"),
+        # 3. newidr takes the public IP: Neutron moves it in one update
+        ("config", "set", "idr:floatingIp", PUBLIC, "newidr"),
+        ("up", URN.format("newidr"), "newidr"),
+        # how long it answered nothing, in both records
+        ("config", "set", "idrswap:state", json.dumps(measured, sort_keys=True), "prod"),
+        ("config", "set", "idrswap:state", json.dumps(measured, sort_keys=True), "newidr"),
+        # 4. prod forgets its association; retained, the IP stays with newidr
+        ("config", "set", "idr:sshBastion", SPARE, "prod"),
         ("state", "unprotect", URN.format("prod"), "prod"),
         ("config", "rm", "idr:floatingIp", "prod"),
         ("up", URN.format("prod"), "prod"),
-        # 2. take it in the new stack
-        ("config", "set", "idr:sshBastion", PUBLIC, "newidr"),
-        ("state", "unprotect", URN.format("newidr"), "newidr"),
-        ("config", "set", "idr:floatingIp", PUBLIC, "newidr"),
-        ("up", URN.format("newidr"), "newidr"),
-        # 3. give the spare to the old stack
-        ("config", "set", "idr:sshBastion", SPARE, "prod"),
+        # 5. prod takes the spare
         ("config", "set", "idr:floatingIp", SPARE, "prod"),
         ("up", URN.format("prod"), "prod"),
-        ("config", "set", "idrswap:state", RECORD.replace("in-progress", "done"), "prod"),
-        ("config", "set", "idrswap:state", RECORD.replace("in-progress", "done"), "newidr"),
+        ("config", "set", "idrswap:state", json.dumps(dict(measured, status="done"), sort_keys=True), "prod"),
+        ("config", "set", "idrswap:state", json.dumps(dict(measured, status="done"), sort_keys=True), "newidr"),
     ]
-    assert_swapped(world)
-    # Health: the new environment on its spare IP before, the public IP after.
-    assert web.seen == [(SPARE, HEALTH_PATH), (PUBLIC, HEALTH_PATH)]
+    record = assert_swapped(world)
+    assert_only_moves(world)
+    assert record["asked_at"].endswith("Z") and 0 <= record["unbound_seconds"] < 5
+    # Health: the new environment on its spare IP before, the public IP at the move and at the end.
+    assert web.seen == [(SPARE, HEALTH_PATH), (PUBLIC, HEALTH_PATH), (PUBLIC, HEALTH_PATH)]
     out = capsys.readouterr().out
     assert "python -m operations.backup snapshot --stack prod" in out  # the snapshot reminder
+    assert "in the direct order" in out and "one update, step 3" in out
+    assert f"{PUBLIC} answered nothing for at most {record['unbound_seconds']:.1f} s" in out
 
 
 def test_second_run_changes_nothing(world, web, capsys):
@@ -165,27 +205,36 @@ def test_rollback_is_the_same_command_reversed(world, web):
     assert world.neutron == {PUBLIC: "prod-proxy", SPARE: "newidr-proxy"}
     assert world.config("prod")["idr:floatingIp"] == PUBLIC
     assert world.config("newidr")["idr:floatingIp"] == SPARE
-    assert world.association("prod")["protect"] and world.association("newidr")["protect"]
+    for stack in ("prod", "newidr"):
+        assert world.association(stack)["protect"] and not world.association(stack)["retainOnDelete"]
+    back = json.loads(world.config("prod")["idrswap:state"])
+    assert (back["from_stack"], back["to_stack"], back["order"], back["status"]) == ("newidr", "prod", "direct",
+                                                                                    "done")
+    # Both ways, the public IP was unbound only while Neutron moved it.
+    assert [e["why"] for e in world.events if e["ip"] == PUBLIC] == [
+        "move from prod-proxy", "move to newidr-proxy", "move from newidr-proxy", "move to prod-proxy"]
 
 
-def full_run_calls(tmp_path_factory, monkeypatch):
+def full_run_calls(tmp_path_factory, monkeypatch, *extra, refuse=False):
     """Number of `pulumi` calls of an uninterrupted swap."""
     w = install(tmp_path_factory.mktemp("count"), monkeypatch)
     w.add_stack("prod", PUBLIC)
     w.add_stack("newidr", SPARE)
-    web = Web()
+    w.refuse_moves(refuse)
+    web = Web(w)
     try:
-        assert run(w, web) == 0
+        assert run(w, web, *extra) == 0
     finally:
         web.close()
     return len(w.calls)
 
 
 # Reads: select, config and export of each stack (6); the two records (2);
-# step 1: bastion, unprotect, config rm, up (+ the API's outputs x2 and history
-# after every up) (7); step 2: the same with config set (7); step 3: bastion,
-# config set, up + 3 (6); the two records (2).
-FULL_RUN_CALLS = 30  # checked by test_every_failure_point_is_covered
+# step 1: up (+ the API's outputs x2 and history after every up) and export to
+# see the flag (5); step 2: bastion, unprotect, config rm, up + 3 (7); step 3:
+# config set, up + 3, the two measured records (7); step 4 as step 2 (7);
+# step 5: config set, up + 3 (5); the two records (2).
+FULL_RUN_CALLS = 41  # checked by test_every_failure_point_is_covered
 READS = 6
 
 
@@ -193,11 +242,9 @@ def test_every_failure_point_is_covered(tmp_path_factory, monkeypatch):
     assert full_run_calls(tmp_path_factory, monkeypatch) == FULL_RUN_CALLS
 
 
-@pytest.mark.parametrize("after", [False, True], ids=["fails-before-its-work", "fails-after-its-work"])
-@pytest.mark.parametrize("n", range(1, FULL_RUN_CALLS + 1))
-def test_failure_at_any_call_then_rerun_finishes(world, web, capsys, n, after):
+def fail_then_finish(world, web, capsys, n, after, *extra):
     world.fail_at(n, after=after)
-    first = run(world, web)
+    first = run(world, web, *extra)
     err = capsys.readouterr().err
     world.fail_at(None)
     assert first == 2, err
@@ -207,8 +254,17 @@ def test_failure_at_any_call_then_rerun_finishes(world, web, capsys, n, after):
     # Whatever happened, the public IP is never bound to two stacks' ports and
     # never lost to a port of neither stack.
     assert set(world.neutron.values()) <= {"prod-proxy", "newidr-proxy"}
-    assert run(world, web) == 0, capsys.readouterr().err
-    assert_swapped(world)
+    assert run(world, web, *extra) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["fails-before-its-work", "fails-after-its-work"])
+@pytest.mark.parametrize("n", range(1, FULL_RUN_CALLS + 1))
+def test_failure_at_any_call_then_rerun_finishes(world, web, capsys, n, after):
+    fail_then_finish(world, web, capsys, n, after)
+    record = assert_swapped(world)
+    # The public IP left prod's proxy only by one Neutron update, whatever failed.
+    assert_only_moves(world)
+    assert record["asked_at"], "when OpenStack was asked is kept across the failure"
 
 
 def test_refuses_when_new_environment_is_unhealthy(world, web, capsys):
@@ -232,15 +288,19 @@ def test_refuses_when_config_and_openstack_disagree(world, web, capsys):
 def test_refuses_when_public_ip_is_not_on_the_old_proxy(world, web, capsys):
     world.set_neutron(PUBLIC, None)
     assert run(world, web) == 2
-    assert "prod should hold 127.0.0.11" in capsys.readouterr().err
+    assert f"prod's state holds {PUBLIC} but OpenStack shows it free" in capsys.readouterr().err
     assert mutating(world) == []
 
 
-def test_refuses_without_spare_ip(tmp_path, monkeypatch, web, capsys):
+def test_refuses_without_spare_ip(tmp_path, monkeypatch, capsys):
     w = install(tmp_path, monkeypatch)
     w.add_stack("prod", PUBLIC)
     w.add_stack("newidr", "", {"idr:sshBastion": "198.51.100.7"})
-    assert run(w, web) == 2
+    web = Web(w)
+    try:
+        assert run(w, web) == 2
+    finally:
+        web.close()
     assert "newidr holds no spare floating IP" in capsys.readouterr().err
     assert mutating(w) == []
 
@@ -257,13 +317,12 @@ def test_asks_for_confirmation(world, web, monkeypatch, capsys):
     assert_swapped(world)
 
 
-def call_number(world, web, short) -> int:
+def call_number(world, web, short, *extra) -> int:
     """Number of the call of an uninterrupted swap (on a copy of this world) with this Call.short()."""
-    import shutil
     copy = world.home.parent / "copy"
     shutil.copytree(world.home, copy)
     try:
-        assert run(world, web) == 0
+        assert run(world, web, *extra) == 0
         return 1 + [c.short() for c in world.parsed].index(short)
     finally:
         shutil.rmtree(world.home)
@@ -271,9 +330,8 @@ def call_number(world, web, short) -> int:
 
 
 def test_reverse_command_midway_says_finish_first(world, web, capsys):
-    n = call_number(world, web, ("up", URN.format("newidr"), "newidr"))
-    assert n == READS + 2 + 7 + 4  # the `up` of step 2: after the records, step 1, three calls of step 2
-    world.fail_at(n)
+    n = call_number(world, web, ("up", URN.format("prod"), "prod"))
+    world.fail_at(n + 12)  # within step 2
     assert run(world, web) == 2
     world.fail_at(None)
     capsys.readouterr()
@@ -301,20 +359,47 @@ def test_same_stack_twice_is_refused(world, web, capsys):
 
 def test_guard_of_stand_in_matches_the_danger(world):
     """The stand-in reproduces why the order matters: taking an IP another
-    proxy holds is refused, and a delete unbinds the IP wherever it is."""
+    proxy holds is refused without a swap record, and Neutron binds one
+    floating IP per fixed IP."""
     import subprocess
-    world.config("newidr")
-    subprocess.run(["pulumi", "config", "set", "idr:floatingIp", PUBLIC, "-s", "newidr"], check=True)
-    subprocess.run(["pulumi", "state", "unprotect", URN.format("newidr"), "-s", "newidr", "--yes"], check=True)
-    refused = subprocess.run(["pulumi", "up", "--policy-pack", "policy", "--target", URN.format("newidr"),
-                              "-s", "newidr", "--yes"],
-                             capture_output=True, text=True)
+
+    def pulumi(*args):
+        return subprocess.run(["pulumi", *args], capture_output=True, text=True)
+
+    assert pulumi("config", "set", "idr:floatingIp", PUBLIC, "-s", "newidr").returncode == 0
+    assert pulumi("state", "unprotect", URN.format("newidr"), "-s", "newidr", "--yes").returncode == 0
+    up = ("up", "--policy-pack", "policy", "--target", URN.format("newidr"), "-s", "newidr")
+    refused = pulumi(*up, "--yes")
     assert refused.returncode == 1 and "is held by port prod-proxy" in refused.stderr
+    # Non-interactive, the CLI proceeds only with --yes or --skip-preview.
+    assert "--yes or --skip-preview must be passed in" in pulumi(*up).stderr
+    # With a direct swap's record the move is allowed, but not onto a port that holds an IP.
+    record = json.loads(RECORD)
+    assert pulumi("config", "set", "idrswap:state", json.dumps(record), "-s", "newidr").returncode == 0
+    world.set_neutron(SPARE, "newidr-proxy")
+    state = world.stack("newidr")
+    state["resources"] = [r for r in state["resources"] if "floatingIpAssociate" not in r["type"]]
+    world.save_stack("newidr", state)
+    taken = pulumi(*up, "--yes")
+    assert taken.returncode == 1 and "FloatingIPPortAlreadyAssociated" in taken.stderr
+    assert world.neutron[PUBLIC] == "prod-proxy"
+    world.set_neutron(SPARE, None)
+    assert pulumi(*up, "--skip-preview").returncode == 0
+    assert world.neutron == {PUBLIC: "newidr-proxy"}
+    assert world.unbound_spans(PUBLIC) and max(world.unbound_spans(PUBLIC)) < 1
 
 
 def test_error_is_operation_error():
     with pytest.raises(OperationError):
         swap.Record.load("not json")
+    with pytest.raises(OperationError):
+        swap.Record.load(RECORD.replace('"direct"', '"sideways"'))
+
+
+def test_records_of_earlier_versions_still_load():
+    old = json.dumps({"from_stack": "prod", "to_stack": "newidr", "public_ip": PUBLIC, "spare_ip": SPARE,
+                      "status": "in-progress"})
+    assert swap.Record.load(old).order == "release-first"
 
 
 def test_urn_matches_the_program(prod_run):
@@ -344,22 +429,47 @@ def test_documented_commands_exist():
             assert flag in helps[module], f"{module}: {flag}"
 
 
+def follow(lines: str) -> None:
+    """Run printed `pulumi ...` lines in the stand-in (through bash: a line
+    may be `a || b`), non-interactive as the stand-in is: with --yes where an
+    operator's terminal would ask instead."""
+    import shlex
+    import subprocess
+    for line in lines.splitlines():
+        line = line.strip()
+        if not line.startswith("pulumi "):
+            continue
+        parts = []
+        for part in line.split(" || "):
+            words = shlex.split(part, comments=True)
+            if words[1] in ("up", "destroy") or words[1:3] in (["state", "unprotect"], ["stack", "rm"]):
+                words.append("--yes")
+            parts.append(shlex.join(words))
+        subprocess.run(["bash", "-c", " || ".join(parts)], check=True)
+
+
 def test_unhealthy_after_release_says_how_to_go_back(world, web, capsys):
-    n = call_number(world, web, ("state", "unprotect", URN.format("newidr"), "newidr"))
-    world.fail_at(n)  # step 2 begins (unprotect): prod has released the public IP
-    assert run(world, web) == 2
+    """In the release-first order the public IP is released before newidr
+    takes it; found unhealthy then, the printed commands give it back."""
+    n = call_number(world, web, ("config", "set", "idr:floatingIp", PUBLIC, "newidr"), "--release-first")
+    world.fail_at(n)  # step 3 begins: prod has released the public IP
+    assert run(world, web, "--release-first") == 2
     world.fail_at(None)
+    assert PUBLIC not in world.neutron
     web.status[SPARE] = 500
+    # The spare went first, so the new environment cannot be checked any more:
+    # it was checked before the public IP was released, and the swap goes on.
     capsys.readouterr()
+    world.set_neutron(SPARE, "newidr-proxy")  # as it would be in earlier versions' order
+    state = world.stack("newidr")
+    state["config"]["idr:floatingIp"] = SPARE
+    state["resources"].append({"urn": URN.format("newidr"), "type": swap.ASSOCIATION_TYPE, "protect": True,
+                               "retainOnDelete": False, "inputs": {"floatingIp": SPARE}})
+    world.save_stack("newidr", state)
     assert run(world, web) == 2
     err = capsys.readouterr().err
     assert "prod has already released 127.0.0.11" in err
-    # Following the printed commands puts the public IP back on prod.
-    import shlex
-    import subprocess
-    for line in err.splitlines():
-        if line.startswith("  pulumi "):
-            subprocess.run(shlex.split(line.strip()) + ["--yes"] * ("up" in line.split()), check=True)
+    follow(err)
     assert world.neutron[PUBLIC] == "prod-proxy"
     assert "idrswap:state" not in world.config("prod") and "idrswap:state" not in world.config("newidr")
 
@@ -367,7 +477,7 @@ def test_unhealthy_after_release_says_how_to_go_back(world, web, capsys):
 def test_refuses_when_new_state_lacks_association(world, web, capsys):
     state = world.stack("newidr")
     state["resources"] = [r for r in state["resources"] if "floatingIpAssociate" not in r["type"]]
-    (world.home / "stacks" / "newidr.json").write_text(json.dumps(state))
+    world.save_stack("newidr", state)
     assert run(world, web) == 2
     assert "newidr's Pulumi state has no floating-IP association" in capsys.readouterr().err
     assert mutating(world) == []

@@ -37,6 +37,25 @@ def _describe(resource) -> str:
     return f"{resource.type}\t{resource.name}\t{json.dumps(props, sort_keys=True)}\t{' '.join(flags)}".rstrip()
 
 
+def _command_host(recording: Recording, res) -> str:
+    """The host a remote command runs its script on: its HostFiles
+    component's host, else the host whose fixed address it connects to
+    (through the proxy), else the proxy itself, reached without a jump."""
+    parent = recording.by_urn(res.options.parent) if res.options.parent else None
+    if parent is not None and parent.type == HOSTFILES_TYPE:
+        return parent.inputs["host"]
+    connection = res.inputs.get("connection") or {}
+    hosts = recording.outputs.get("hosts") or []
+    by_address = {h["fixedIp"]: h["name"] for h in hosts}
+    if connection.get("host") in by_address:
+        return by_address[connection["host"]]
+    proxies = [h["name"] for h in hosts if h["role"] == "proxy"]
+    if not connection.get("proxy") and len(proxies) == 1:
+        return proxies[0]
+    raise SystemExit(f"cannot tell which host remote command {res.name} runs on "
+                     f"(connection to {connection.get('host')!r})")
+
+
 def write_tree(recording: Recording, outdir: Path) -> list[Path]:
     """Write the recording's host files; returns the paths written."""
     written = []
@@ -51,12 +70,10 @@ def write_tree(recording: Recording, outdir: Path) -> list[Path]:
             target.chmod(int(f["mode"], 8))
             written.append(target)
     for res in recording.of_type("command:remote:Command"):
-        parent = recording.by_urn(res.options.parent) if res.options.parent else None
-        if parent is not None and parent.type == HOSTFILES_TYPE:
-            target = outdir / parent.inputs["host"] / ".commands" / f"{res.name}.sh"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(res.inputs["stdin"])
-            written.append(target)
+        target = outdir / _command_host(recording, res) / ".commands" / f"{res.name}.sh"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(res.inputs.get("stdin") or res.inputs.get("create") or "")
+        written.append(target)
     # What runs on the operator's machine (the deployment playbooks).
     for res in recording.of_type("command:local:Command"):
         target = outdir / "local" / ".commands" / f"{res.name}.sh"
