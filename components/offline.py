@@ -109,6 +109,14 @@ def effective_config(stack: str, overrides: Optional[dict] = None,
 _SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's wire marker for special values
 
 
+def _holds_secret(value: Any) -> bool:
+    if isinstance(value, dict):
+        return (_SIG in value and "value" in value) or any(_holds_secret(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_secret(v) for v in value)
+    return False
+
+
 def _unwrap(value: Any) -> Any:
     """Inputs with secrets in them arrive wrapped; tests and the render read
     the plain value (offline, the secret is only a placeholder)."""
@@ -143,6 +151,7 @@ class RecordedResource:
     state: dict
     options: Options
     id: str = ""
+    secret_inputs: frozenset = frozenset()   # inputs that hold a secret (the render never writes them out)
 
 
 @dataclass
@@ -238,9 +247,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             return response
         urn = response.urn
         state = self.resources[urn].state if urn in self.resources else {}
+        inputs = rpc.deserialize_properties(request.object)
         self.recording.resources.append(RecordedResource(
             type=request.type, name=request.name, urn=urn, custom=bool(request.custom),
-            inputs=_unwrap(rpc.deserialize_properties(request.object)), state=_unwrap(state), id=response.id,
+            inputs=_unwrap(inputs), state=_unwrap(state), id=response.id,
+            secret_inputs=frozenset(k for k, v in inputs.items() if _holds_secret(v)),
             options=Options(
                 protect=bool(getattr(request, "protect", False)),
                 delete_before_replace=bool(request.deleteBeforeReplace),

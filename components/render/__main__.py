@@ -70,6 +70,8 @@ def write_tree(recording: Recording, outdir: Path) -> list[Path]:
             target.chmod(int(f["mode"], 8))
             written.append(target)
     for res in recording.of_type("command:remote:Command"):
+        if res.secret_inputs & {"stdin", "create"}:
+            continue   # a secret's step (the TLS key): never written out, even as a placeholder
         target = outdir / _command_host(recording, res) / ".commands" / f"{res.name}.sh"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(res.inputs.get("stdin") or res.inputs.get("create") or "")
