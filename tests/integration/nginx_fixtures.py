@@ -177,6 +177,18 @@ class StubBackend:
 
 # ---------------------------------------------------------------- stub OMERO (TCP)
 
+class _TcpServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _serve_tcp(host: str, handler) -> tuple[socketserver.ThreadingTCPServer, str]:
+    """A threaded TCP stub on a free port of `host`, serving in the background."""
+    server = _TcpServer((host, 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server, f"{host}:{server.server_address[1]}"
+
+
 class OmeroStub:
     """A TCP server standing for one OMERO port of one server: says its name
     on connect ("omeroreadonly-2:4064"), then echoes what it receives."""
@@ -194,15 +206,7 @@ class OmeroStub:
                 except OSError:
                     pass
 
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self.server = Server((host, 0), Handler)
-        self.address = f"{host}:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
+        self.server, self.address = _serve_tcp(host, Handler)
 
     def stop(self):
         self.server.shutdown()
@@ -288,15 +292,7 @@ class WebSocketStub:
                 except (OSError, ValueError):
                     pass
 
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self.server = Server((host, 0), Handler)
-        self.address = f"{host}:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
+        self.server, self.address = _serve_tcp(host, Handler)
 
     def stop(self):
         self.server.shutdown()
