@@ -79,7 +79,7 @@ class BfCache(pulumi.ComponentResource):
                 pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on) + [keygen]))
 
         # A bump re-runs the steps that wait for the deployment playbooks' software.
-        deployment = [s.deployment.generation]
+        deployment = [s.deployment_generation]
         ready = []
         for node in render.nodes(s):
             host = next(h for h in s.hosts if h.name == node.name)

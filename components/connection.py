@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pulumi_command as command
 
-from .settings import Host, Settings
+from .layout import Host
+from .settings import Settings
 
 # A new server answers SSH a minute or two after OpenStack calls it ACTIVE.
 DIAL = {"dial_error_limit": 40, "per_dial_timeout": 15}

@@ -33,7 +33,7 @@ class Database(pulumi.ComponentResource):
                           instance_id=args.instance_ids.get(host.name),
                           # Again after the playbooks run again (or, with the
                           # step off, once PostgreSQL is installed by hand).
-                          triggers=[s.deployment.generation]),
+                          triggers=[s.deployment_generation]),
             pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
         )
         self.register_outputs({"host": host.name, "statementTimeoutMs": s.statement_timeout_ms})

@@ -16,7 +16,8 @@ import pulumi_command as command
 from .hostfiles import digest
 from .render import deployment as render
 from .render.inventory import inventory
-from .settings import PROJECT_DIR, Settings
+from .settings import Settings
+from .validators import PROJECT_DIR
 
 TYPE = "idr:deployment:Deployment"
 # A change of what only reaches the hosts (bastion address, key, host key,
@@ -35,13 +36,13 @@ class DeploymentArgs:
 class Deployment(pulumi.ComponentResource):
     def __init__(self, name: str, args: DeploymentArgs, opts: Optional[pulumi.ResourceOptions] = None):
         s = args.settings
-        super().__init__(TYPE, name, {"enabled": s.deployment.enabled}, opts)
+        super().__init__(TYPE, name, {"enabled": s.deployment_enabled}, opts)
         self.command: Optional[command.local.Command] = None
-        if not s.deployment.enabled:
+        if not s.deployment_enabled:
             self.register_outputs({"enabled": False})
             return
         script = render.run_script(s, name)
-        secret_vars = s.deployment.secret_vars
+        secret_vars = s.deployment_secret_vars
         environment = {
             "IDR_INVENTORY": inventory(s),
             "IDR_SSH_BASTION": s.ssh_bastion,
@@ -71,4 +72,4 @@ class Deployment(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on),
                                         additional_secret_outputs=["stdout", "stderr"]),
         )
-        self.register_outputs({"enabled": True, "playbooks": list(s.deployment.playbooks)})
+        self.register_outputs({"enabled": True, "playbooks": list(s.deployment_playbooks)})

@@ -16,7 +16,8 @@ import pulumi_command as command
 from .connection import connection_for
 from .render import HostFile
 from .render.hostfiles import install_script
-from .settings import Host, Settings
+from .layout import Host
+from .settings import Settings
 
 TYPE = "idr:host:HostFiles"
 

@@ -8,8 +8,8 @@ from typing import Optional
 import pulumi
 import pulumi_openstack as openstack
 
-from .settings import (PROXY_OMERO_PORT_RANGE, PROXY_PUBLIC_TCP_PORTS, RSYNC_PORT, SSH_PORT,
-                       ConfigError, Settings)
+from .layout import PROXY_OMERO_PORT_RANGE, PROXY_PUBLIC_TCP_PORTS, RSYNC_PORT, SSH_PORT
+from .settings import ConfigError, Settings
 
 ANYWHERE = "0.0.0.0/0"
 

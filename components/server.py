@@ -12,7 +12,8 @@ from .hostfiles import HostFiles, HostFilesArgs
 from .network import Network
 from .render.host import cloud_config, mount_command, mount_script
 from .render.inventory import host_groups
-from .settings import Host, Settings
+from .layout import Host
+from .settings import Settings
 from .storage import DataVolume
 
 

@@ -11,7 +11,8 @@ from typing import Optional
 import pulumi
 import pulumi_openstack as openstack
 
-from .settings import ConfigError, Host, Settings
+from .layout import Host
+from .settings import ConfigError, Settings
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Typed validators for pydantic models of config as the Pulumi CLI passes it.
+"""What each kind of idr: config value allows: pydantic types (Annotated
+aliases) and their validators, used by the model in components/settings.py.
 
 A validator raises `NotAllowed(allowed, value)`: what is allowed, and the
 value the message names. A pydantic constraint of its own
@@ -12,11 +13,24 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, get_origin
 
+import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 
+from .layout import OMERO_ROLES, READONLY_BASE, ROLES
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+# Tenant subnets: RFC 1918 only (no link-local, loopback, multicast or public space).
+PRIVATE_NETWORKS = tuple(IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+# Playbooks this program must not run: the first formats and mounts volumes
+# (the program does that, by volume ID); the second is not idempotent.
+REFUSED_PLAYBOOKS = {"idr-00-preinstall.yml": "it formats and mounts volumes, which this program does itself",
+                     "idr-03-postinstall.yml": "it is not idempotent and pulumi up re-runs the step"}
+_SIZE_RE = re.compile(r"^([1-9][0-9]*)([kmg])$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _WHOLE = re.compile(r"^[+-]?[0-9]+$")
@@ -186,3 +200,173 @@ def first_error(error: ValidationError, fields: dict[str, FieldInfo]) -> tuple[s
     allowed = next((m.text for m in fields[key].metadata if isinstance(m, Allowed)),
                    KIND_ALLOWED[kind(fields[key].annotation)])
     return key, first["input"], allowed
+
+
+@dataclass(frozen=True)
+class CacheZone:
+    name: str
+    size: str
+
+    @property
+    def bytes(self) -> int:
+        number, unit = _SIZE_RE.match(self.size).groups()
+        return int(number) * {"k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+# --------------------------------------------------------------------------
+# What one key allows. A validator raises NotAllowed(allowed, value).
+
+def cloud_name(what: str, allow_empty: bool = False) -> Any:
+    """A name OpenStack looks up (network, image, flavor): not blank, no
+    surrounding spaces or control characters (an empty name matches anything)."""
+    return Annotated[str, check(lambda v: (allow_empty and v == "") or (v.strip() == v != "" and not CONTROL.search(v)),
+                                f"{what}: not empty, without leading or trailing spaces or control characters"
+                                + (", or empty" if allow_empty else ""))]
+
+
+def _private(value: str) -> str:
+    subnet = IPv4Network(value)
+    if not any(subnet.subnet_of(n) for n in PRIVATE_NETWORKS):
+        what = ("link-local" if subnet.is_link_local else "loopback" if subnet.is_loopback
+                else "multicast" if subnet.is_multicast else "not RFC 1918")
+        raise NotAllowed("a private network inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16 (RFC 1918); "
+                         f"this one is {what}", value)
+    return value
+
+
+def _public_key(value: str) -> str:
+    if not value.strip():
+        raise NotAllowed("an OpenSSH public key line '<type> <base64> [comment]' (required: the key installed for "
+                         "sshUser on every host)", value)
+    ssh_public_key(value)
+    return value.strip()
+
+
+def _other_stack(value: str, info) -> str:
+    if value and value.split("/")[-1] == info.context["stack"]:
+        raise NotAllowed("another stack than this one", value)
+    return value
+
+
+def _zones(items: list[str]) -> tuple[CacheZone, ...]:
+    zones: dict[str, CacheZone] = {}
+    for item in items:
+        name, sep, size = item.partition("=")
+        if not sep or not re.fullmatch(r"^[a-z][a-z0-9_]{0,31}$", name) or not _SIZE_RE.fullmatch(size):
+            raise NotAllowed("entries 'name=size' with a lower-case name and a size such as 200m or 10g", item)
+        if name in zones:
+            raise NotAllowed(f"each zone at most once ({name} is repeated)", item)
+        zones[name] = CacheZone(name, size)
+    if "default" not in zones:
+        raise NotAllowed("a zone named 'default' among them (it caches what no other zone does)" if zones
+                         else "at least one cache zone", items)
+    return tuple(zones.values())
+
+
+def _chain(value: str) -> str:
+    chain = value.strip()
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----", chain)
+    if chain and (not blocks or "".join(blocks).count("BEGIN") != chain.count("-----BEGIN")):
+        raise NotAllowed("PEM certificates only ('-----BEGIN CERTIFICATE-----' blocks, server certificate first); the "
+                         "private key goes in the secret idr:tlsPrivateKey", chain[:60] + ("..." if len(chain) > 60 else ""))
+    return chain and chain + "\n"
+
+
+def _cookie(value: str, info) -> str:
+    name = value.strip() or f"sessionid_{info.data.get('environment')}"
+    if not re.fullmatch(r"^[A-Za-z0-9_.-]{1,64}$", name):
+        raise NotAllowed("a cookie name of letters, digits, _ . - (at most 64), or empty for sessionid_<environment>", value)
+    return name
+
+
+def _playbooks(names: list[str]) -> tuple[str, ...]:
+    for name in names:
+        if not re.fullmatch(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.ya?ml$", name):
+            raise NotAllowed("file names of playbooks in the checkout's ansible/ directory, ending in .yml or .yaml, "
+                             "without '/'", name)
+        if name in REFUSED_PLAYBOOKS:
+            raise NotAllowed(f"not {name}: {REFUSED_PLAYBOOKS[name]}", name)
+    if len(set(names)) != len(names):
+        raise NotAllowed("each playbook once", names)
+    return tuple(names)
+
+
+def project_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_DIR / path
+
+
+def _checkout(value: str) -> str:
+    if value and not (project_path(value) / "ansible").is_dir():
+        raise NotAllowed(f"a checkout of IDR/deployment: a directory with an ansible/ directory in it "
+                         f"({project_path(value) / 'ansible'} is not a directory)", value)
+    return value
+
+
+def _vars_file(value: str) -> str:
+    if not value.strip():
+        return ""
+    try:
+        loaded = yaml.safe_load(project_path(value.strip()).read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise NotAllowed(f"a readable YAML file ({error.strerror if isinstance(error, OSError) else 'not text'})",
+                         value) from None
+    except yaml.YAMLError:
+        raise NotAllowed("a YAML file of variables (this one does not parse)", value) from None
+    if not isinstance(loaded, dict):
+        raise NotAllowed("a YAML mapping of variable names to values", value)
+    return value.strip()
+
+
+# The value types the model's fields name.
+Environment = Annotated[matching(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$", "2 to 32 lower-case letters, digits and dashes, starting "
+                                 "with a letter (it prefixes host names); empty means the stack name"),
+                        BeforeValidator(lambda v, info: v or info.context["stack"])]
+Subnet = Annotated[str, AfterValidator(ipv4_network), AfterValidator(_private), check(
+    lambda v: IPv4Network(v).num_addresses >= READONLY_BASE + 3,
+    f"a /25 or larger network: read-only hosts take fixed addresses from .{READONLY_BASE + 1} up")]
+ImageMap = Annotated[dict[str, str], name_map(ROLES, lambda s: s.strip() or None, "image")]
+Flavor = cloud_name("a flavor name")
+CloudToken = r"^[A-Za-z0-9._:-]*$"  # availability zones, volume types
+User = matching(r"^[a-z_][a-z0-9_-]{0,31}$", "a POSIX login name such as rocky: 1 to 32 lower-case letters, digits, _ and -, "
+                "starting with a letter or _")
+# Empty: floatingIp (build_settings), and kept as given to name it if that is empty too.
+Bastion = Annotated[str, AfterValidator(
+    lambda v: ip_or_dns_name(v.strip(), "an IP address or DNS host name of the proxy") if v.strip() else v)]
+# pulumi-command parses host_key with Go's ssh.ParseAuthorizedKey: hand it
+# exactly '<type> <base64>' whatever form (keyscan line, comment) was given.
+HostKey = Annotated[str, AfterValidator(lambda v: ssh_public_key(v, host_prefix=True) if v.strip() else "")]
+Cidrs = Annotated[tuple[Annotated[str, AfterValidator(ipv4_network)], ...],
+                  required("at least one CIDR (SSH to the bastion is how the program configures hosts)")]
+OpenStackId = Annotated[matching(r"^$|^[0-9a-fA-F-]{8,64}$", "an OpenStack ID (hex digits and dashes)"), Stripped]
+Size, SourceSize, Generation = whole(1, 65536, " (GB)"), whole(0, 65536, " (GB, 0 when unknown)"), whole(0, 10**9)
+StackName = Annotated[matching(r"^$|^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$", "a stack name such as 'prod' or "
+                               "'organization/idr/prod'"), Stripped, AfterValidator(_other_stack)]
+DnsName = Annotated[str, check(is_dns_name, "a DNS host name such as idr.openmicroscopy.org: dot-separated labels of "
+                               "letters, digits and dashes, no label empty or starting or ending with a dash")]
+Duration = matching(r"^[1-9][0-9]*(ms|s|m|h|d|w|M|y)$", "an nginx time such as 1d, 12h or 180d")
+FilePath = Annotated[str, check(is_file_path, "an absolute path of a file without spaces, quotes, '..', control or shell "
+                                "characters")]
+Slots = Annotated[dict[str, int], name_map(OMERO_ROLES, lambda s: int(s) if s.isdecimal() and 1 <= int(s) <= 64 else None,
+                                           "N', N from 1 to 64"), AfterValidator(lambda m: m | {r: 1 for r in OMERO_ROLES if r not in m})]
+GitUrl = Annotated[matching(r"^(https://|ssh://|git@|file://|/)[\x21-\x7e]+$", "a git URL (https://, ssh://, git@host:path, "
+                            "file:// or an absolute path)"), Stripped]
+GitRef = Annotated[str, Stripped, check(lambda v: not v or re.fullmatch(r"^(?![-/.])(?!.*\.\.)[A-Za-z0-9_./-]{1,200}(?<![/.])$", v),
+                                        "a commit hash or tag name (letters, digits, . _ / -)")]
+UrlPath = matching(r"^/[\x21-\x7e]*$", "a URL path starting with / of printable ASCII, without spaces or control characters "
+                   "(percent-encode them)")
+Ipv4s = tuple[Annotated[str, AfterValidator(ipv4)], ...]
+FloatingIp = Annotated[str, AfterValidator(lambda v: ipv4(v.strip(), allow_empty=True))]
+AvailabilityZone = matching(CloudToken, "an availability zone name of letters, digits and . _ : - only, or empty for the "
+                            "cloud's default")
+VolumeType = matching(CloudToken, "a volume type name of letters, digits and . _ : - only, or empty for the cloud's default")
+PublicKey = Annotated[str, AfterValidator(_public_key)]
+CacheZones = Annotated[tuple[CacheZone, ...], BeforeValidator(_zones)]
+CertificateChain = Annotated[str, AfterValidator(_chain)]
+CookieName = Annotated[str, AfterValidator(_cookie)]
+Release = matching(r"^[0-9]+(\.[0-9]+){1,3}$", "a release number such as 0.8.1")
+PgIdentifier = matching(r"^[a-z_][a-z0-9_]{0,62}$", "a PostgreSQL identifier in lower case")
+Checkout = Annotated[str, Stripped, AfterValidator(_checkout)]
+Playbooks = Annotated[tuple[str, ...], BeforeValidator(_playbooks),
+                      required('at least one playbook, e.g. ["idr-01-install-idr.yml"]')]
+VarsFile = Annotated[str, AfterValidator(_vars_file)]

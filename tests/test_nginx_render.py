@@ -13,7 +13,8 @@ from components.offline import Recording, run_mocked
 from components.proxy import Proxy, ProxyArgs
 from components.render import nginx as render
 from components.render.hostfiles import install_script
-from components.settings import PROXY_OMERO_PORT_RANGE, PROXY_PUBLIC_TCP_PORTS, SSH_PORT, ConfigError, build_settings
+from components.layout import PROXY_OMERO_PORT_RANGE, PROXY_PUBLIC_TCP_PORTS, SSH_PORT
+from components.settings import ConfigError, build_settings
 from tests.tools import tool
 
 BASE = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10",

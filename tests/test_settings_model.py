@@ -79,5 +79,5 @@ def test_settings_stays_a_dataclass_that_replace_does_not_validate_again():
 def test_secrets_are_passed_through_untouched():
     opaque = object()  # as a pulumi.Output would be
     s = settings(secret=lambda name: opaque)
-    assert s.ssh_private_key is opaque and s.deployment.secret_vars is opaque
+    assert s.ssh_private_key is opaque and s.deployment_secret_vars is opaque
     assert s.tls_private_key is None  # no certificate chain: the key is not used

@@ -25,7 +25,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..settings import DATA_VOLUME_MOUNTS, Host
+from ..layout import DATA_VOLUME_MOUNTS, Host
 from . import HostFile, render_template
 
 LIBEXEC = "/usr/local/libexec/idr-bfcache"
@@ -224,7 +224,7 @@ def node_files(settings, host) -> list[HostFile]:
             "bfcache/node-setup.sh.j2", host=host.name, user=settings.ssh_user,
             omero_bin=settings.omero_bin, generation=settings.bfcache_generation,
             version=settings.omero_cli_render_version, ready_file=NODE_READY, ready=ready_marker(settings),
-            deployment_enabled=settings.deployment.enabled, waiting=waiting_line("omero", host.name)), "0755"),
+            deployment_enabled=settings.deployment_enabled, waiting=waiting_line("omero", host.name)), "0755"),
     ]
 
 
@@ -241,7 +241,7 @@ def database_files(settings) -> list[HostFile]:
             "bfcache/ids.sh.j2", host=database.name, database=settings.database_name, sql_path=SQL_PATH,
             subset_sql_path=SUBSET_SQL_PATH, kinds=SUBSET_KINDS), "0755"),
         HostFile(f"{LIBEXEC}/db-setup.sh", render_template(
-            "bfcache/db-setup.sh.j2", host=database.name, deployment_enabled=settings.deployment.enabled,
+            "bfcache/db-setup.sh.j2", host=database.name, deployment_enabled=settings.deployment_enabled,
             waiting=waiting_line("psql", database.name)), "0755"),
     ]
 

@@ -16,7 +16,7 @@ def statement_timeout_sql(settings: Settings) -> str:
 
 def apply_script(settings: Settings) -> str:
     return render_template("database/apply-sql.sh.j2", host=settings.host("database").name, script=APPLY_SCRIPT,
-                           wait_for_software=not settings.deployment.enabled)
+                           wait_for_software=not settings.deployment_enabled)
 
 
 def database_files(settings: Settings) -> list[HostFile]:

@@ -3,7 +3,8 @@ the data-volume mount script."""
 from __future__ import annotations
 
 from . import HostFile, render_template
-from ..settings import Host, Settings
+from ..layout import Host
+from ..settings import Settings
 
 MOUNT_SCRIPT = "/usr/local/sbin/idr-mount-volume"
 HOSTS_SCRIPT = "/usr/local/sbin/idr-hosts-block"

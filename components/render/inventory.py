@@ -13,7 +13,8 @@ inventories agree.
 from __future__ import annotations
 
 from . import render_template
-from ..settings import Host, Settings
+from ..layout import Host
+from ..settings import Settings
 
 # Groups (without prefix) a role's hosts belong to, besides `<role>-hosts`.
 EXTRA_GROUPS = {

@@ -11,7 +11,8 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from ..settings import DATA_VOLUME_MOUNTS, PROXY_OMERO_PORT_RANGE, Settings
+from ..layout import DATA_VOLUME_MOUNTS, PROXY_OMERO_PORT_RANGE
+from ..settings import Settings
 from . import HostFile, render_template
 
 # Where things live on the proxy (Rocky Linux 9 nginx package layout).

@@ -1,0 +1,70 @@
+"""The environment's layout: which hosts exist, their names, fixed addresses
+and data volumes, and the proxy's public ports. Pure: derived from valid
+settings (components/settings.py) and nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+# Roles as the operators' page names them; order is the order hosts are listed.
+ROLES = ("proxy", "omeroreadwrite", "database", "omeroreadonly", "dockermanager")
+OMERO_ROLES = ("omeroreadwrite", "omeroreadonly")
+# Data volumes: which host holds which, and where it is mounted.
+DATA_VOLUME_MOUNTS = {"omeroreadwrite": "/data", "database": "/var/lib/pgsql", "proxy": "/var/cache/nginx"}
+VOLUME_KEYS = ("size", "from_volume", "from_snapshot", "source_size")  # <role>_volume_<key> settings
+# Fixed addresses inside the environment's subnet, so every rendered file
+# (nginx upstreams, /etc/hosts) is a pure function of config and a host keeps
+# its address for life. omeroreadonly-n gets READONLY_BASE + n.
+FIXED_HOST_OFFSETS = {"proxy": 10, "omeroreadwrite": 11, "database": 12, "dockermanager": 13}
+READONLY_BASE = 100
+# External ports of the proxy (from the page and production).
+PROXY_PUBLIC_TCP_PORTS = (80, 443, 4063, 4064)
+PROXY_OMERO_PORT_RANGE = (14060, 14079)
+RSYNC_PORT = 873
+SSH_PORT = 22
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    role: str
+    mount: str
+    size: int
+    from_volume: str = ""
+    from_snapshot: str = ""
+    source_size: int = 0
+    from_stack: bool = False  # source comes from cloneFromStack's outputs
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str        # <env>-<role>[-n]
+    role: str
+    alias: str       # <role>[-n]
+    fixed_ip: str
+    flavor: str
+    image: str
+    index: int = 0   # n for omeroreadonly, else 0
+    volume: Optional[VolumeSpec] = None
+
+
+def hosts(s: "Settings") -> tuple[Host, ...]:
+    subnet, out = IPv4Network(s.subnet_cidr), []
+    for role in ROLES:
+        image, flavor = s.image_overrides.get(role, s.image), getattr(s, f"{role}_flavor")
+        if role == "omeroreadonly":
+            out += [Host(f"{s.environment}-{role}-{n}", role, f"{role}-{n}", str(subnet.network_address + READONLY_BASE + n),
+                         flavor, image, n) for n in range(1, s.omeroreadonly_count + 1)]
+            continue
+        volume = None
+        if role in DATA_VOLUME_MOUNTS:
+            size, from_volume, from_snapshot, source = (getattr(s, f"{role}_volume_{k}") for k in VOLUME_KEYS)
+            volume = VolumeSpec(role, DATA_VOLUME_MOUNTS[role], size, from_volume, from_snapshot, source,
+                                from_stack=bool(s.clone_from_stack) and not (from_volume or from_snapshot))
+        out.append(Host(f"{s.environment}-{role}", role, role, str(subnet.network_address + FIXED_HOST_OFFSETS[role]),
+                        flavor, image, volume=volume))
+    return tuple(out)
