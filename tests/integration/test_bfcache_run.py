@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -322,45 +323,111 @@ def test_d_a_subset_run_touches_exactly_its_images_with_its_own_state(cluster):
     assert len(results(root / "state" / "2")) == len(costs())
 
 
+def slowed_run_costs() -> dict[int, int]:
+    """Run 3's own ID list: three plates that hold the fast node's three
+    lanes for 3 s (the slow nodes meanwhile take the rest), then 90 small
+    filesets, three of each size from 30 images down to 1."""
+    c = {3000 + i: 3000 for i in range(3)}
+    c.update({3003 + i: 30 - i // 3 for i in range(90)})
+    return c
+
+
+class Decision(NamedTuple):
+    node: str
+    source: str
+    batch: list[tuple[int, int]]
+    speed: float      # the node's seconds per cost unit then
+    left: float       # seconds until the unhanded work is done
+    planned: float
+    ahead: float      # seconds the lane had queued
+    start: float      # the starting value the speed is pulled towards
+
+
+NOTE = re.compile(r"^\S+ (\S+) (\S+) [0-9]+ (\S+) (\S+) s/unit, (\S+) s left, (\S+) s planned, "
+                  r"(\S+) s ahead, (\S+) s/unit start$")
+
+
+def decisions(state: Path) -> list[Decision]:
+    """dispatch.log, every field of its note."""
+    out = []
+    for line in (state / "dispatch.log").read_text().splitlines():
+        node, source, batch, *numbers = NOTE.match(line).groups()
+        out.append(Decision(node, source, [tuple(map(int, b.split(":"))) for b in batch.split(",")],
+                            *map(float, numbers)))
+    return out
+
+
 def test_e_learned_speeds_change_what_a_slowed_node_takes(cluster):
     root, _ = cluster
+    ids = slowed_run_costs()
+    shared = (root / "ids.txt").read_text()
+    # SLOW1 four times slower than its starting value; run 3's own ID list
+    # (the stand-in database and omero read ids.txt).
     (root / f"factor-{SLOW1}").write_text("40\n")
+    (root / "ids.txt").write_text("".join(f"{i}|{c}\n" for i, c in ids.items()))
     try:
         out = run(root, "3")
     finally:
         (root / f"factor-{SLOW1}").unlink()
+        (root / "ids.txt").write_text(shared)
     assert out.returncode == 0, out.stdout
+    assert "pass 1: 93 images" in out.stdout and "pass 2" not in out.stdout   # one plan for the whole run
     state = root / "state" / "3"
     rows = results(state)
+    assert sorted(int(r[0]) for r in rows) == sorted(ids) and {r[2] for r in rows} == {"ok"}
     # Learned from its own results: SLOW1 is about four times slower than SLOW2.
     speed = {}
     for node in NODES:
-        mine = [r for r in rows if r[1] == node and r[2] == "ok"]
+        mine = [r for r in rows if r[1] == node]
         speed[node] = sum(float(r[3]) for r in mine) / sum(int(r[4]) + 5 for r in mine)
     assert 2.5 < speed[SLOW1] / speed[SLOW2] < 6, speed
     assert 3 < speed[SLOW2] / speed[FAST] < 15, speed   # the fast node pays per-image process costs too
-    # The dispatcher used it: SLOW1's own speed in its later decisions, and
-    # with it smaller filesets (the larger stay pinned to faster lanes).
-    decisions = dispatched(state)
-    slow1 = [d for d in decisions if d[0] == SLOW1]
-    slow2 = [d for d in decisions if d[0] == SLOW2]
-    assert slow1[0][3] == pytest.approx(slow2[0][3], rel=0.3)    # both start from the same value
-    # A lane may ask for its next batch before its first result is in (short
-    # queued work): such decisions still carry the starting value. Any made
-    # after SLOW1 learned carries its own, slower speed.
-    learned1 = [d[3] for d in slow1 if d[3] != slow1[0][3]]
-    if learned1:
-        assert learned1[-1] > 2 * slow2[-1][3]
-    assert all(source == "fit" for _, source, _, _ in slow1 + slow2)
-    assert all(source == "head" for node, source, _, _ in decisions if node == FAST)
-    # (Not the total work: SLOW1's first batch is chosen before anything is
-    # learned, with the same starting value as SLOW2's, and can be the larger.)
-    # How many later decisions each slow lane makes depends on timing; where
-    # both made one, the slowed node took the smaller filesets.
-    later1 = [images for d in slow1[1:] for _, images in d[2]]
-    later2 = [images for d in slow2[1:] for _, images in d[2]]
-    if later1 and later2:
-        assert max(later1) < max(later2)
+    log = decisions(state)
+    assert all(d.source == "head" for d in log if d.node == FAST)
+    assert all(d.source == "fit" for d in log if d.node != FAST)
+    assert {i for d in log if d.node == FAST for i, _ in d.batch} >= {3000, 3001, 3002}   # the plates
+
+    # Every SLOW1 decision's speed is its own results so far (as its one
+    # lane received them) blended with the starting value logged with it.
+    weight = float(re.search(r"^PRIOR_WEIGHT = (\S+)", (root / "dispatch.py").read_text(), re.M).group(1))
+    own = [(float(r[3]), int(r[4]) + 5) for r in rows if r[1] == SLOW1]
+
+    def evidence(d: Decision) -> list[int]:
+        """How many of SLOW1's own results d's speed can have been learned from."""
+        return [n for n in range(len(own) + 1) if d.speed == pytest.approx(
+            (sum(t for t, _ in own[:n]) + weight * d.start) / (sum(c for _, c in own[:n]) + weight), rel=2e-3)]
+
+    slow1 = [(k, d) for k, d in enumerate(log) if d.node == SLOW1]
+    seen = [evidence(d) for _, d in slow1]
+    assert all(seen), list(zip(slow1, seen))
+    assert seen[0] == [0]    # nothing of its own at first: the starting value
+    # While the plates hold the fast lanes, SLOW1 finishes its first
+    # fileset and decides again: from then on with its learned speed.
+    learned = [(k, d) for (k, d), n in zip(slow1, seen) if min(n) >= 1]
+    assert learned, log
+
+    total = sum(c + 5 for c in ids.values())
+    handed = [0] + [sum(images + 5 for _, images in d.batch) for d in log]
+    pinned = []
+    for k, d in learned:
+        # Slower than its starting value and than SLOW2 as last learned.
+        assert d.speed > 1.5 * d.start, d
+        assert d.speed > 2 * [e for e in log[:k] if e.node == SLOW2][-1].speed, d
+        # The fit rule at the learned speed: what it took ends before the
+        # rest is projected to be done, after what the lane had queued.
+        room, tolerance = d.left - d.ahead, 2e-3 * (d.left + d.ahead)
+        took = sum(images + 5 for _, images in d.batch) * d.speed
+        assert took == pytest.approx(d.planned, rel=2e-3) and took <= room + tolerance, d
+        # The same decision at the starting value: its lane would add more
+        # to the rate (cost units a second), so a little less time is left.
+        unhanded = total - sum(handed[:k + 1])            # cost units
+        rate = unhanded / d.left - 1 / d.speed + 1 / d.start
+        room_at_start = unhanded / rate - d.ahead
+        # Still unhanded then (handed out later), and taken by another node:
+        # too large at the learned speed, not at the starting value.
+        pinned += [(k, image, images, e.node) for e in log[k + 1:] if e.node != SLOW1 for image, images in e.batch
+                   if (images + 5) * d.speed > room + tolerance and (images + 5) * d.start <= room_at_start - tolerance]
+    assert pinned, log
 
 
 def test_f_check_waits_for_the_nodes_software_and_says_so_on_one_line(cluster):
