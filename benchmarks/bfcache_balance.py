@@ -1,7 +1,14 @@
 """Cache regeneration wall time on unequal nodes: the page's invocation vs
 this project's run vs the lower bound, on two workload shapes. Run by hand:
 
-    .venv/bin/python benchmarks/bfcache_balance.py [--unit-ms 8] [--seed 1] [--shape plates|work]
+    .venv/bin/python benchmarks/bfcache_balance.py [--job-seconds 1.2 | --unit-ms MS] [--seed 1] [--shape plates|work]
+
+Time scale: by default the unit is chosen so that the mean job on the fast
+node of the work shape takes --job-seconds, 1.2 s as on production's
+omeroreadwrite (shared/reference/production-facts.md: "10-15 s per job
+against 1.2 s"); read-only jobs then take ~12 s, as there. A smaller
+--unit-ms (e.g. 8: jobs ~4x shorter than production's) stresses the
+per-image overhead, which is then a larger share of each job.
 
 Model (stated, not measured): one omeroreadwrite node with 10 cores and
 four omeroreadonly nodes, each ten times slower per job and with one core's
@@ -187,19 +194,25 @@ def bench(shape: str, seed: int, unit_ms: float) -> dict:
     page, page_overhead = run_page(root, nodes, jobs)
     ours, overhead, n_jobs, n_images = run_ours(root, s)
     return dict(shape=shape, filesets=len(jobs), images=sum(n for _, n in jobs), bound=bound, longest=longest,
+                mean_job=work * u / len(jobs),
                 balanced=work * u / throughput, page=page, page_overhead=page_overhead, ours=ours,
                 overhead=overhead, jobs=n_jobs, job_images=n_images)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--unit-ms", type=float, default=8.0)
+    ap.add_argument("--job-seconds", type=float, default=1.2,
+                    help="mean fast-node job of the work shape (production: 1.2 s); sets the unit")
+    ap.add_argument("--unit-ms", type=float, help="the unit itself, instead of --job-seconds")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--shape", choices=sorted(SHAPES), action="append")
     args = ap.parse_args()
     shapes = args.shape or ["plates", "work"]
+    if args.unit_ms is None:
+        work = workload("work", args.seed)
+        args.unit_ms = args.job_seconds * 1000 / (sum(BASE + n for _, n in work) / len(work))
     print(f"nodes: 1 x omeroreadwrite (10 slots), 4 x omeroreadonly ({SLOWDOWN}x slower, 1 slot, one job at a "
-          f"time); unit {args.unit_ms} ms, seed {args.seed}")
+          f"time); unit {args.unit_ms:.2f} ms, seed {args.seed}")
     rows = [bench(shape, args.seed, args.unit_ms) for shape in shapes]
     # Overhead: page per job (= per image); ours per job (a lane's session:
     # its start, and every gap between two of its images) and per image.
@@ -211,8 +224,8 @@ def main() -> None:
               f"{r['job_images'] / r['jobs']:7.1f} {r['overhead'] * 1000:5.0f} ms "
               f"{r['overhead'] * r['jobs'] / r['job_images'] * 1000:5.1f} ms")
     for r in rows:
-        print(f"{r['shape']}: {r['filesets']} filesets, {r['images']} images; bound = max(longest image "
-              f"{r['longest']:.2f} s, work/throughput {r['balanced']:.2f} s)")
+        print(f"{r['shape']}: {r['filesets']} filesets, {r['images']} images, mean fast-node job {r['mean_job']:.2f} s; "
+              f"bound = max(longest image {r['longest']:.2f} s, work/throughput {r['balanced']:.2f} s)")
 
 
 if __name__ == "__main__":
