@@ -648,6 +648,25 @@ class Swap:
             self.pulumi.unprotect(side.stack, side.urn)
             side.association["protect"] = False
 
+    def _name_ip(self, side: Side, ip: str, other: str) -> None:
+        """idr:floatingIp of the side becomes `ip` (its bastion follows, away from `other`)."""
+        if side.ip != ip:
+            self._pin_bastion(side, ip, (other,))
+            self._set(side, FLOATING_IP, ip)
+
+    def _drop_ip(self, side: Side, ip: str, bastion: str) -> None:
+        """idr:floatingIp `ip` leaves the side's config (its bastion moves to `bastion`);
+        the association may go only once unprotected."""
+        if side.ip == ip:
+            self._pin_bastion(side, bastion, (ip,))
+            self._unprotect(side)
+            self._rm(side, FLOATING_IP)
+
+    def _still_bound(self, side: Side, ip: str) -> OperationError:
+        return OperationError(f"{ip} is still bound to {side.port} although {side.stack}'s state has no "
+                              f"association: unbind it with `openstack floating ip unset --port {ip}`, then run "
+                              f"`{self.command}` again")
+
     def _up(self, side: Side, message: str, verify: bool = False) -> None:
         """A targeted update of the side's association. Afterwards its state
         holds the association of idr:floatingIp, protected, or none: read
@@ -695,10 +714,7 @@ class Swap:
 
     def release_spare(self, r: Record, message: str) -> None:
         new, S = self.new, r.spare_ip
-        if new.ip == S:
-            self._pin_bastion(new, r.public_ip, (S,))
-            self._unprotect(new)
-            self._rm(new, FLOATING_IP)
+        self._drop_ip(new, S, r.public_ip)
         if new.assoc_ip:
             self._unprotect(new)
             if new.retained:
@@ -707,15 +723,11 @@ class Swap:
                                      f"with idr:floatingIp {S} first, then `{self.command}` again")
             self._up(new, message)
         if self.holds(new, S):
-            raise OperationError(f"{S} is still bound to {new.port} although {self.new_stack}'s state has no "
-                                 f"association: unbind it with `openstack floating ip unset --port {S}`, then run "
-                                 f"`{self.command}` again")
+            raise self._still_bound(new, S)
 
     def move_public(self, r: Record, message: str) -> None:
         new, P = self.new, r.public_ip
-        if new.ip != P:
-            self._pin_bastion(new, P, (r.spare_ip,))
-            self._set(new, FLOATING_IP, P)
+        self._name_ip(new, P, r.spare_ip)
         if self._taken(r):
             return self._measured(r)
         if self.holds(self.old, P) and not (self.old.assoc_ip == P and self.old.retained):
@@ -762,10 +774,7 @@ class Swap:
                                  f"`pulumi stack export -s {self.old_stack} > state.json`, set \"retainOnDelete\": "
                                  f"true on {old.urn}, `pulumi stack import -s {self.old_stack} < state.json`; then "
                                  f"run `{self.command}` again")
-        if old.ip == P:
-            self._pin_bastion(old, r.spare_ip, (P,))
-            self._unprotect(old)
-            self._rm(old, FLOATING_IP)
+        self._drop_ip(old, P, r.spare_ip)
         if old.assoc_ip:
             self._unprotect(old)
             self._up(old, message)
@@ -786,10 +795,7 @@ class Swap:
                 raise OperationError(f"{self.old_stack}'s association of {P} is still retained on delete after the "
                                      f"update, so removing it would not release {P}: check `pulumi stack export -s "
                                      f"{self.old_stack}`, then run `{self.command}` again")
-        if old.ip == P:
-            self._pin_bastion(old, r.spare_ip, (P,))
-            self._unprotect(old)
-            self._rm(old, FLOATING_IP)
+        self._drop_ip(old, P, r.spare_ip)
         if old.assoc_ip:
             self._unprotect(old)
             if self.holds(old, P):
@@ -797,15 +803,11 @@ class Swap:
             else:
                 self._up(old, message)
         if self.holds(old, P):
-            raise OperationError(f"{P} is still bound to {old.port} although {self.old_stack}'s state has no "
-                                 f"association: unbind it with `openstack floating ip unset --port {P}`, then run "
-                                 f"`{self.command}` again")
+            raise self._still_bound(old, P)
 
     def take_public(self, r: Record, message: str) -> None:
         new, P = self.new, r.public_ip
-        if new.ip != P:
-            self._pin_bastion(new, P, (r.spare_ip,))
-            self._set(new, FLOATING_IP, P)
+        self._name_ip(new, P, r.spare_ip)
         if not self._taken(r):
             self._up(new, message)
             if not self._taken(r):
@@ -815,9 +817,7 @@ class Swap:
 
     def give_spare(self, r: Record, message: str) -> None:
         old, S = self.old, r.spare_ip
-        if old.ip != S:
-            self._pin_bastion(old, S, (r.public_ip,))
-            self._set(old, FLOATING_IP, S)
+        self._name_ip(old, S, r.public_ip)
         if not self.holds(old, S):
             spare = self.holder(S)
             if spare.port_id:

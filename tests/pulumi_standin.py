@@ -63,6 +63,7 @@ it reaches the association (the program and the engine's start).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -108,26 +109,11 @@ settings = load(HOME / "settings.json", {})
 # The Automation API's forms (`config set K --plaintext --stack S -- V`,
 # `state unprotect --yes --stack S -- URN`) and an operator's (`config set K V -s S`).
 VALUED = @VALUED@  # flags that take a value (tests/pulumi_standin.py VALUED)
-args, flags, values = [], set(), {}
-i, rest = 0, False
-while i < len(argv):
-    a = argv[i]
-    if rest:
-        args.append(a)
-    elif a == "--":
-        rest = True
-    elif a in VALUED:
-        values.setdefault(VALUED[a], []).append(argv[i + 1]); i += 1
-    elif a.startswith("-"):
-        flags.add(a)
-    else:
-        args.append(a)
-    i += 1
+@PARSE_ARGV@
+args, flags, values = parse_argv(argv, VALUED)
 for unwanted in ("event-log", "client"):  # the operations neither inline programs nor take engine events
     if unwanted in values:
         die(f"the stand-in does not serve --{unwanted}")
-if args[:2] == ["stack", "rm"] and len(args) == 3:
-    values.setdefault("stack", []).append(args.pop())
 if "stack" not in values:
     die("no stack selected")
 stack = values["stack"][-1].split("/")[-1]
@@ -435,7 +421,9 @@ class Call:
         return (*self.args, self.stack)
 
 
-def parse_call(argv: list[str]) -> Call:
+def parse_argv(argv, valued):
+    """(positional words, valueless flags, {flag name: [values]}); `stack rm S` names its stack.
+    The stand-in's own parser too: its source is pasted into SCRIPT."""
     args, flags, values = [], set(), {}
     i, rest = 0, False
     while i < len(argv):
@@ -444,8 +432,8 @@ def parse_call(argv: list[str]) -> Call:
             args.append(a)
         elif a == "--":
             rest = True
-        elif a in VALUED:
-            values.setdefault(VALUED[a], []).append(argv[i + 1])
+        elif a in valued:
+            values.setdefault(valued[a], []).append(argv[i + 1])
             i += 1
         elif a.startswith("-"):
             flags.add(a)
@@ -454,6 +442,11 @@ def parse_call(argv: list[str]) -> Call:
         i += 1
     if args[:2] == ["stack", "rm"] and len(args) == 3:
         values.setdefault("stack", []).append(args.pop())
+    return args, flags, values
+
+
+def parse_call(argv: list[str]) -> Call:
+    args, flags, values = parse_argv(argv, VALUED)
     return Call(tuple(argv), tuple(args), frozenset(flags), values)
 
 
@@ -640,7 +633,7 @@ def install(tmp_path: Path, monkeypatch) -> World:
     # -I -S: no site packages or environment, so each call starts fast.
     # The stand-in runs isolated (-IS): it gets the type tokens as literals.
     script = (SCRIPT.replace("@ASSOC@", repr(ASSOC_TYPE)).replace("@VOLUME@", repr(VOLUME_TYPE))
-              .replace("@VALUED@", repr(VALUED)))
+              .replace("@VALUED@", repr(VALUED)).replace("@PARSE_ARGV@", inspect.getsource(parse_argv)))
     exe.write_text(f"#!{sys.executable} -IS\n{script}")
     exe.chmod(0o755)
     (home / "calls.jsonl").write_text("")
