@@ -5,8 +5,8 @@ this project's run vs the lower bound, on two workload shapes. Run by hand:
 
 Time scale: by default the unit is chosen so that the mean job on the fast
 node of the work shape takes --job-seconds, 1.2 s as on production's
-omeroreadwrite (shared/reference/production-facts.md: "10-15 s per job
-against 1.2 s"); read-only jobs then take ~12 s, as there. A smaller
+omeroreadwrite (production measured read-only nodes at 10-15 s per job
+against 1.2 s); read-only jobs then take ~12 s, as there. A smaller
 --unit-ms (e.g. 8: jobs ~4x shorter than production's) stresses the
 per-image overhead, which is then a larger share of each job.
 
