@@ -49,12 +49,12 @@ class BfCache(pulumi.ComponentResource):
         self.public_key: Optional[pulumi.Output] = None
         ids = args.instance_ids
 
-        def child(*deps):
-            return pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on) + list(deps))
+        def child(host, *deps):
+            return pulumi.ResourceOptions(parent=self, depends_on=args.waits(host) + list(deps))
 
         if s.bfcache_generation <= 0:
             self.revoke = [HostFiles(f"{name}-revoke-{host.alias}", HostFilesArgs(
-                s, host, [], run=render.revoke_run(s, host), instance_id=ids.get(host.name)), child())
+                s, host, [], run=render.revoke_run(s, host), instance_id=ids.get(host.name)), child(host))
                 for host in render.peers(s)]
             self.register_outputs({"generation": 0})
             return
@@ -66,7 +66,7 @@ class BfCache(pulumi.ComponentResource):
         keygen = HostFiles(f"{name}-key", HostFilesArgs(
             s, proxy, render.keygen_files(s), run=render.keygen_run(), instance_id=ids.get(proxy.name),
             # Its stdout is the public key the nodes trust: print it again.
-            on_reconnect="sudo bash -s"), child())
+            on_reconnect="sudo bash -s"), child(proxy))
         self.public_key = keygen.command.stdout.apply(render.public_key_of)
 
         def authorize(host, forced=""):
@@ -76,7 +76,7 @@ class BfCache(pulumi.ComponentResource):
                 f"{name}-trust-{host.alias}", s, host,
                 self.public_key.apply(lambda key: render.authorize_script(s, host, key, forced)),
                 [ids[host.name]] if host.name in ids else [],
-                pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on) + [keygen]))
+                child(host, keygen))
 
         # A bump re-runs the steps that wait for the deployment playbooks' software.
         deployment = [s.deployment_generation]
@@ -87,13 +87,13 @@ class BfCache(pulumi.ComponentResource):
             ready.append(HostFiles(f"{name}-node-{host.alias}", HostFilesArgs(
                 s, host, render.node_files(s, host), run=render.node_run(), triggers=deployment,
                 instance_id=ids.get(host.name)),
-                child()))
+                child(host)))
 
         database = s.host("database")
         ready.append(authorize(database, render.ids_command()))
         ready.append(HostFiles(f"{name}-ids", HostFilesArgs(
             s, database, render.database_files(s), run=render.database_run(), triggers=deployment,
-            instance_id=ids.get(database.name)), child()))
+            instance_id=ids.get(database.name)), child(database)))
 
         # The coordinator forgets the host key of a replaced node or database
         # (and of one that left): the step's script carries every peer's
@@ -104,12 +104,14 @@ class BfCache(pulumi.ComponentResource):
         ready.append(HostFiles(f"{name}-forget", HostFilesArgs(
             s, proxy, render.forget_files(s), run=peer_ids,
             triggers=[ids[h.name] for h in peers if h.name in ids], instance_id=ids.get(proxy.name)),
-            child()))
+            child(proxy)))
 
+        readwrite = s.host("omeroreadwrite")
         ready.append(HostFiles(f"{name}-backup", HostFilesArgs(
-            s, s.host("omeroreadwrite"), render.backup_files(), run=render.backup_run(s),
-            instance_id=ids.get(s.host("omeroreadwrite").name)), child()))
+            s, readwrite, render.backup_files(), run=render.backup_run(s),
+            instance_id=ids.get(readwrite.name)), child(readwrite)))
 
+        # The run waits for every step above, and through them for every node.
         self.run = HostFiles(f"{name}-run", HostFilesArgs(
-            s, proxy, render.coordinator_files(s), run=render.start_run(s), triggers=deployment), child(*ready))
+            s, proxy, render.coordinator_files(s), run=render.start_run(s), triggers=deployment), child(proxy, *ready))
         self.register_outputs({"generation": s.bfcache_generation, "publicKey": self.public_key})

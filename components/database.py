@@ -34,6 +34,6 @@ class Database(pulumi.ComponentResource):
                           # Again after the playbooks run again (or, with the
                           # step off, once PostgreSQL is installed by hand).
                           triggers=[s.deployment_generation]),
-            pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            pulumi.ResourceOptions(parent=self, depends_on=args.waits(host)),
         )
         self.register_outputs({"host": host.name, "statementTimeoutMs": s.statement_timeout_ms})

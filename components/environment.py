@@ -60,15 +60,18 @@ class IdrEnvironment(pulumi.ComponentResource):
                       HostFilesArgs(settings=s, host=h, files=files, run=run,
                                     depends_on=self.servers[h.name].ready, instance_id=instance_ids[h.name]), child)
             for h in s.hosts]
-        # Everything that configures services waits for mounts and /etc/hosts.
-        self.base = [r for srv in self.servers.values() for r in srv.ready] + self.hosts_files
+        # What configures a host's services waits for its mount and /etc/hosts.
+        ready = {h.name: [*self.servers[h.name].ready, f] for h, f in zip(s.hosts, self.hosts_files)}
+        self.base = [r for rs in ready.values() for r in rs]
 
-        self.proxy = Proxy(f"{s.environment}-proxy-nginx", ProxyArgs(s, self.base, instance_ids), child)
-        # IDR's playbooks install PostgreSQL and OMERO; what needs them waits.
+        self.proxy = Proxy(f"{s.environment}-proxy-nginx", ProxyArgs(s, [], instance_ids, ready), child)
+        # IDR's playbooks install PostgreSQL and OMERO on every host but the
+        # proxy, so they wait for all of them; what needs that software waits
+        # for the playbooks (and, without them, for its own hosts).
         self.deployment = Deployment(f"{s.environment}-deployment", DeploymentArgs(s, self.base, instance_ids), child)
-        deployed = self.base + ([self.deployment.command] if self.deployment.command else [])
-        self.database = Database(f"{s.environment}-database-settings", DatabaseArgs(s, deployed, instance_ids), child)
-        self.bfcache = BfCache(f"{s.environment}-bfcache", BfCacheArgs(s, deployed, instance_ids), child)
+        deployed = [self.deployment.command] if self.deployment.command else []
+        self.database = Database(f"{s.environment}-database-settings", DatabaseArgs(s, deployed, instance_ids, ready), child)
+        self.bfcache = BfCache(f"{s.environment}-bfcache", BfCacheArgs(s, deployed, instance_ids, ready), child)
 
         self.outputs = {
             "environment": s.environment,

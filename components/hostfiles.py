@@ -72,8 +72,16 @@ class HostFilesArgs:
 class HostStepsArgs:
     """Arguments of a component made of host steps (Proxy, Database, BfCache)."""
     settings: Settings
-    depends_on: Sequence[Any] = field(default_factory=list)     # mounts and /etc/hosts
+    depends_on: Sequence[Any] = field(default_factory=list)     # what every step waits for (the playbooks)
     instance_ids: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # host name -> instance ID
+    # host name -> what that host is ready after (its mount, its /etc/hosts)
+    ready: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    def waits(self, *hosts: Host) -> list:
+        """What a step on `hosts` waits for: its own hosts ready, and depends_on.
+        Never every host's: n steps each waiting for n hosts make n^2
+        dependencies in the state and in every update's plan."""
+        return [*self.depends_on, *(r for h in hosts for r in self.ready.get(h.name, ()))]
 
 
 def _as_list(value) -> list:

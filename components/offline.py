@@ -173,6 +173,20 @@ class Recording:
     def by_urn(self, urn: str) -> RecordedResource:
         return next(r for r in self.resources if r.urn == urn)
 
+    def waits_for(self, resource: RecordedResource) -> set[str]:
+        """Names of every resource `resource` waits for, directly or through
+        others (depends_on and input dependencies): what the engine finishes first."""
+        urns = {r.urn: r for r in self.resources}
+        seen: set[str] = set()
+        todo = [resource]
+        while todo:
+            r = todo.pop()
+            for urn in [*r.options.depends_on, *(u for us in r.options.property_dependencies.values() for u in us)]:
+                if urn not in seen and urn in urns:
+                    seen.add(urn)
+                    todo.append(urns[urn])
+        return {urns[u].name for u in seen}
+
 
 class IdrMocks(pulumi_mocks.Mocks):
     """Answers as OpenStack would, deterministically.

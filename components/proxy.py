@@ -26,7 +26,7 @@ class Proxy(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         s = args.settings
         proxy = s.host("proxy")
-        after = list(args.depends_on)
+        after = args.waits(proxy)
         ids = args.instance_ids
 
         # TLS: the certificate chain and key from stack config, or (none
@@ -80,7 +80,7 @@ class Proxy(pulumi.ComponentResource):
             files, run, step = [], render.rsyncd_off_script(s), f"{name}-rsyncd-off"
         self.rsyncd = HostFiles(
             step, HostFilesArgs(s, readwrite, files, run=run, instance_id=ids.get(readwrite.name)),
-            pulumi.ResourceOptions(parent=self, depends_on=after))
+            pulumi.ResourceOptions(parent=self, depends_on=args.waits(readwrite)))
 
         self.register_outputs({
             "host": proxy.name,

@@ -299,9 +299,53 @@ def test_cache_regeneration_is_part_of_the_environment_and_waits_for_every_node(
         f"prod-bfcache-revoke-{h}" for h in ["omeroreadwrite", "database"] + [f"omeroreadonly-{n}" for n in range(1, 5)]}
     run = run_stack("prod", {"bfcacheGeneration": "1"})
     start = run.named("prod-bfcache-run", COMMAND)
-    waits_for = {run.by_urn(u).name for u in start.options.depends_on}
+    waits_for = run.waits_for(start)
     nodes = ["omeroreadwrite"] + [f"omeroreadonly-{n}" for n in range(1, 5)]
     assert {f"prod-{h}-etc-hosts" for h in nodes + ["proxy", "database"]} <= waits_for
     assert {"prod-omeroreadwrite-mount", "prod-proxy-mount", "prod-database-mount"} <= waits_for
     assert {f"prod-bfcache-node-{n}" for n in nodes} | {f"prod-bfcache-trust-{n}" for n in nodes} <= waits_for
     assert {"prod-bfcache-ids", "prod-bfcache-backup", "prod-bfcache-trust-database"} <= waits_for
+
+
+def _host_of_step(run, command) -> str:
+    """The host a remote step runs on: its fixed address, or for the proxy the bastion address."""
+    address = command.inputs["connection"]["host"]
+    if address == run.outputs["sshBastion"]:
+        return "prod-proxy"
+    (host,) = [h["name"] for h in run.outputs["hosts"] if h["fixedIp"] == address]
+    return host
+
+
+def test_a_step_waits_for_its_own_hosts_and_the_playbooks_not_every_host():
+    # n steps each waiting for all n hosts would be n^2 dependencies in the
+    # state and in every update's plan: only the playbooks and the run wait for all.
+    run = run_stack("prod", {"bfcacheGeneration": "1"})
+    names = {r.urn: r.name for r in run.resources}
+    per_host = {"-mount", "-etc-hosts"}
+    hosts = [h["name"] for h in run.outputs["hosts"]]
+    checked = 0
+    for cmd in run.of_type(COMMAND):
+        if cmd.name.endswith(tuple(per_host)) or cmd.name == "prod-bfcache-run":
+            continue
+        host = _host_of_step(run, cmd)
+        direct = {names[u] for u in cmd.options.depends_on}
+        others = {f"{h}{suffix}" for h in hosts if h != host for suffix in per_host}
+        assert not direct & others, (cmd.name, direct & others)
+        # ...and still after its own host's mount (if any) and /etc/hosts.
+        assert f"{host}-etc-hosts" in run.waits_for(cmd), cmd.name
+        if host in ("prod-proxy", "prod-omeroreadwrite", "prod-database"):
+            assert f"{host}-mount" in run.waits_for(cmd), cmd.name
+        if cmd.name.startswith(("prod-bfcache", "prod-database-settings")):
+            assert "prod-deployment" in direct, cmd.name
+        checked += 1
+    assert checked >= 15
+
+
+def test_dependencies_grow_linearly_with_the_read_only_nodes():
+    def edges(nodes: int) -> int:
+        run = run_stack("prod", {"omeroreadonlyCount": str(nodes), "bfcacheGeneration": "1"})
+        return sum(len(r.options.depends_on) for r in run.resources)
+
+    small, large = edges(8), edges(32)
+    # Four times the nodes: at most about four times the edges (plus the fixed hosts' share).
+    assert large < 4.2 * small, (small, large)
