@@ -17,7 +17,7 @@ from .hostfiles import digest
 from .render import deployment as render
 from .render.inventory import inventory
 from .settings import Settings
-from .validators import PROJECT_DIR
+from . import PROJECT_DIR
 
 TYPE = "idr:deployment:Deployment"
 # A change of what only reaches the hosts (bastion address, key, host key,

@@ -28,8 +28,8 @@ import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-PROJECT = "idr"
+from . import PROJECT, PROJECT_DIR
+
 SECRET_PLACEHOLDER = "-----OFFLINE RENDER: secret not decrypted-----"
 _NS = uuid.UUID("6b1d3a52-0d8e-4a9c-9b55-2f0c4e1d7a10")
 

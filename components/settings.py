@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field, SkipValidation, TypeAdapter, ValidationE
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 
-from . import layout
+from . import PROJECT, layout
 from .layout import DATA_VOLUME_MOUNTS, READONLY_BASE, VOLUME_KEYS, Host, VolumeSpec
 from .validators import (AvailabilityZone, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName, DnsName,
                          Duration, Environment, FilePath, Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap,
@@ -29,7 +29,7 @@ from .validators import (AvailabilityZone, Bastion, CacheZones, CertificateChain
 
 SECRET, REQUIRED = {"secret": True}, {"required": True}
 
-NAMESPACE = "idr"
+NAMESPACE = PROJECT  # config keys are idr:<key>
 
 
 class ConfigError(pulumi.RunError):

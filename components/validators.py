@@ -21,9 +21,9 @@ import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 
+from . import PROJECT_DIR
 from .layout import OMERO_ROLES, READONLY_BASE, ROLES
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Tenant subnets: RFC 1918 only (no link-local, loopback, multicast or public space).
 PRIVATE_NETWORKS = tuple(IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 # Playbooks this program must not run: the first formats and mounts volumes

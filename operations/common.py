@@ -10,9 +10,8 @@ from typing import Callable, Optional
 
 from pulumi import automation as auto
 
+from components import PROJECT, PROJECT_DIR
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-PROJECT = "idr"
 ASSOCIATION_TYPE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
 VOLUME_TYPE = "openstack:blockstorage/volume:Volume"
 ENVIRONMENT_TYPE = "idr:environment:IdrEnvironment"
