@@ -106,7 +106,8 @@ CHANGES: dict[str, Change] = {
     "omeroBin": Change({"omeroBin": "/opt/omero/bin/omero"}, IN_PLACE, "regeneration scripts", given=_REGENERATING),
     "omeroCliRenderVersion": Change({"omeroCliRenderVersion": "0.9.0"}, IN_PLACE, "installed on the OMERO nodes", given=_REGENERATING),
     "databaseName": Change({"databaseName": "idr2"}, IN_PLACE, "scripts that query the database", given=_REGENERATING),
-    "statementTimeoutMs": Change({"statementTimeoutMs": "90000"}, IN_PLACE, "ALTER ROLE on the database"),
+    "statementTimeoutMs": Change({"statementTimeoutMs": "90000"}, IN_PLACE,
+                                 "ALTER ROLE on the database (the playbooks get it when they run next)"),
     "deploymentEnabled": Change({"deploymentEnabled": "false"}, IN_PLACE, "the playbook step goes; hosts keep what it installed"),
     "deploymentRepository": Change({"deploymentRepository": "https://example.org/deployment.git"}, IN_PLACE,
                                    "the playbooks run again"),
@@ -115,8 +116,11 @@ CHANGES: dict[str, Change] = {
     "deploymentPlaybooks": Change({"deploymentPlaybooks": '["idr-01-install-idr.yml", "site.yml"]'}, IN_PLACE,
                                   "the playbooks run again"),
     "deploymentVarsFile": Change({"deploymentVarsFile": "{tmp}/vars.yml"}, IN_PLACE, "the playbooks run again"),
-    "deploymentSecretVars": Change({"deploymentSecretVars": "idr_secret_postgresql_password: x"}, IN_PLACE,
+    "deploymentSecretVars": Change({"deploymentSecretVars": "omero_server_rootpassword: r\nidr_secret_postgresql_password: x\n"
+                                                            "idr_secret_postgresql_password_ro: y\n"}, IN_PLACE,
                                    "the playbooks run again"),
+    "deploymentExtraGroups": Change({"deploymentExtraGroups": '["ebi-nfs=omeroreadwrite"]'}, IN_PLACE,
+                                    "instance metadata; the playbooks run again"),
     "deploymentGeneration": Change({"deploymentGeneration": "1"}, IN_PLACE, "the playbooks run again"),
     "healthCheckPath": Change({"healthCheckPath": "/"}, NOTHING, "read by the swap command only"),
 }

@@ -42,18 +42,21 @@ class Deployment(pulumi.ComponentResource):
             self.register_outputs({"enabled": False})
             return
         script = render.run_script(s, name)
-        secret_vars = s.deployment_secret_vars
+        secret_vars = pulumi.Output.from_input(s.deployment_secret_vars)
+        # New secret values deploy every host again; only a digest, kept secret.
+        secret_digest = pulumi.Output.secret(secret_vars.apply(digest))
+        deployed = [digest(script), *render.what_is_deployed(s)]
         environment = {
             "IDR_INVENTORY": inventory(s),
             "IDR_SSH_BASTION": s.ssh_bastion,
             "IDR_SSH_PRIVATE_KEY": s.ssh_private_key,
             "IDR_SSH_BASTION_HOST_KEY": s.ssh_bastion_host_key,
+            "IDR_DEPLOYMENT_SECRET_VARS": secret_vars,
+            "IDR_DEPLOYMENT_PROGRAM_VARS": render.program_vars(s),
+            # What a host records once deployed: the step skips hosts that have it.
+            "IDR_DEPLOYMENT_DIGEST": secret_digest.apply(lambda d: digest("\n".join([*deployed, d]))),
         }
-        triggers: list[Any] = [digest(script), *render.triggers(s)]
-        if secret_vars is not None:
-            environment["IDR_DEPLOYMENT_SECRET_VARS"] = secret_vars
-            # New secret values run the playbooks again; only a digest, kept secret.
-            triggers.append(pulumi.Output.secret(pulumi.Output.from_input(secret_vars).apply(digest)))
+        triggers: list[Any] = [digest(script), *render.triggers(s), secret_digest]
         # A replaced server (not the proxy: no playbook runs there) gets the playbooks again.
         triggers += [args.instance_ids[h.name] for h in s.hosts
                      if h.role != "proxy" and h.name in args.instance_ids]

@@ -51,6 +51,16 @@ def project_config_defaults(project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
     return out
 
 
+def placeholder(key: str) -> str:
+    """What an offline run reads for a secret: a placeholder of the shape
+    the program checks (the deployment step's secret vars are a mapping of
+    the names it requires), never a real value."""
+    from .validators import REQUIRED_SECRET_VARS
+    if key == f"{PROJECT}:deploymentSecretVars":
+        return yaml.safe_dump({name: SECRET_PLACEHOLDER for name in REQUIRED_SECRET_VARS})
+    return SECRET_PLACEHOLDER
+
+
 def stack_config(stack: str, project_dir: Path = PROJECT_DIR) -> tuple[dict[str, Any], set[str]]:
     """Values of Pulumi.<stack>.yaml; encrypted values become a placeholder
     (an offline render never needs a secret's text)."""
@@ -61,7 +71,7 @@ def stack_config(stack: str, project_dir: Path = PROJECT_DIR) -> tuple[dict[str,
     values, secrets = {}, set()
     for key, value in (data.get("config") or {}).items():
         if isinstance(value, dict) and set(value) == {"secure"}:
-            values[key] = SECRET_PLACEHOLDER
+            values[key] = placeholder(key)
             secrets.add(key)
         else:
             values[key] = value
@@ -78,21 +88,22 @@ def _wire(value: Any) -> str:
     return str(value)
 
 
-def declared_secrets(project_dir: Path = PROJECT_DIR) -> set[str]:
-    project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text())
-    return {k if ":" in k else f"{PROJECT}:{k}" for k, d in (project.get("config") or {}).items()
-            if isinstance(d, dict) and d.get("secret")}
+def model_secrets() -> set[str]:
+    """Every secret key of the model (components/settings.py), declared in
+    Pulumi.yaml or not."""
+    from .settings import KEYS
+    return {f"{PROJECT}:{name}" for name, key in KEYS.items() if key.secret}
 
 
 def effective_config(stack: str, overrides: Optional[dict] = None,
                      project_dir: Path = PROJECT_DIR) -> tuple[dict[str, str], set[str]]:
     """Defaults, then the stack file, then `overrides` (None removes a key).
     Secrets are never in the repository's stack files as text: a declared
-    secret gets the placeholder, as an offline run never needs its value."""
+    secret key gets a placeholder, as an offline run never needs its value."""
     config = project_config_defaults(project_dir)
     values, secrets = stack_config(stack, project_dir)
-    for key in declared_secrets(project_dir):
-        config[key] = SECRET_PLACEHOLDER
+    for key in model_secrets():
+        config[key] = placeholder(key)
         secrets.add(key)
     config.update(values)
     for key, value in (overrides or {}).items():

@@ -55,8 +55,11 @@ class Server(pulumi.ComponentResource):
             networks=[openstack.compute.InstanceNetworkArgs(port=self.port.id)],
             # `groups`: what IDR's dynamic inventory builds groups from (an
             # in-place update on a running server: metadata is not ForceNew).
+            # `ssh_proxy_host`: how it finds the bastion (`proxy`, the one with
+            # the floating IP) for the hosts that need it (`required`).
             metadata={"idr-environment": s.environment, "idr-role": host.role,
-                      "groups": ",".join(host_groups(s, host))},
+                      "groups": ",".join(host_groups(s, host)),
+                      "ssh_proxy_host": "proxy" if host.role == "proxy" else "required"},
             opts=pulumi.ResourceOptions(
                 parent=self, protect=holds_data,
                 # The port outlives the instance; a new instance cannot take a

@@ -22,10 +22,10 @@ from pydantic.fields import FieldInfo
 from . import PROJECT, layout
 from .layout import DATA_VOLUME_MOUNTS, READONLY_BASE, VOLUME_KEYS, Host, VolumeSpec
 from .validators import (AvailabilityZone, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName, DnsName,
-                         Duration, Environment, FilePath, Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap,
+                         Duration, Environment, ExtraGroups, FilePath, Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap,
                          Ipv4s, NotAllowed, OpenStackId, PgIdentifier, Playbooks, PublicKey, Release, Size, Slots,
                          SourceSize, StackName, Subnet, UrlPath, User, VarsFile, VolumeType, cloud_name, first_error,
-                         from_cli, kind, project_path, whole)
+                         from_cli, kind, project_path, secret_vars_problem, whole)
 
 SECRET, REQUIRED = {"secret": True}, {"required": True}
 
@@ -126,8 +126,9 @@ class Settings:
     deployment_ref: GitRef = Field("", description="Commit (or tag) of deploymentRepository the step checks out; a full commit hash pins it.")
     deployment_path: Checkout = Field("", description="A local checkout of IDR/deployment (absolute or relative to the project); used instead of deploymentRepository and deploymentRef.")
     deployment_playbooks: Playbooks = Field(["idr-01-install-idr.yml"], description="Playbooks run in order from the checkout's ansible/ directory.")
+    deployment_extra_groups: ExtraGroups = Field([], description="More inventory groups as 'group=role': 'ebi-nfs=omeroreadwrite' puts <env>-omeroreadwrite in <env>-ebi-nfs (IDR's image-data mounts: idr-ebi-nfs.yml, idr-dundee-nfs.yml's <env>-uod-nfs).")
     deployment_vars_file: VarsFile = Field("", description="YAML file of extra vars for the playbooks (absolute or relative to the project); empty: none.")
-    deployment_secret_vars: Any = Field(None, description="YAML mapping of secret vars for the playbooks (e.g. idr_secret_postgresql_password); written to a 0600 temporary file, never printed (secret).", json_schema_extra=SECRET)
+    deployment_secret_vars: Any = Field(None, description="YAML mapping of secret vars for the playbooks, required with deploymentEnabled: omero_server_rootpassword, idr_secret_postgresql_password, idr_secret_postgresql_password_ro (never the roles' default 'omero'), optionally idr_secret_public_password; written to a 0600 temporary file, never printed (secret).", json_schema_extra=SECRET)
     deployment_generation: Generation = Field(0, description="Bump to run the deployment playbooks again (and the steps that follow them).")
     # Releases
     health_check_path: UrlPath = Field("/webclient/?experimenter=-1", description="Path that must answer HTTP 200 on an environment's floating IP before it takes the public IP.")
@@ -222,6 +223,13 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
         s = _VALIDATOR.validate_python(given, context={"stack": stack})
     except ValidationError as error:
         raise ConfigError(*first_error(error, FIELDS)) from None
+    if s.deployment_enabled:
+        # The secret's text is read only to check it: it is never in a message.
+        problem = secret_vars_problem(raw("deploymentSecretVars"))
+        if problem:
+            raise ConfigError("deploymentSecretVars", "(secret)", f"{problem}: `pulumi config set --secret "
+                              "idr:deploymentSecretVars < secret-vars.yml` (README, Deployment playbooks), "
+                              "or deploymentEnabled false")
     return replace(s, ssh_bastion=s.ssh_bastion.strip() or s.floating_ip, hosts=layout.hosts(s),
                    tls_private_key=s.tls_private_key if s.tls_certificate_chain else None)
 

@@ -291,6 +291,61 @@ def _playbooks(names: list[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+# Groups the inventory already has (without the <env>- prefix): an extra group may not be one of them.
+_OWN_GROUPS = {"hosts", "omero-hosts", "bastion-hosts", "docker-hosts", *(f"{r}-hosts" for r in ROLES)}
+
+
+def _extra_groups(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """Entries 'group=role' -> (group, role) pairs, each pair once."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        group, sep, role = item.partition("=")
+        if not sep or not re.fullmatch(r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$", group):
+            raise NotAllowed("entries 'group=role' with a group name of lower-case letters, digits and dashes "
+                             "(without the <env>- prefix), e.g. 'ebi-nfs=omeroreadwrite'", item)
+        if role not in ROLES:
+            raise NotAllowed(f"a known role after '=': one of {', '.join(ROLES)}", item)
+        if group in _OWN_GROUPS:
+            raise NotAllowed(f"a group the inventory does not already have (not {', '.join(sorted(_OWN_GROUPS))})", item)
+        if (group, role) in out:
+            raise NotAllowed("each 'group=role' once", item)
+        out.append((group, role))
+    return tuple(out)
+
+
+# What the deployment step's secret vars must hold, and why: the playbooks fall
+# back on the roles' defaults (the password 'omero') for whatever is missing.
+REQUIRED_SECRET_VARS = {
+    "omero_server_rootpassword": "OMERO's root password (ome.omero_server; the post-install step logs in with it)",
+    "idr_secret_postgresql_password": "the PostgreSQL password of the omero role",
+    "idr_secret_postgresql_password_ro": "the PostgreSQL password of the omeroreadonly role",
+}
+ROLE_DEFAULT_PASSWORDS = {"omero"}
+
+
+def secret_vars_problem(text: Optional[str]) -> Optional[str]:
+    """Why the deployment step's secret vars (YAML text) are not enough, or
+    None. Never quotes a value."""
+    if text is None or not text.strip():
+        return "set (the deployment step is on)"
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return "a YAML mapping (this one does not parse)"
+    if not isinstance(loaded, dict):
+        return "a YAML mapping of variable names to values"
+    missing = [name for name in REQUIRED_SECRET_VARS if not str(loaded.get(name) or "").strip()]
+    if missing:
+        return "a mapping that holds " + "; ".join(f"{n} ({REQUIRED_SECRET_VARS[n]})" for n in missing)
+    defaults = [name for name in REQUIRED_SECRET_VARS if str(loaded[name]) in ROLE_DEFAULT_PASSWORDS]
+    if defaults:
+        return f"passwords other than the roles' default 'omero' (in {', '.join(defaults)})"
+    public = loaded.get("idr_secret_public_password")
+    if public is not None and not str(public).strip() or CONTROL.search(str(public or "")):
+        return "a non-empty idr_secret_public_password without control characters, or none (OMERO.web's default 'public')"
+    return None
+
+
 def project_path(value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else PROJECT_DIR / path
@@ -370,3 +425,4 @@ Checkout = Annotated[str, Stripped, AfterValidator(_checkout)]
 Playbooks = Annotated[tuple[str, ...], BeforeValidator(_playbooks),
                       required('at least one playbook, e.g. ["idr-01-install-idr.yml"]')]
 VarsFile = Annotated[str, AfterValidator(_vars_file)]
+ExtraGroups = Annotated[tuple[tuple[str, str], ...], BeforeValidator(_extra_groups)]

@@ -42,14 +42,86 @@ def test_the_step_waits_for_every_mount_and_hosts_step_and_what_needs_software_w
 def test_the_step_runs_the_playbooks_on_every_host_but_the_proxy(prod_run):
     step = step_of(prod_run)
     script = step.inputs["create"]
-    assert "limit='prod-hosts:!prod-proxy-hosts'\n" in script and '--limit "$limit"' in script
-    assert "ansible-playbook -i \"$work/inventory.yaml\"" in script
+    # The hosts come from facts.yml's list, which never holds the proxy.
+    assert '"$project/components/playbooks/facts.yml"' in script and 'limit=$(paste -sd, "$work/todo")' in script
+    facts = yaml.safe_load((PROJECT_DIR / "components/playbooks/facts.yml").read_text())
+    assert facts[0]["hosts"] == "{{ idr_environment }}-hosts"       # facts of all, the proxy's included
+    assert facts[1]["hosts"] == "{{ idr_environment }}-hosts:!{{ idr_environment }}-proxy-hosts"
+    assert 'run "$(basename "$playbook")" --limit "$limit" "$playbook"' in script
     assert "idr-01-install-idr.yml" in script and "idr_environment=prod" in script
     assert step.inputs["update"] == "true"       # a change of connection data runs nothing
     assert step.inputs["environment"]["IDR_INVENTORY"] == prod_run.outputs["inventory"]
     # Secrets reach it by its environment only, never in its text.
     assert "IDR_SSH_PRIVATE_KEY" in step.inputs["environment"]
     assert "PRIVATE KEY" not in script and "OFFLINE RENDER" not in script
+
+
+def _program_vars(run) -> dict:
+    return yaml.safe_load(step_of(run).inputs["environment"]["IDR_DEPLOYMENT_PROGRAM_VARS"])
+
+
+def test_the_statement_timeout_and_hosts_file_reach_the_playbooks_last(prod_run):
+    script = step_of(prod_run).inputs["create"]
+    # After the operator's vars file and the secret vars: the program's win.
+    assert script.index('extra+=(-e "@$work/program-vars.yml")') > script.index('extra+=(-e "@$work/secret-vars.yml")')
+    assert _program_vars(prod_run) == {
+        "hosts_populate_etc_hosts": "/etc/hosts.idr-playbooks",
+        "idr_omero_readonly_database": {"name": "idr", "user": "omeroreadonly",
+                                        "password": "{{ idr_secret_postgresql_password_ro }}",
+                                        "statement_timeout": 60000}}
+    run = run_stack("prod", {"statementTimeoutMs": "45000"})
+    assert _program_vars(run)["idr_omero_readonly_database"]["statement_timeout"] == 45000
+    # A new timeout does not run every playbook again (same script and
+    # triggers: pulumi-command's update, `true`, only stores the new vars):
+    # the SQL step applies it now, the playbooks keep it whenever they run.
+    assert _shape(run) == _shape(prod_run) and _digest(run) == _digest(prod_run)
+    sql = run.named("prod-database-settings-statement-timeout", REMOTE)
+    assert sql.inputs["triggers"] != prod_run.named(sql.name, REMOTE).inputs["triggers"]
+
+
+def _digest(run):
+    return step_of(run).inputs["environment"]["IDR_DEPLOYMENT_DIGEST"]
+
+
+@pytest.mark.parametrize("change", [{"omeroreadonlyCount": "5"}, {"sshBastion": "198.51.100.7"},
+                                    {"bfcacheGeneration": "2"}, {"statementTimeoutMs": "30000"}])
+def test_a_changed_host_set_keeps_the_digest_so_only_new_hosts_are_deployed(prod_run, change):
+    """The step skips hosts that recorded its digest (facts.yml): a new or
+    replaced server changes the triggers, not the digest."""
+    assert _digest(run_stack("prod", change)) == _digest(prod_run)
+
+
+@pytest.mark.parametrize("change", [
+    {"deploymentGeneration": "1"},
+    {"deploymentRef": "0123456789abcdef0123456789abcdef01234567"},
+    {"deploymentVarsFile": f"{FIXTURE}/ansible/group_vars/all.yml"},
+    {"deploymentPlaybooks": '["idr-01-install-idr.yml", "idr-02-services.yml"]'},
+    {"deploymentExtraGroups": '["ebi-nfs=omeroreadwrite"]'},
+    {"deploymentSecretVars": "omero_server_rootpassword: a\nidr_secret_postgresql_password: b\n"
+                             "idr_secret_postgresql_password_ro: c\n"},
+])
+def test_what_is_deployed_changes_the_digest_so_every_host_is_deployed(prod_run, change):
+    assert _digest(run_stack("prod", change)) != _digest(prod_run)
+
+
+def test_extra_groups_reach_the_inventory_and_the_instances_metadata():
+    run = run_stack("prod", {"deploymentExtraGroups": '["ebi-nfs=omeroreadwrite", "uod-nfs=omeroreadwrite", '
+                                                      '"uod-nfs=omeroreadonly"]', "omeroreadonlyCount": "2"})
+    inv = yaml.safe_load(run.outputs["inventory"])
+    assert set(inv["all"]["children"]["prod-ebi-nfs"]["hosts"]) == {"prod-omeroreadwrite"}
+    assert set(inv["all"]["children"]["prod-uod-nfs"]["hosts"]) == {"prod-omeroreadwrite", "prod-omeroreadonly-1",
+                                                                    "prod-omeroreadonly-2"}
+    metadata = {i.inputs["name"]: i.inputs["metadata"] for i in run.of_type("openstack:compute/instance:Instance")}
+    assert metadata["prod-omeroreadwrite"]["groups"].endswith(",prod-ebi-nfs,prod-uod-nfs")
+    assert "nfs" not in metadata["prod-database"]["groups"]
+
+
+def test_instances_tell_idrs_dynamic_inventory_how_to_reach_them(prod_run):
+    """IDR's inventories/openstack-idr.py: `ssh_proxy_host=proxy` marks the
+    bastion, `required` the hosts reached through it. Metadata changes in place."""
+    for instance in prod_run.of_type("openstack:compute/instance:Instance"):
+        expected = "proxy" if instance.inputs["name"] == "prod-proxy" else "required"
+        assert instance.inputs["metadata"]["ssh_proxy_host"] == expected
 
 
 def _shape(run):
@@ -238,6 +310,18 @@ BAD = [
     ({"sessionCookieName": "session id"}, "idr:sessionCookieName", "'session id'", "a cookie name"),
     ({"omeroCliRenderVersion": "latest"}, "idr:omeroCliRenderVersion", "'latest'", "a release number"),
     ({"tlsCertificateChain": "not a certificate"}, "idr:tlsCertificateChain", "not a certificate", "PEM certificates"),
+    ({"deploymentExtraGroups": '["ebi-nfs"]'}, "idr:deploymentExtraGroups", "ebi-nfs", "entries 'group=role'"),
+    ({"deploymentExtraGroups": '["ebi-nfs=nfs"]'}, "idr:deploymentExtraGroups", "ebi-nfs=nfs", "a known role"),
+    ({"deploymentExtraGroups": '["omero-hosts=proxy"]'}, "idr:deploymentExtraGroups", "omero-hosts=proxy",
+     "a group the inventory does not already have"),
+    # The secret vars with the step on: never their text in the message.
+    ({"deploymentSecretVars": None}, "idr:deploymentSecretVars", "(secret)", "set (the deployment step is on)"),
+    ({"deploymentSecretVars": "idr_secret_postgresql_password: s3cr3t-a\nidr_secret_postgresql_password_ro: s3cr3t-b\n"},
+     "idr:deploymentSecretVars", "(secret)", "omero_server_rootpassword (OMERO's root password"),
+    ({"deploymentSecretVars": "omero_server_rootpassword: s3cr3t-c\nidr_secret_postgresql_password: omero\n"
+                              "idr_secret_postgresql_password_ro: s3cr3t-d\n"},
+     "idr:deploymentSecretVars", "(secret)", "passwords other than the roles' default 'omero'"),
+    ({"deploymentSecretVars": "- s3cr3t-e\n"}, "idr:deploymentSecretVars", "(secret)", "a YAML mapping"),
 ]
 
 
@@ -250,6 +334,7 @@ def test_bad_deployment_config_is_one_line_before_anything_is_declared(overrides
     message = str(error.value)
     assert message.startswith(f"config {key} = ") and "\n" not in message
     assert value in message and allowed in message
+    assert "s3cr3t" not in message
     assert mocks.calls == []
 
 

@@ -13,7 +13,7 @@ DEBIAN_PACKAGES = {
     "nginx": "nginx", "parallel": "parallel", "sshd": "openssh-server", "ssh": "openssh-client",
     "ssh-keygen": "openssh-client", "cloud-init": "cloud-init", "shellcheck": "shellcheck",
     "rsync": "rsync", "mkfs.xfs": "xfsprogs", "losetup": "mount", "blkid": "util-linux",
-    "curl": "curl", "openssl": "openssl",
+    "curl": "curl", "openssl": "openssl", "unshare": "util-linux", "sudo": "sudo",
 }
 
 
@@ -32,3 +32,9 @@ def tool(binary: str) -> str:
     if not found:
         raise RuntimeError(f"installed {package} but {binary} is still missing")
     return found
+
+
+# Secret vars the deployment step accepts (components/validators.py
+# REQUIRED_SECRET_VARS), for settings built with the step on.
+SECRET_VARS = ("omero_server_rootpassword: root-pw\nidr_secret_postgresql_password: pg-pw\n"
+               "idr_secret_postgresql_password_ro: ro-pw\n")

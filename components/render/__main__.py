@@ -3,7 +3,8 @@
 Runs the real program under mocks (components.offline) and writes every file
 a host would receive as <outdir>/<hostname>/<absolute path>, the script each
 remote command feeds to its host under <outdir>/<hostname>/.commands/, what a
-local command runs on the operator's machine under <outdir>/local/.commands/, plus
+local command runs on the operator's machine under <outdir>/local/.commands/
+(with the deployment step's <name>.program-vars.yml, the vars it passes), plus
 <outdir>/resources.txt (one line per resource), <outdir>/outputs.json and
 <outdir>/inventory.yaml. cloud-init's user data lands where cloud-init keeps it.
 No cloud credentials, no Pulumi CLI, no secret is needed.
@@ -83,6 +84,12 @@ def write_tree(recording: Recording, outdir: Path) -> list[Path]:
         target.write_text(res.inputs["create"])
         target.chmod(0o755)
         written.append(target)
+        # The vars the program passes to the playbooks (not secret).
+        program_vars = res.inputs.get("environment", {}).get("IDR_DEPLOYMENT_PROGRAM_VARS")
+        if program_vars:
+            vars_file = target.with_name(f"{res.name}.program-vars.yml")
+            vars_file.write_text(program_vars)
+            written.append(vars_file)
     # cloud-init keeps the user data it booted with at this path.
     for res in recording.of_type("openstack:compute/instance:Instance"):
         target = outdir / res.inputs["name"] / "var/lib/cloud/instance/user-data.txt"

@@ -56,6 +56,9 @@ CACHE_DIR = f"{DATA_VOLUME_MOUNTS['omeroreadwrite']}/BioFormatsCache"
 
 SLOWDOWN = 10          # starting value: omeroreadonly vs omeroreadwrite time per image (production)
 ATTEMPTS = 3           # tries per image within one job (render-one.sh)
+# The OMERO public user's password, written by the deployment step's
+# post-install (components/playbooks/postinstall.yml, same default path).
+PUBLIC_PASSWORD_FILE = "/etc/idr/omero-public-password"
 KEEP_GENERATIONS = 3   # generation state directories kept on the coordinator
 JOB_TIMEOUT = "6h"     # one image; a hung job must not hold a slot forever
 # sshd's default MaxSessions: sessions one shared connection may carry. A
@@ -219,7 +222,7 @@ def node_files(settings, host) -> list[HostFile]:
     return [
         HostFile(f"{LIBEXEC}/render-one.sh", render_template(
             "bfcache/render-one.sh.j2", omero_bin=settings.omero_bin, job_timeout=JOB_TIMEOUT,
-            attempts=ATTEMPTS), "0755"),
+            attempts=ATTEMPTS, public_password_file=PUBLIC_PASSWORD_FILE), "0755"),
         HostFile(f"{LIBEXEC}/node-setup.sh", render_template(
             "bfcache/node-setup.sh.j2", host=host.name, user=settings.ssh_user,
             omero_bin=settings.omero_bin, generation=settings.bfcache_generation,

@@ -9,18 +9,39 @@ import hashlib
 import re
 from pathlib import Path
 
+import yaml
+
 from . import render_template
+from .database import READONLY_ROLE
 from ..settings import Settings
 from ..validators import project_path
 
+# The project's own playbooks the step runs (facts, post-install, record).
+PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 # Where galaxy roles land in a checkout (IDR/deployment's roles_path): not part of what the playbooks are.
 _CHECKOUT_SKIP = {"vendor", "roles", ".git", "__pycache__"}
 
 
-def limit(settings: Settings) -> str:
-    """Every host but the proxy, whose nginx is this program's."""
-    env = settings.environment
-    return f"{env}-hosts:!{env}-proxy-hosts"
+# Where IDR's ome.hosts_populate writes its /etc/hosts: beside the real one,
+# which the program's hosts step owns (components/render/host.py).
+HOSTS_POPULATE_TARGET = "/etc/hosts.idr-playbooks"
+
+
+def program_vars(s: Settings) -> str:
+    """Vars the program passes to the playbooks last, so that they win over
+    IDR's group_vars and the operator's vars file. Not a trigger: a new
+    statement timeout is applied by its SQL step at once (components/
+    database.py), not by running every playbook again; the playbooks get it
+    whenever they run next."""
+    return yaml.safe_dump({
+        "hosts_populate_etc_hosts": HOSTS_POPULATE_TARGET,
+        # IDR's group_vars/database-hosts.yml, with idr:statementTimeoutMs
+        # instead of its 60 s (idr-omero-readonly.yml applies it on every run).
+        "idr_omero_readonly_database": {
+            "name": s.database_name, "user": READONLY_ROLE,
+            "password": "{{ idr_secret_postgresql_password_ro }}",
+            "statement_timeout": int(s.statement_timeout_ms)},
+    }, sort_keys=False)
 
 
 def cache_name(repository: str) -> str:
@@ -36,7 +57,7 @@ def run_script(s: Settings, name: str) -> str:
         "deployment/run-playbooks.sh.j2", step=name, environment=s.environment,
         path=s.deployment_path, repository=s.deployment_repository, ref=s.deployment_ref,
         cache_name=cache_name(s.deployment_repository), vars_file=s.deployment_vars_file,
-        playbooks=s.deployment_playbooks, limit=limit(s))
+        playbooks=s.deployment_playbooks)
 
 
 def tree_digest(root: Path) -> str:
@@ -49,15 +70,24 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def triggers(settings: Settings) -> list[str]:
-    """What the playbooks depend on, besides the script itself and the
-    servers' instance IDs: what they are (ref, or a local checkout's content),
-    the vars, the hosts (names and addresses, never the bastion address: a
-    swap moves it without changing a host) and the operator's bump."""
+def what_is_deployed(settings: Settings) -> list[str]:
+    """What every host gets again when it changes: the playbooks (ref, or a
+    local checkout's content, and the project's own), the vars, the extra
+    groups and the operator's bump. A host records their digest (with the
+    script's and the secret vars') once deployed."""
     s = settings
     source = (tree_digest(project_path(s.deployment_path) / "ansible") if s.deployment_path
               else f"{s.deployment_repository}@{s.deployment_ref}")
     vars_digest = (hashlib.sha256(project_path(s.deployment_vars_file).read_text().encode()).hexdigest()
                    if s.deployment_vars_file else "")
-    hosts = ",".join(f"{h.name}={h.fixed_ip}" for h in s.hosts)
-    return [source, vars_digest, hosts, str(s.deployment_generation)]
+    groups = ",".join(f"{g}={r}" for g, r in s.deployment_extra_groups)
+    return [source, vars_digest, tree_digest(PLAYBOOKS), groups, str(s.deployment_generation)]
+
+
+def triggers(settings: Settings) -> list[str]:
+    """What runs the step again, besides the script itself and the servers'
+    instance IDs: what is deployed, and the hosts (names and addresses, never
+    the bastion address: a swap moves it without changing a host). Hosts
+    that have this deployment already are skipped by the step itself."""
+    hosts = ",".join(f"{h.name}={h.fixed_ip}" for h in settings.hosts)
+    return [*what_is_deployed(settings), hosts]

@@ -4,7 +4,9 @@ deployment playbooks target (public IDR/deployment repository):
 - `<env>-hosts` (every host) and `<env>-<role>-hosts`, the plays' host patterns;
 - `<role>-hosts` without the prefix, the names its `group_vars` are keyed by;
 - `omero-hosts` (read-write and every read-only), `bastion-hosts` (the proxy)
-  and `docker-hosts` (the dockermanager, which its idr-docker.yml targets).
+  and `docker-hosts` (the dockermanager, which its idr-docker.yml targets);
+- `<env>-<group>` from idr:deploymentExtraGroups (IDR's storage groups
+  `<env>-ebi-nfs`, `<env>-uod-nfs`).
 
 Instances carry the same list in their metadata key `groups`, which IDR's
 dynamic inventory (inventories/openstack-idr.py) turns into groups, so both
@@ -30,7 +32,8 @@ def host_groups(settings: Settings, host: Host) -> list[str]:
     """Every group `host` is in: prefixed ones first, then the group_vars keys."""
     env = settings.environment
     roles = [host.role, *EXTRA_GROUPS[host.role]]
-    return [f"{env}-hosts", *(f"{env}-{r}-hosts" for r in roles), *(f"{r}-hosts" for r in roles)]
+    extra = [f"{env}-{group}" for group, role in settings.deployment_extra_groups if role == host.role]
+    return [f"{env}-hosts", *(f"{env}-{r}-hosts" for r in roles), *(f"{r}-hosts" for r in roles), *extra]
 
 
 def groups(settings: Settings) -> dict[str, list[Host]]:

@@ -63,6 +63,9 @@ class Servers:
     port: int
     addresses: list[str]
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # A host name per address: that daemon (and every session it starts) runs
+    # in a UTS namespace of its own, so each "host" tells its own name.
+    hostnames: Mapping[str, str] = field(default_factory=dict)
 
     def dir(self, address: str) -> Path:
         return self.root / address
@@ -76,9 +79,13 @@ class Servers:
 
     def start(self, address: str) -> None:
         d = self.dir(address)
+        command = [tool("sshd"), "-D", "-e", "-f", str(d / "sshd_config")]
+        if address in self.hostnames:
+            # unshare and sh exec: the daemon keeps the Popen's PID.
+            command = [tool("unshare"), "--uts", "--", "/bin/sh", "-c", 'hostname "$0" && exec "$@"',
+                       self.hostnames[address], *command]
         # Appended: a restarted daemon keeps the log of the one before.
-        self.processes[address] = subprocess.Popen(
-            [tool("sshd"), "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "log", "a"))
+        self.processes[address] = subprocess.Popen(command, stderr=open(d / "log", "a"))
 
     def stop(self, address: str) -> None:
         p = self.processes.pop(address, None)
@@ -117,7 +124,8 @@ class Servers:
 
 def start(root: Path, addresses: Sequence[str], port: int, *, authorized_keys: PerAddress = "",
           authorized_keys_file: Optional[Mapping[str, Path]] = None, max_sessions: int = 10,
-          log_level: PerAddress = "INFO", options: Sequence[str] = ()) -> Servers:
+          log_level: PerAddress = "INFO", options: Sequence[str] = (),
+          hostnames: Optional[Mapping[str, str]] = None) -> Servers:
     """Start sshd on every address (port `port`) and wait until each answers.
 
     authorized_keys: the text of root's authorized_keys (one for all, or per
@@ -125,9 +133,10 @@ def start(root: Path, addresses: Sequence[str], port: int, *, authorized_keys: P
     authorized_keys, or to authorized_keys_file[address] when given (a home
     directory's .ssh/authorized_keys that a script under test edits).
     log_level: sshd's LogLevel, for all or per address. options: more
-    sshd_config lines (forwarding, sftp, ...)."""
+    sshd_config lines (forwarding, sftp, ...). hostnames: the host name each
+    address's daemon and its sessions see (Servers.hostnames)."""
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    servers = Servers(root, port, list(addresses))
+    servers = Servers(root, port, list(addresses), hostnames=dict(hostnames or {}))
     try:
         for address in addresses:
             d = root / address

@@ -3,13 +3,15 @@
 127.0.0.21-25, reached through a bastion sshd on 127.0.0.20 with the
 inventory's ProxyJump. The playbooks are a stand-in tree
 (tests/fixtures/deployment) whose plays target IDR's host patterns and write
-a marker file per play and host. Only addresses and the SSH port of the
-rendered inventory are rewritten; the command's text is run as rendered.
+a marker file per play and host; the program's own playbooks (facts,
+post-install with a stand-in ome.omero_user, record) are the real ones. IDR's
+real playbooks and roles run in test_deployment_idr.py. Only addresses and
+the SSH port of the rendered inventory are rewritten; the command's text is
+run as rendered.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 import shutil
@@ -20,16 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.offline import PROJECT_DIR, run_stack
-from tests.integration import sshd
+from components.offline import PROJECT_DIR
+from tests.integration.deployment_hosts import (ADDRESSES, BASTION, FIXTURE, ROLE_GROUP, SECRET_VARS,  # noqa: F401
+                                               check_only, hosts, markers, render_step, run_step)
 
 pytestmark = pytest.mark.integration
 
-BASTION = "127.0.0.20"
-# Fixed addresses of prod (two read-only servers) -> the sshd standing in.
-ADDRESSES = {"192.168.1.11": "127.0.0.21", "192.168.1.12": "127.0.0.22", "192.168.1.101": "127.0.0.23",
-             "192.168.1.102": "127.0.0.24", "192.168.1.13": "127.0.0.25"}
-FIXTURE = "tests/fixtures/deployment"
 PLAYS = {   # stand-in play -> the hosts IDR's pattern must reach
     "hosts": {"prod-omeroreadwrite", "prod-database", "prod-omeroreadonly-1", "prod-omeroreadonly-2",
               "prod-dockermanager"},
@@ -40,88 +38,22 @@ PLAYS = {   # stand-in play -> the hosts IDR's pattern must reach
     "dockermanager": {"prod-dockermanager"},
     "docker": {"prod-dockermanager"},
     "services": {"prod-omeroreadwrite"},   # the second playbook
+    "postinstall": {"prod-omeroreadwrite"},  # the program's post-install (public user)
 }
-ROLE_GROUP = {"prod-omeroreadwrite": "omeroreadwrite-hosts", "prod-database": "database-hosts",
-              "prod-omeroreadonly-1": "omeroreadonly-hosts", "prod-omeroreadonly-2": "omeroreadonly-hosts",
-              "prod-dockermanager": "dockermanager-hosts"}
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    """sshd on the bastion address and every host address, one port; root
-    logs in with one key (the program's idr:sshPrivateKey stand-in)."""
-    root = Path(tempfile.mkdtemp(prefix="idr-deployment-"))
-    root.chmod(0o755)
-    key = sshd.keygen(root / "key")
-    addresses = (BASTION, *ADDRESSES.values())
-    port = sshd.free_port(addresses, range(22600, 22700))
-    try:
-        with sshd.running(
-                root, addresses, port, authorized_keys=f"{key}\n", max_sessions=100,
-                options=["AllowTcpForwarding yes", "Subsystem sftp internal-sftp"],
-                # The bastion logs every forward it makes (direct-tcpip targets).
-                log_level={a: "DEBUG1" if a == BASTION else "VERBOSE" for a in addresses}):
-            yield root, port
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def render_step(overrides: dict):
-    """The deployment command as the program declares it for prod (two
-    read-only servers, root as the login user, the bastion on loopback)."""
-    run = run_stack("prod", {"omeroreadonlyCount": "2", "sshUser": "root", "sshBastion": BASTION,
-                             "floatingIp": "", **overrides})
-    (step,) = run.of_type("command:local:Command")
-    return run, step
-
-
-def loopback_inventory(text: str, port: int) -> str:
-    """The rendered inventory with fixed addresses and the SSH port moved to loopback."""
-    inv = yaml.safe_load(text)
-    inv["all"]["vars"]["ansible_port"] = port
-    for host in inv["all"]["hosts"].values():
-        host["ansible_host"] = ADDRESSES.get(host["ansible_host"], host["ansible_host"])
-        if "ansible_ssh_common_args" in host:
-            assert host["ansible_ssh_common_args"] == f"-o ProxyJump=root@{BASTION}"
-            host["ansible_ssh_common_args"] = f"-o ProxyJump=root@{BASTION}:{port}"
-    return yaml.safe_dump(inv)
-
-
-def run_step(step, hosts, secret_vars: str = "", pin_bastion: bool = True, extra_env=None):
-    root, port = hosts
-    env = step.inputs["environment"]
-    assert env["IDR_SSH_BASTION"] == BASTION
-    command_env = {
-        "PATH": os.environ["PATH"], "HOME": str(root), "LANG": "C.UTF-8",
-        "IDR_INVENTORY": loopback_inventory(env["IDR_INVENTORY"], port),
-        "IDR_SSH_BASTION": BASTION,
-        "IDR_SSH_PRIVATE_KEY": (root / "key").read_text(),
-        "IDR_SSH_BASTION_HOST_KEY": ((root / BASTION / "hostkey.pub").read_text().split()[0] + " "
-                                     + (root / BASTION / "hostkey.pub").read_text().split()[1]) if pin_bastion else "",
-        "IDR_DEPLOYMENT_SECRET_VARS": secret_vars,
-        "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",   # the stand-in hosts' system Python
-        "TMPDIR": str(root),
-        **(extra_env or {}),
-    }
-    # As pulumi-command runs it: its interpreter, in its directory.
-    assert step.inputs["interpreter"] == ["/bin/bash", "-c"]
-    assert step.inputs["dir"] == str(PROJECT_DIR)
-    return subprocess.run(step.inputs["interpreter"] + [step.inputs["create"]], cwd=step.inputs["dir"],
-                          env=command_env, capture_output=True, text=True, timeout=300)
-
-
-def markers(marker_dir: Path) -> dict[str, set[str]]:
-    if not marker_dir.exists():
-        return {}
-    return {play.name: {m.name for m in play.iterdir()} for play in marker_dir.iterdir()}
 
 
 @pytest.fixture
 def vars_file(hosts):
+    """A vars file with this test's marker directory; every "host" of one
+    machine records its deployment and its public password in a file of
+    its own (the real paths would be one file for all)."""
     root, _ = hosts
     marker_dir = Path(tempfile.mkdtemp(prefix="markers-", dir=root))
     path = root / f"vars-{marker_dir.name}.yml"
-    path.write_text(yaml.safe_dump({"marker_dir": str(marker_dir), "from_vars_file": "yes"}))
+    path.write_text(yaml.safe_dump({
+        "marker_dir": str(marker_dir), "from_vars_file": "yes",
+        "idr_deployment_record": f"{marker_dir}-records/{{{{ inventory_hostname }}}}/deployed",
+        "idr_public_password_file": f"{marker_dir}-public/{{{{ inventory_hostname }}}}"}))
     return path, marker_dir
 
 
@@ -130,12 +62,15 @@ def test_every_play_reaches_exactly_its_hosts_never_the_proxy_with_vars_and_secr
     password = "s3cret-" + secrets.token_hex(8)
     _, step = render_step({"deploymentPath": FIXTURE, "deploymentVarsFile": str(path),
                            "deploymentPlaybooks": '["idr-01-install-idr.yml", "idr-02-services.yml"]'})
-    result = run_step(step, hosts, secret_vars=f"idr_secret_postgresql_password: {password}\n")
+    result = run_step(step, hosts, secret_vars=SECRET_VARS.format(password=password))
     assert result.returncode == 0, result.stdout + result.stderr + (hosts[0] / BASTION / "log").read_text()
     # Every pattern reached exactly its hosts; the proxy (and bastion) plays none.
     assert markers(marker_dir) == PLAYS
     for play, names in PLAYS.items():
         for name in names:
+            if play == "postinstall":
+                assert (marker_dir / play / name).read_text() == "users=public\ngroups=demo\n"
+                continue
             text = (marker_dir / play / name).read_text()
             fixed = ADDRESSES[_fixed_ip(step, name)]
             assert "environment=prod\n" in text
@@ -151,7 +86,7 @@ def test_every_play_reaches_exactly_its_hosts_never_the_proxy_with_vars_and_secr
     assert "PLAY RECAP" in result.stdout and "== idr-02-services.yml" in result.stdout
     # Every connection went through the bastion: it forwarded to each host.
     bastion_log = (hosts[0] / BASTION / "log").read_text()
-    for address in ADDRESSES.values():
+    for address in (ADDRESSES[_fixed_ip(step, name)] for name in ROLE_GROUP):
         assert re.search(rf"direct.tcpip.*target {re.escape(address)} port {hosts[1]}", bastion_log), address
 
 
@@ -181,7 +116,8 @@ def test_a_wrong_pinned_bastion_key_is_refused(hosts, vars_file):
                       extra_env={"IDR_SSH_BASTION_HOST_KEY": f"{other[0]} {other[1]}"})
     assert result.returncode != 0
     assert markers(marker_dir) == {}
-    assert "UNREACHABLE" in result.stdout and "deployment failed: idr-01-install-idr.yml" in result.stderr
+    # Refused at the first contact, the facts run: no playbook started.
+    assert "UNREACHABLE" in result.stdout and "deployment failed: facts and deployed state, host " in result.stderr
 
 
 def test_a_pinned_ref_of_a_repository_is_checked_out_and_run(hosts, vars_file, tmp_path):
@@ -209,3 +145,87 @@ def test_a_pinned_ref_of_a_repository_is_checked_out_and_run(hosts, vars_file, t
     # A second run uses the cached clone.
     again = run_step(step, hosts, extra_env={"IDR_DEPLOYMENT_CACHE": str(cache)})
     assert again.returncode == 0 and len(list(cache.iterdir())) == 1
+
+
+def test_only_hosts_without_this_deployment_get_the_playbooks_facts_come_from_all(hosts, vars_file):
+    """A host records the deployment it got; a later run deploys only the
+    hosts that lack it: one more read-only server gets the playbooks alone,
+    nothing runs when nothing changed, a generation bump runs everywhere."""
+    path, marker_dir = vars_file
+    base = {"deploymentPath": FIXTURE, "deploymentVarsFile": str(path)}
+    _, first = render_step(base)
+    assert run_step(first, hosts).returncode == 0
+    assert markers(marker_dir) == {k: v for k, v in PLAYS.items() if k != "services"}
+
+    shutil.rmtree(marker_dir)
+    again = run_step(first, hosts)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "every host has this deployment already; nothing to run" in again.stdout
+    assert markers(marker_dir) == {}
+
+    # One more read-only server: its instance ID is a new trigger, the digest is the same.
+    _, grown = render_step({**base, "omeroreadonlyCount": "3"})
+    assert grown.inputs["environment"]["IDR_DEPLOYMENT_DIGEST"] == first.inputs["environment"]["IDR_DEPLOYMENT_DIGEST"]
+    assert grown.inputs["triggers"] != first.inputs["triggers"]
+    result = run_step(grown, hosts)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "deployment of prod on: prod-omeroreadonly-3\n" in result.stdout
+    new = {"prod-omeroreadonly-3"}
+    assert markers(marker_dir) == {"hosts": new, "omero": new, "omeroreadonly": new}
+    # Facts came from every host, the proxy's included (the fact cache the plays read).
+    assert "ok: [prod-proxy]" in result.stdout and "ok: [prod-omeroreadwrite]" in result.stdout
+
+    shutil.rmtree(marker_dir)
+    _, bumped = render_step({**base, "omeroreadonlyCount": "3", "deploymentGeneration": "1"})
+    assert run_step(bumped, hosts).returncode == 0
+    assert markers(marker_dir)["hosts"] == PLAYS["hosts"] | new
+    assert markers(marker_dir)["postinstall"] == {"prod-omeroreadwrite"}
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_roles_follow_the_ref_and_nothing_is_fetched_while_they_match(tmp_path):
+    """A pinned ref's requirements.yml decides the roles: after a ref change
+    a role installed at another version is replaced; with every role at its
+    pin, nothing is fetched (the role's source can be gone)."""
+    role = tmp_path / "role-source"
+    (role / "meta").mkdir(parents=True)
+    (role / "tasks").mkdir()
+    (role / "meta/main.yml").write_text("galaxy_info: {author: t, description: t, license: MIT, min_ansible_version: '2.14'}\n")
+    subprocess.run(["git", "init", "-q", str(role)], check=True)
+    for tag in ("v1", "v2"):
+        (role / "tasks/main.yml").write_text(f"- ansible.builtin.debug: {{msg: {tag}}}\n")
+        _git(role, "add", ".")
+        _git(role, "commit", "-qm", tag)
+        _git(role, "tag", tag)
+    repo = tmp_path / "deployment"
+    shutil.copytree(PROJECT_DIR / FIXTURE, repo)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    pins = {}
+    for tag in ("v1", "v2"):
+        (repo / "ansible/requirements.yml").write_text(yaml.safe_dump(
+            [{"src": f"git+file://{role}", "version": tag, "name": "test.role"}]))
+        _git(repo, "add", ".")
+        _git(repo, "commit", "-qm", f"role {tag}")
+        pins[tag] = _git(repo, "rev-parse", "HEAD")
+    cache = tmp_path / "cache"
+    installed = None
+
+    def check(tag: str) -> subprocess.CompletedProcess:
+        nonlocal installed
+        _, step = render_step({"deploymentRepository": str(repo), "deploymentRef": pins[tag]})
+        result = check_only(step, tmp_path, {"IDR_DEPLOYMENT_CACHE": str(cache)})
+        assert result.returncode == 0, result.stdout + result.stderr
+        (installed,) = cache.glob("*/ansible/vendor/test.role")
+        assert (installed / "tasks/main.yml").read_text() == f"- ansible.builtin.debug: {{msg: {tag}}}\n"
+        return result
+
+    assert "installing it again" not in check("v1").stdout
+    moved = check("v2").stdout
+    assert f"role {installed}: installed version differs from requirements.yml; installing it again" in moved
+    shutil.rmtree(role)        # nothing to fetch from any more
+    again = check("v2").stdout
+    assert "installing it again" not in again and "is already installed, skipping" in again

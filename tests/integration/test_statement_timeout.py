@@ -15,6 +15,7 @@ import pytest
 
 from components.render import database as render
 from components.settings import build_settings
+from tests.tools import SECRET_VARS
 from tests.integration.postgres import Cluster, pg_cluster
 
 pytestmark = pytest.mark.integration
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 RAW = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10",
        "omeroreadonlyCount": "1",
        # The deployment step is on by default and needs a pinned commit.
-       "deploymentRef": "0123456789abcdef0123456789abcdef01234567"}
+       "deploymentRef": "0123456789abcdef0123456789abcdef01234567", "deploymentSecretVars": SECRET_VARS}
 
 
 def settings(timeout_ms: int):

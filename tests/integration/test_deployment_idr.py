@@ -1,0 +1,176 @@
+"""The deployment step against IDR's real playbooks and pinned roles: the
+offline snapshot of IDR/deployment at the commit both stack files pin, with
+every role of its requirements.yml (../shared/reference/idr-deployment/).
+
+- Every playbook the step can run passes ansible-playbook's syntax check
+  with the project's pinned Ansible, on each stack's rendered inventory.
+- IDR's idr-hosts.yml, run by the step's rendered command against the sshd
+  "hosts" (each tells its own host name), writes an entry for every host,
+  the proxy's included, while no task runs on the proxy; /etc/hosts stays
+  the program's (the role writes its copy beside it).
+- The program's post-install, with IDR's real ome.omero_user role, against
+  a stand-in `omero` CLI (tests/integration/omero_standin.py, which records
+  every call): the first run creates the group and the public user, the
+  second changes nothing.
+The hosts here are Debian, not Rocky Linux: only the tagged parts that run
+on any Linux are run (ANSIBLE_RUN_TAGS); IDR's package tasks cannot.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.offline import PROJECT_DIR, run_stack
+from components.render.deployment import HOSTS_POPULATE_TARGET
+from tests.integration.deployment_hosts import (ADDRESSES, BASTION, NAMES, SECRET_VARS, check_only,  # noqa: F401
+                                               hosts, render_step, run_step)
+
+pytestmark = pytest.mark.integration
+
+SNAPSHOT = PROJECT_DIR.parent / "shared/reference/idr-deployment/idr-deployment-61583a5.tar.gz"
+SNAPSHOT_SHA256 = "b38f0868111f7c6f612e448d9ed91d8770a94ba4ae771b36504da83bea878ec8"
+# What operators may add to idr:deploymentPlaybooks (README), besides the default.
+OPTIONAL_PLAYBOOKS = ["idr-upgrade-dist.yml", "idr-journald.yml", "idr-02-services.yml", "idr-09-monitoring.yml",
+                      "idr-ebi-nfs.yml", "idr-dundee-nfs.yml"]
+
+
+@pytest.fixture(scope="module")
+def idr_deployment(tmp_path_factory) -> Path:
+    """The snapshot, unpacked: IDR/deployment with its roles in ansible/vendor."""
+    if not SNAPSHOT.exists():
+        pytest.skip(f"IDR/deployment snapshot {SNAPSHOT} is absent (CI has it)")
+    assert hashlib.sha256(SNAPSHOT.read_bytes()).hexdigest() == SNAPSHOT_SHA256
+    root = tmp_path_factory.mktemp("idr-snapshot")
+    with tarfile.open(SNAPSHOT) as tar:
+        tar.extractall(root, filter="data")
+    return root / "idr-deployment"
+
+
+@pytest.mark.parametrize("stack", ["prod", "newidr"])
+def test_every_playbook_passes_the_syntax_check_with_the_pinned_ansible(idr_deployment, stack, tmp_path):
+    playbooks = ["idr-01-install-idr.yml", *OPTIONAL_PLAYBOOKS]
+    run = run_stack(stack, {"deploymentPath": str(idr_deployment), "deploymentPlaybooks": json.dumps(playbooks)})
+    (step,) = run.of_type("command:local:Command")
+    result = check_only(step, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = " ".join([*playbooks, "postinstall.yml"])
+    assert f"syntax check passed: {names}\n" in result.stdout
+    # Every pinned role was found installed: ansible-galaxy fetched nothing.
+    assert result.stdout.count("is already installed, skipping.") == 51
+
+
+def test_a_playbook_that_fails_the_syntax_check_stops_the_step_before_any_host(idr_deployment, tmp_path):
+    broken = idr_deployment / "ansible" / "idr-broken.yml"
+    broken.write_text("- hosts: all\n  roles:\n    - role: ome.no_such_role\n")
+    run = run_stack("prod", {"deploymentPath": str(idr_deployment),
+                             "deploymentPlaybooks": '["idr-01-install-idr.yml", "idr-broken.yml"]'})
+    (step,) = run.of_type("command:local:Command")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "IDR_INVENTORY": step.inputs["environment"]["IDR_INVENTORY"],
+           # A full run's input, aimed at an address where nothing listens.
+           "IDR_SSH_BASTION": "127.0.0.254", "IDR_SSH_PRIVATE_KEY": "unused",
+           "IDR_DEPLOYMENT_SECRET_VARS": SECRET_VARS.format(password="pg-pw"),
+           "IDR_DEPLOYMENT_DIGEST": step.inputs["environment"]["IDR_DEPLOYMENT_DIGEST"],
+           "IDR_DEPLOYMENT_PROGRAM_VARS": step.inputs["environment"]["IDR_DEPLOYMENT_PROGRAM_VARS"]}
+    try:
+        result = subprocess.run(step.inputs["interpreter"] + [step.inputs["create"]], cwd=step.inputs["dir"],
+                                env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        broken.unlink()
+    assert result.returncode != 0
+    failed = [line for line in result.stderr.splitlines() if line.startswith("deployment failed:")]
+    assert failed == ["deployment failed: syntax check of idr-broken.yml: ERROR! the role 'ome.no_such_role' "
+                      "was not found in " + failed[0].split("was not found in ", 1)[-1]], result.stderr
+    assert "== " not in result.stdout   # no playbook, not even the facts run, started
+
+
+def _program_hosts_step(run, tmp_path: Path) -> tuple[Path, Path]:
+    """The program's /etc/hosts step of one host (its script and block)."""
+    files = {f["path"]: f for r in run.of_type("idr:host:HostFiles") if r.name == "prod-database-etc-hosts"
+             for f in r.inputs["files"]}
+    script, block = tmp_path / "idr-hosts-block", tmp_path / "hosts.block"
+    script.write_text(files["/usr/local/sbin/idr-hosts-block"]["content"])
+    block.write_text(files["/etc/idr/hosts.block"]["content"])
+    return script, block
+
+
+def test_idr_hosts_and_postinstall_for_real_one_owner_of_etc_hosts(idr_deployment, hosts, tmp_path):
+    root, _ = hosts
+    omero = tmp_path / "omero"
+    state = tmp_path / "omero-state.json"
+    state.write_text(json.dumps({"root_password": "root-pw", "groups": [], "users": [], "calls": []}))
+    omero.write_text(f"#!/bin/sh\nexec {sys.executable} {PROJECT_DIR}/tests/integration/omero_standin.py "
+                     f"{state} \"$@\"\n")
+    omero.chmod(0o755)
+    vars_file = tmp_path / "vars.yml"
+    vars_file.write_text(yaml.safe_dump({
+        "hosts_populate_iface": "lo",             # the loopback "hosts" have no eth0
+        "omero_user_system": "root", "omero_user_bin_omero": str(omero),
+        "idr_public_password_file": f"{tmp_path}/public/{{{{ inventory_hostname }}}}",
+        "idr_deployment_record": f"{tmp_path}/records/{{{{ inventory_hostname }}}}"}))
+    run, step = render_step({"deploymentPath": str(idr_deployment), "deploymentVarsFile": str(vars_file),
+                             "deploymentPlaybooks": '["idr-hosts.yml"]'})
+    secret = SECRET_VARS.format(password="pg-pw") + "idr_secret_public_password: public-pw\n"
+    # The parts that run on Debian: IDR's /etc/hosts role and the post-install.
+    tags = {"ANSIBLE_RUN_TAGS": "skip_if_molecule_docker,idr-postinstall"}
+
+    # The program's hosts step before and after the playbooks, twice.
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text("127.0.0.1 localhost\n10.0.0.1 kept-by-the-operator\n")
+    script, block = _program_hosts_step(run, tmp_path)
+    etc_hosts = Path("/etc/hosts").read_bytes()
+    target = Path(HOSTS_POPULATE_TARGET)
+    try:
+        assert subprocess.run(["bash", str(script), str(block), str(hosts_file)], check=True,
+                              capture_output=True, text=True).stdout == f"updated: {hosts_file}\n"
+        first = run_step(step, hosts, secret_vars=secret, extra_env=tags)
+        assert first.returncode == 0, first.stdout + first.stderr
+        written = target.read_text()
+        second = run_step(step, hosts, secret_vars=secret, extra_env=tags)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert subprocess.run(["bash", str(script), str(block), str(hosts_file)], check=True,
+                              capture_output=True, text=True).stdout == f"unchanged: {hosts_file}\n"
+        # IDR's role wrote its file beside /etc/hosts, never /etc/hosts itself.
+        assert Path("/etc/hosts").read_bytes() == etc_hosts
+        assert target.read_text() == written
+    finally:
+        target.unlink(missing_ok=True)
+        for backup in target.parent.glob(target.name + ".*"):   # the role's backup=true copies
+            backup.unlink()
+
+    # Every host, the proxy's included, from each host's own facts.
+    names = sorted(NAMES[a] for a in (BASTION, *(ADDRESSES[ip] for ip in
+                                                 ("192.168.1.11", "192.168.1.12", "192.168.1.101",
+                                                  "192.168.1.102", "192.168.1.13"))))
+    entries = re.findall(r"^([0-9.]+) (\S+) (\S+)$", written, re.M)
+    assert sorted(e[1] for e in entries if e[1] != "localhost") == names
+    assert ("127.0.0.1", "prod-proxy", "proxy") in entries
+    # ... while no task ran on the proxy: it only gave its facts.
+    assert "changed: [prod-proxy]" not in first.stdout and "ok: [prod-proxy]" in first.stdout
+    # The program's block once, with every host once; the operator's line kept.
+    text = hosts_file.read_text()
+    assert text.count("# BEGIN IDR prod hosts") == 1 and "10.0.0.1 kept-by-the-operator\n" in text
+    for name in names:
+        assert len(re.findall(rf"^\S+ {re.escape(name)}( |$)", text, re.M)) == 1, name
+
+    # The post-install: the group and the public user once, as configured.
+    omero_state = json.loads(state.read_text())
+    assert omero_state["groups"] == [{"name": "demo", "type": "read-only"}]
+    assert omero_state["users"] == [{"login": "public", "name": "public user", "password": "public-pw",
+                                     "group": "demo"}]
+    adds = [c for c in omero_state["calls"] if "add" in c]
+    assert len(adds) == 2     # both in the first run: the second only listed
+    assert all(c[c.index("-w") + 1] == "root-pw" for c in omero_state["calls"])
+    assert re.search(r"prod-omeroreadwrite\s*: ok=\d+\s+changed=0 ", second.stdout.split("== postinstall.yml")[1])
+    assert (tmp_path / "public" / "prod-omeroreadonly-2").read_text() == "public-pw\n"
+    # No password in the output, though every omero call held one.
+    for text in (first.stdout + first.stderr, second.stdout + second.stderr):
+        assert "root-pw" not in text and "public-pw" not in text and "pg-pw" not in text
