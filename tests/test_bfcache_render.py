@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components import offline
 from components.bfcache import BfCache, BfCacheArgs
@@ -614,3 +615,27 @@ def test_measured_speeds_decide_who_takes_the_largest_and_what_a_slow_node_may_t
     empty = json.loads(json.dumps(state))
     empty["remaining"] = 0
     assert choose("rw", empty)[0] == "drained"
+
+
+# ---------------------------------------- the public user's password
+
+def test_jobs_log_in_as_public_with_the_password_the_deployment_wrote(tmp_path):
+    """render-one reads the password the post-install step wrote
+    (components/playbooks/postinstall.yml, the same default path), and
+    OMERO.web's default 'public' only where that file is absent."""
+    playbook = yaml.safe_load((Path(render.__file__).parent.parent / "playbooks/postinstall.yml").read_text())
+    assert render.PUBLIC_PASSWORD_FILE in playbook[1]["vars"]["password_file"]
+    s = settings()
+    (text,) = [f.content for f in render.node_files(s, s.host("omeroreadwrite")) if f.path.endswith("render-one.sh")]
+    assert render.PUBLIC_PASSWORD_FILE in text and "-w public" not in text
+    omero = write(tmp_path / "omero", '#!/bin/sh\nprintf "%s\\n" "$*" >> "$(dirname "$0")/calls"\necho "ok: $*"\n')
+    password_file = tmp_path / "public-password"
+    script = write(tmp_path / "render-one.sh", text.replace(s.omero_bin, str(omero))
+                   .replace(render.PUBLIC_PASSWORD_FILE, str(password_file)))
+    for content, expected in ((None, "public"), ("s3cret pass\n", "s3cret pass")):
+        if content is not None:
+            password_file.write_text(content)
+        (tmp_path / "calls").unlink(missing_ok=True)
+        out = subprocess.run([str(script), "42"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "calls").read_text() == f"render -s localhost -u public -w {expected} test --force Image:42\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -430,3 +431,28 @@ def test_summary_appends_and_needs_its_arguments(tmp_path):
     result = subprocess.run([str(SUMMARY), "only a title"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "GITHUB_STEP_SUMMARY": str(tmp_path / "x")})
     assert result.returncode == 2
+
+
+def test_playbooks_job_runs_the_step_check_only_for_every_stack_without_secrets(tmp_path):
+    job = load("preview.yml")["jobs"]["playbooks"]
+    assert job["needs"] == "test" and "if" not in job and job["strategy"]["matrix"]["stack"] == ["prod", "newidr"]
+    assert "secrets." not in yaml.safe_dump(job)
+    step = named(job, "Syntax check of the deployment playbooks")
+    assert step["env"] == {"STACK": "${{ matrix.stack }}"}
+    # Its shell, with a stand-in render that writes what the real one does
+    # and a step that records how it was called.
+    ws = tmp_path / "ws"
+    (ws / "scripts").mkdir(parents=True)
+    render = ws / "scripts" / "render"
+    render.write_text('#!/bin/bash\nset -e\nmkdir -p "$2/local/.commands"\necho "inv: $1" > "$2/inventory.yaml"\n'
+                      'echo "vars: $1" > "$2/local/.commands/$1-deployment.program-vars.yml"\n'
+                      'printf \'%s\\n\' \'echo "$IDR_DEPLOYMENT_CHECK_ONLY|$IDR_INVENTORY|$IDR_DEPLOYMENT_PROGRAM_VARS" > called\' '
+                      '> "$2/local/.commands/$1-deployment.sh"\n')
+    render.chmod(0o755)
+    result = run_step(step, ws, {"STACK": "newidr"})
+    assert result.returncode == 0, result.stderr
+    assert (ws / "called").read_text() == "1|inv: newidr|vars: newidr\n"
+    # The step's failure fails the job.
+    shutil.rmtree(ws / "rendered")
+    (ws / "scripts" / "render").write_text(render.read_text().replace("> called", "> called; exit 3"))
+    assert run_step(step, ws, {"STACK": "prod"}).returncode == 3

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from components.offline import PROJECT_DIR
+from tests.integration import sshd
 from tests.integration.deployment_hosts import (ADDRESSES, BASTION, FIXTURE, ROLE_GROUP, SECRET_VARS,  # noqa: F401
                                                check_only, hosts, markers, render_step, run_step)
 
@@ -229,3 +230,25 @@ def test_roles_follow_the_ref_and_nothing_is_fetched_while_they_match(tmp_path):
     shutil.rmtree(role)        # nothing to fetch from any more
     again = check("v2").stdout
     assert "installing it again" not in again and "is already installed, skipping" in again
+
+
+def test_an_unpinned_bastion_key_is_recorded_on_first_contact_and_checked_after(hosts, vars_file, tmp_path):
+    """Without idr:sshBastionHostKey the step trusts the bastion's key on
+    first contact, keeps it per environment, and refuses another after."""
+    root, _ = hosts
+    path, marker_dir = vars_file
+    _, step = render_step({"deploymentPath": FIXTURE, "deploymentVarsFile": str(path)})
+    cache = tmp_path / "cache"
+    first = run_step(step, hosts, pin_bastion=False, extra_env={"IDR_DEPLOYMENT_CACHE": str(cache)})
+    assert first.returncode == 0, first.stdout + first.stderr
+    recorded = cache / "known_hosts" / "prod"
+    key_type, key = (root / BASTION / "hostkey.pub").read_text().split()[:2]
+    assert recorded.read_text().split() == ["idr-bastion", key_type, key]
+    # Another key answers at the bastion's address: refused before any play.
+    other = sshd.keygen(tmp_path / "other")
+    recorded.write_text("idr-bastion " + " ".join(other.split()[:2]) + "\n")
+    shutil.rmtree(marker_dir)
+    refused = run_step(step, hosts, pin_bastion=False, extra_env={"IDR_DEPLOYMENT_CACHE": str(cache)})
+    assert refused.returncode != 0
+    assert "deployment failed: facts and deployed state, host " in refused.stderr
+    assert markers(marker_dir) == {}
