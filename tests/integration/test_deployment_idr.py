@@ -18,6 +18,7 @@ on any Linux are run (ANSIBLE_RUN_TAGS); IDR's package tasks cannot.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import subprocess
@@ -174,3 +175,49 @@ def test_idr_hosts_and_postinstall_for_real_one_owner_of_etc_hosts(idr_deploymen
     # No password in the output, though every omero call held one.
     for text in (first.stdout + first.stderr, second.stdout + second.stderr):
         assert "root-pw" not in text and "public-pw" not in text and "pg-pw" not in text
+
+
+class Munch(dict):
+    """What shade returns for a server: a dict with attribute access."""
+    __getattr__ = dict.__getitem__
+
+
+def test_idrs_dynamic_inventory_finds_the_groups_and_the_bastion_of_our_instances(idr_deployment, prod_run,
+                                                                                  monkeypatch):
+    """IDR's inventories/openstack-idr.py, run on the instances as the program
+    declares them (Nova's view: name, metadata, fixed and floating
+    addresses): the same groups as the program's inventory, and every host
+    reached through the proxy's floating IP (ssh_proxy_host)."""
+    for name in ("shade", "shade.inventory", "os_client_config"):   # its cloud client: not called here
+        monkeypatch.setitem(sys.modules, name, type(sys)(name))
+    spec = importlib.util.spec_from_file_location("openstack_idr", idr_deployment / "inventories/openstack-idr.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    floating = prod_run.outputs["floatingIp"]
+    servers = []
+    for instance in prod_run.of_type("openstack:compute/instance:Instance"):
+        name = instance.inputs["name"]
+        (fixed,) = [h["fixedIp"] for h in prod_run.outputs["hosts"] if h["name"] == name]
+        addresses = [{"addr": fixed, "OS-EXT-IPS:type": "fixed"}]
+        if name == "prod-proxy":
+            addresses.append({"addr": floating, "OS-EXT-IPS:type": "floating"})
+        servers.append(Munch(id=f"id-{name}", name=name, cloud="idr", region="regionOne", az=None, interface_ip=fixed,
+                             metadata=Munch(instance.inputs["metadata"]), flavor={}, image={},
+                             addresses={"prod-network": addresses}))
+
+    class Cloud:
+        def list_hosts(self, **_):   # shade.inventory.OpenStackInventory's
+            return servers
+
+    monkeypatch.delenv("OS_PROXY_DISCOVER", raising=False)
+    found = module.get_host_groups_from_cloud(Cloud())
+    names = {f"id-{s['name']}": s["name"] for s in servers}
+    ours = yaml.safe_load(prod_run.outputs["inventory"])["all"]["children"]
+    for group, body in ours.items():
+        assert {names[i] for i in found[group]} == set(body["hosts"]), group
+    hostvars = found["_meta"]["hostvars"]
+    # Its inventory returns private addresses only: every host, the proxy
+    # too, is reached through the proxy's floating IP.
+    for server_id, name in names.items():
+        assert hostvars[server_id]["ansible_ssh_common_args"] == f'-o ProxyCommand="ssh  -W %h:%p -q %r@{floating}"'
+        assert hostvars[server_id]["ansible_host"] != floating, name
