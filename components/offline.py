@@ -79,9 +79,12 @@ def _wire(value: Any) -> str:
 
 
 def declared_secrets(project_dir: Path = PROJECT_DIR) -> set[str]:
+    """The secrets Pulumi.yaml declares, and the optional ones it leaves out
+    on purpose (scripts/gen-pulumi-yaml): every secret the program reads."""
+    from .settings import KEYS
     project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text())
     return {k if ":" in k else f"{PROJECT}:{k}" for k, d in (project.get("config") or {}).items()
-            if isinstance(d, dict) and d.get("secret")}
+            if isinstance(d, dict) and d.get("secret")} | {f"{PROJECT}:{k}" for k, key in KEYS.items() if key.secret}
 
 
 def effective_config(stack: str, overrides: Optional[dict] = None,
