@@ -99,6 +99,15 @@ class Bastion:
         association.floating_ip.apply(bound, run_with_unknowns=True)
 
 
+def pin_bastion_command(stack: str, ip: str) -> str:
+    """Sets idr:sshBastion to `ip` unless the stack names a bastion already.
+    Not `pulumi config get ... || pulumi config set ...`: the key's default
+    ('') makes `config get` succeed (config.go ApplyProjectConfig) and the
+    set would never run."""
+    return (f"[ -n \"$(pulumi config get idr:sshBastion -s {stack})\" ] || "
+            f"pulumi config set idr:sshBastion {ip} -s {stack}")
+
+
 def release_hint(holder_env: str, this_stack: str = "<this stack>", ip: str = "<the IP>") -> str:
     """How to release `ip` in the stack of environment `holder_env` (named
     like it, as this project's stacks are): a procedure that works as written."""
@@ -108,7 +117,7 @@ def release_hint(holder_env: str, this_stack: str = "<this stack>", ip: str = "<
             f"update and gives {s} this stack's IP: `python -m operations.swap --from {s} --to {this_stack}`. "
             f"By hand, release it in {s} (the public IP then answers nothing until this stack has taken it):\n"
             f"  pulumi state unprotect -s {s} '{urn}'\n"
-            f"  [ -n \"$(pulumi config get idr:sshBastion -s {s})\" ] || pulumi config set idr:sshBastion {ip} -s {s}"
+            f"  {pin_bastion_command(s, ip)}"
             f"   # required once idr:floatingIp is empty; point it at {s}'s proxy before its next full update\n"
             f"  pulumi config rm idr:floatingIp -s {s}\n"
             f"  pulumi up -s {s} --policy-pack policy --target '{urn}'\n"
