@@ -54,9 +54,15 @@ What each step relies on (read in the sources, not assumed):
   (to delete a retained resource, it must be set false and `pulumi up` run
   first), so step 1 declares it (components/floatingip.py, while this
   swap's record is in progress) and the swap checks `pulumi stack export`
-  shows it before the IP moves. Not `pulumi state delete`: it refuses a
-  resource others depend on, and the proxy's remote commands depend on the
-  association whenever idr:sshBastion is the floating IP.
+  shows it before the IP moves. Not `pulumi state delete`: a targeted
+  update keeps the state consistent with what the program declares.
+- `pulumi up --target <association>` deletes the association only if no
+  resource depends on it: the engine keeps the old state of every untargeted
+  resource and of the old resources it depends on (pkg/resource/deploy/
+  step_generator.go, generateSteps / getDependencySteps, GenerateDeletes).
+  The program declares no dependent (components/floatingip.py, Bastion); the
+  swap refuses a state that has one (check_no_dependents) and reads every
+  stack's state back after each update.
 - Where a cloud refuses the direct move anyway (a vendor plugin or policy
   answering the association's update with an error), the association's create
   fails in step 3 and nothing moved: the command says so and continues in the

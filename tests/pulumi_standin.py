@@ -35,7 +35,21 @@ the stack refuse as a locked stack does; `world.handshake()` makes every
 update and destroy wait, after its first line of output, until the test has
 seen that line (`world.ack()`), which only streamed output allows.
 
-Its `up --target <association>` does what the program, the provider and
+The project is the repository's Pulumi.yaml and stack files (`install`
+converts them to JSON). `stack init` starts from the stack's file, `config
+set --secret` stores a secret (read from stdin when no value is given), and,
+as the CLI does, `pulumi config` and `config get` apply the project's
+defaults and name the keys that are missing (config.go ApplyProjectConfig).
+Every `up` first applies the CLI's config validation (project_config_error,
+stack_config_error below, each rule cited to Pulumi's source), then the
+engine's targeting rules (target_plan: an untargeted resource keeps its old
+state and the old resources it depends on; an untargeted delete is refused;
+--target-dependents is refused, nothing uses it). A stack made by
+`World.add_deployed` holds every resource the project's program declares
+(run offline), remote commands with their dependencies included; `up`
+without --target writes what the program declares.
+
+Its `up` does to the association what the program, the provider and
 Neutron would:
 - the program (components/floatingip.py): refuses an IP another
   environment's proxy holds, unless this stack's swap record (config
@@ -204,6 +218,9 @@ def neutron_set(ip, port, why):
     with open(EVENTS, "a") as f:
         f.write(json.dumps({"t": time.time(), "ip": ip, "port": port, "why": why}) + "\n")
 
+def load_events():
+    return [json.loads(x) for x in EVENTS.read_text().splitlines()] if EVENTS.exists() else []
+
 def fip_id(ip):
     return "fip-" + ip.replace(".", "-")
 
@@ -302,10 +319,16 @@ elif args[:2] == ["config", "rm"] and len(args) == 3:
     secrets.pop(args[2], None)
 elif args == ["stack", "select"]:
     pass
-elif args == ["stack", "output"]:
+elif args[:2] == ["stack", "output"] and len(args) <= 3:
     # The outputs live on the stack resource: none without it (never deployed, or destroyed).
     rooted = any(r["type"] == "pulumi:pulumi:Stack" for r in st["resources"])
-    out = json.dumps(st.get("outputs", {}) if rooted else {})
+    outs = st.get("outputs", {}) if rooted else {}
+    if len(args) == 3:  # one output, as text
+        if args[2] not in outs:
+            die(f"current stack does not have output property '{args[2]}'")
+        out = outs[args[2]] if isinstance(outs[args[2]], str) else json.dumps(outs[args[2]])
+    else:
+        out = json.dumps(outs)
 elif args == ["stack", "export"]:
     out = json.dumps({"version": 3, "deployment": {"resources": st["resources"]}})
 elif args == ["stack", "history"]:
@@ -396,6 +419,20 @@ elif args == ["up"]:
     elif assoc and want and (not targets or urn in targets) and urn not in kept \
             and not settings.get("same_keeps_options"):  # a "same" step writes the goal's options
         assoc["protect"], assoc["retainOnDelete"] = True, retain
+    # Remote commands store their connection; a full update with another
+    # bastion address runs each command's `update` over SSH to it
+    # (pulumi-command: a changed connection re-runs), which must reach this
+    # environment's proxy: an IP on no port, or another's, does not answer.
+    bastion = cfg.get("idr:sshBastion") or want
+    ips = set(neutron()) | {e["ip"] for e in load_events()}
+    if not targets and any(r["type"] == "command:remote:Command" for r in program) \
+            and bastion != st.get("bastion") and bastion in ips and neutron().get(bastion) != f"{env}-proxy":
+        remember("update", "failed")
+        save(spath, st)
+        die(f"{env}-proxy-etc-hosts: dial tcp {bastion}:22: i/o timeout (the stored connections move to "
+            f"{bastion}, which {'is bound to ' + neutron()[bastion] if bastion in neutron() else 'is bound to no port'})")
+    if not targets:
+        st["bastion"] = bastion
     # The other resources: an untargeted one keeps its old state (dependencies
     # included); a targeted one, or every one in a full update, takes the
     # program's goal; deletes as planned.
@@ -404,6 +441,9 @@ elif args == ["up"]:
                        for r in st["resources"] if r["urn"] == urn or r["urn"] not in deleted]
     present = {r["urn"] for r in st["resources"]}
     st["resources"] += [r for u, r in goals.items() if u not in present and (not targets or u in targets)]
+    root = f"urn:pulumi:{stack}::idr::pulumi:pulumi:Stack::idr-{stack}"
+    if not any(r["type"] == "pulumi:pulumi:Stack" for r in st["resources"]):  # a first update creates it
+        st["resources"].insert(0, {"urn": root, "type": "pulumi:pulumi:Stack", "protect": False})
     st["outputs"] = outputs(want)
     remember("update")
     out = "Resources: updated"
@@ -735,6 +775,8 @@ def program_state(stack: str, config: dict, floating_ip: str = "", legacy: bool 
     association while idr:sshBastion followed the IP (environment.py's
     `reachable`)."""
     resources = [dict(r) for r in _program_resources(stack, json.dumps(config, sort_keys=True), floating_ip)]
+    # What the program declares now (its `up` writes these), before any legacy edit of the state.
+    program = [dict(r) for r in resources if r["type"] != ASSOC_TYPE]
     assoc = next((r for r in resources if r["type"] == ASSOC_TYPE), None)
     bastion = str(config.get("idr:sshBastion") or "")
     if legacy and assoc and bastion in ("", floating_ip):
@@ -748,9 +790,12 @@ def program_state(stack: str, config: dict, floating_ip: str = "", legacy: bool 
         if r["type"] == VOLUME_TYPE:
             r.update({k: v for k, v in vols.get(r["urn"].split("::")[-1], {}).items()
                       if k in ("role", "name", "size", "id", "mount")})
-    program = [r for r in resources if r["type"] != ASSOC_TYPE]
-    return {"config": state["config"], "resources": resources, "program": [dict(r) for r in program],
-            "outputs": state["outputs"], "secrets": dict(DEPLOYED_SECRETS)}
+    for r in program:
+        r.update({k: v for k, v in vols.get(r["urn"].split("::")[-1], {}).items()
+                  if r["type"] == VOLUME_TYPE and k in ("role", "name", "size", "id", "mount")})
+    return {"config": state["config"], "resources": resources, "program": program,
+            "outputs": state["outputs"], "secrets": dict(DEPLOYED_SECRETS),
+            "bastion": bastion or floating_ip}  # the address the stored connections use
 
 
 _PROGRAM_CACHE: dict = {}
