@@ -41,23 +41,28 @@ class IdrEnvironment(pulumi.ComponentResource):
         volumes = {h.role: DataVolume(f"{h.name}-data", DataVolumeArgs(s, h, clone_source), child)
                    for h in s.hosts if h.volume}
 
+        # Remote commands reach every host through the proxy at the bastion
+        # address. When that is the floating IP, a host's first steps wait for
+        # the association by value, not by dependency: nothing may depend on
+        # the association, or the swap's `pulumi up --target <association>`
+        # could never delete it (components/floatingip.py, Bastion).
+        bastion = floatingip.Bastion(s)
         proxy_host = s.host("proxy")
-        proxy = Server(proxy_host.name, ServerArgs(s, proxy_host, network, volumes.get("proxy")), child)
+        proxy = Server(proxy_host.name, ServerArgs(s, proxy_host, network, volumes.get("proxy"),
+                                                   bastion=bastion.address), child)
         self.floating_ip = floatingip.associate(s, proxy.port, self)
-        # Remote commands reach every host through the proxy's public address.
-        reachable = [self.floating_ip] if self.floating_ip and s.ssh_bastion == s.floating_ip else []
-        proxy.ready += reachable
+        bastion.bound_by(self.floating_ip)
         self.servers = {proxy_host.name: proxy}
         for h in s.hosts:
             if h.role != "proxy":
                 self.servers[h.name] = Server(
-                    h.name, ServerArgs(s, h, network, volumes.get(h.role), [*reachable, proxy.instance]), child)
+                    h.name, ServerArgs(s, h, network, volumes.get(h.role), [proxy.instance], bastion.address), child)
 
         instance_ids = {name: srv.instance.id for name, srv in self.servers.items()}
         files, run = hosts_files(s)
         self.hosts_files = [
             HostFiles(f"{h.name}-etc-hosts",
-                      HostFilesArgs(settings=s, host=h, files=files, run=run,
+                      HostFilesArgs(settings=s, host=h, files=files, run=run, bastion=bastion.address,
                                     depends_on=self.servers[h.name].ready, instance_id=instance_ids[h.name]), child)
             for h in s.hosts]
         # What configures a host's services waits for its mount and /etc/hosts.

@@ -28,6 +28,7 @@ rules above hold unchanged.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Optional
 
@@ -51,6 +52,62 @@ def association_urn(stack: str, environment: str) -> str:
             f"::{environment}-proxy-floating-ip")
 
 
+class Bastion:
+    """The address remote commands reach the proxy at (idr:sshBastion).
+
+    No resource may depend on the association: the swap and the README's
+    hand procedure remove it with `pulumi up --target <association>`, and
+    the engine keeps every untargeted resource's old state together with
+    the old resources it depends on (Pulumi pkg/resource/deploy/
+    step_generator.go, generateSteps: an untargeted resource gets a SameStep,
+    and getDependencySteps a SameStep for each dependency that has no step
+    of its own; GenerateDeletes then skips what was "same"). A dependent
+    would keep the association in the state, and its IP bound.
+
+    Yet the first remote command must not dial the floating IP before it is
+    bound. So when the bastion is that IP, `address` is an awaitable Input
+    (the SDK awaits every input before it registers a resource) that
+    resolves, to the same text, once the association is registered, i.e.
+    created: ordered by value, with no dependency in the state. A host's
+    first steps (mount, /etc/hosts) take it; every other step waits for
+    those. Were the association to fail, the update fails with it. Deleting
+    the association first on a destroy costs nothing: no remote command has
+    a `delete`."""
+
+    def __init__(self, settings: Settings):
+        self.text = settings.ssh_bastion
+        self.follows_ip = bool(settings.floating_ip) and settings.ssh_bastion == settings.floating_ip
+        self._bound: Optional[asyncio.Future] = asyncio.get_event_loop().create_future() if self.follows_ip else None
+
+    @property
+    def address(self) -> pulumi.Input[str]:
+        return self._bound if self._bound is not None else self.text
+
+    def bound_by(self, association: Optional[pulumi.Resource]) -> None:
+        if self._bound is None:
+            return
+        if association is None:
+            self._bound.set_result(self.text)
+            return
+
+        def bound(_value) -> None:
+            if not self._bound.done():
+                self._bound.set_result(self.text)
+        # Runs once the association's registration has returned, in a
+        # preview too (its floatingIp is an input, but `run_with_unknowns`
+        # leaves nothing to chance).
+        association.floating_ip.apply(bound, run_with_unknowns=True)
+
+
+def pin_bastion_command(stack: str, ip: str) -> str:
+    """Sets idr:sshBastion to `ip` unless the stack names a bastion already.
+    Not `pulumi config get ... || pulumi config set ...`: the key's default
+    ('') makes `config get` succeed (config.go ApplyProjectConfig) and the
+    set would never run."""
+    return (f"[ -n \"$(pulumi config get idr:sshBastion -s {stack})\" ] || "
+            f"pulumi config set idr:sshBastion {ip} -s {stack}")
+
+
 def release_hint(holder_env: str, this_stack: str = "<this stack>", ip: str = "<the IP>") -> str:
     """How to release `ip` in the stack of environment `holder_env` (named
     like it, as this project's stacks are): a procedure that works as written."""
@@ -60,7 +117,7 @@ def release_hint(holder_env: str, this_stack: str = "<this stack>", ip: str = "<
             f"update and gives {s} this stack's IP: `python -m operations.swap --from {s} --to {this_stack}`. "
             f"By hand, release it in {s} (the public IP then answers nothing until this stack has taken it):\n"
             f"  pulumi state unprotect -s {s} '{urn}'\n"
-            f"  pulumi config get idr:sshBastion -s {s} || pulumi config set idr:sshBastion {ip} -s {s}"
+            f"  {pin_bastion_command(s, ip)}"
             f"   # required once idr:floatingIp is empty; point it at {s}'s proxy before its next full update\n"
             f"  pulumi config rm idr:floatingIp -s {s}\n"
             f"  pulumi up -s {s} --policy-pack policy --target '{urn}'\n"

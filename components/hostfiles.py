@@ -36,13 +36,14 @@ def digest(text: str) -> str:
 
 def remote_step(name: str, settings: Settings, host: Host, stdin: pulumi.Input[str],
                 triggers: Sequence[Any], opts: pulumi.ResourceOptions,
-                on_reconnect: str = REFRESH_CONNECTION) -> command.remote.Command:
+                on_reconnect: str = REFRESH_CONNECTION,
+                bastion: Optional[pulumi.Input[str]] = None) -> command.remote.Command:
     """One script run as root on `host`: again when the script or a trigger
     changes, never because the way to reach the host changed."""
     stdin = pulumi.Output.from_input(stdin)
     return command.remote.Command(
         name,
-        connection=connection_for(settings, host),
+        connection=connection_for(settings, host, bastion),
         create="sudo bash -s",
         update=on_reconnect,
         stdin=stdin,
@@ -66,6 +67,9 @@ class HostFilesArgs:
     # print it again ("sudo bash -s": the step itself, which must then be
     # harmless to repeat): an update replaces the stored stdout.
     on_reconnect: str = REFRESH_CONNECTION
+    # The bastion address as a value that resolves once it can be dialled
+    # (floatingip.Bastion): given to a host's first steps, which the others wait for.
+    bastion: Optional[pulumi.Input[str]] = None
 
 
 @dataclass
@@ -98,7 +102,7 @@ class HostFiles(pulumi.ComponentResource):
             lambda run: install_script(args.host.name, args.files, run))
         triggers = [*args.triggers] + ([args.instance_id] if args.instance_id is not None else [])
         self.command = remote_step(
-            name, args.settings, args.host, script, triggers, on_reconnect=args.on_reconnect,
+            name, args.settings, args.host, script, triggers, on_reconnect=args.on_reconnect, bastion=args.bastion,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # A component's own depends_on does not hold back its children

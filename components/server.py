@@ -23,8 +23,11 @@ class ServerArgs:
     host: Host
     network: Network
     volume: Optional[DataVolume] = None
-    # Must exist before remote commands can reach the host (the bastion's IP).
+    # What must exist before remote commands can reach the host (the proxy,
+    # the bastion of every other host).
     reachable_after: Sequence[pulumi.Resource] = field(default_factory=list)
+    # The bastion address for the host's first step (floatingip.Bastion).
+    bastion: Optional[pulumi.Input[str]] = None
 
 
 class Server(pulumi.ComponentResource):
@@ -78,6 +81,6 @@ class Server(pulumi.ComponentResource):
                 settings=s, host=host, files=[mount_script()],
                 run=args.volume.volume.id.apply(lambda vid: mount_command(vid, host.volume.mount)),
                 triggers=[args.volume.volume.size], instance_id=self.instance.id,
-                depends_on=[attach, *self.ready]), opts=pulumi.ResourceOptions(parent=self))
+                depends_on=[attach, *self.ready], bastion=args.bastion), opts=pulumi.ResourceOptions(parent=self))
             self.ready = [self.mount]
         self.register_outputs({"fixedIp": host.fixed_ip, "instanceId": self.instance.id})

@@ -22,6 +22,8 @@ import shlex
 import sys
 from typing import Optional
 
+from components.floatingip import pin_bastion_command
+
 from .common import ASSOCIATION_TYPE, VOLUME_TYPE, OperationError, Pulumi, association_urn, confirm, stack_environment
 
 # Protected by the program so that no update detaches a data volume from a
@@ -63,7 +65,7 @@ def main(argv=None, pulumi: Optional[Pulumi] = None) -> int:
                   f"  python -m operations.swap --from {s} --to <next stack>\n"
                   f"If it is a spare, release it:\n"
                   f"  pulumi state unprotect -s {s} {q(urn)}\n"
-                  f"  pulumi config get idr:sshBastion -s {s} || pulumi config set idr:sshBastion {ip} -s {s}"
+                  f"  {pin_bastion_command(s, ip)}"
                   f"   # required once idr:floatingIp is empty\n"
                   f"  pulumi config rm idr:floatingIp -s {s}\n"
                   f"  pulumi up -s {s} --policy-pack policy --target {q(urn)}\n"

@@ -54,9 +54,15 @@ What each step relies on (read in the sources, not assumed):
   (to delete a retained resource, it must be set false and `pulumi up` run
   first), so step 1 declares it (components/floatingip.py, while this
   swap's record is in progress) and the swap checks `pulumi stack export`
-  shows it before the IP moves. Not `pulumi state delete`: it refuses a
-  resource others depend on, and the proxy's remote commands depend on the
-  association whenever idr:sshBastion is the floating IP.
+  shows it before the IP moves. Not `pulumi state delete`: a targeted
+  update keeps the state consistent with what the program declares.
+- `pulumi up --target <association>` deletes the association only if no
+  resource depends on it: the engine keeps the old state of every untargeted
+  resource and of the old resources it depends on (pkg/resource/deploy/
+  step_generator.go, generateSteps / getDependencySteps, GenerateDeletes).
+  The program declares no dependent (components/floatingip.py, Bastion); the
+  swap refuses a state that has one (check_no_dependents) and reads every
+  stack's state back after each update.
 - Where a cloud refuses the direct move anyway (a vendor plugin or policy
   answering the association's update with an error), the association's create
   fails in step 3 and nothing moved: the command says so and continues in the
@@ -179,6 +185,21 @@ class Side:
     def association(self) -> Optional[dict]:
         found = [r for r in self.resources if r.get("type") == ASSOCIATION_TYPE]
         return found[0] if found else None
+
+    @property
+    def dependents(self) -> list[str]:
+        """Names of the resources of the state that depend on the association
+        (parent, dependencies, property dependencies, deleted-with)."""
+        a = self.association
+        if not a:
+            return []
+        urn = a["urn"]
+        found = []
+        for r in self.resources:
+            props = [u for us in (r.get("propertyDependencies") or {}).values() for u in us]
+            if urn in (r.get("parent"), *(r.get("dependencies") or []), *props, r.get("deletedWith")):
+                found.append(r["urn"].split("::")[-1])
+        return sorted(set(found))
 
     @property
     def assoc_ip(self) -> str:
@@ -411,6 +432,7 @@ class Swap:
             self.say(f"{done.ip} is already held by {self.new_stack}: nothing to move.")
             return self.final_check(done.ip)
         resuming = any(x and x.status == IN_PROGRESS for x in (self.old.record, self.new.record))
+        self.check_no_dependents()
         P, S = r.public_ip, r.spare_ip
         if self.release_first and r.order == DIRECT and self.holds(self.old, P):
             self.say(f"--release-first: the public IP has not moved yet, so the swap continues in the "
@@ -489,6 +511,24 @@ class Swap:
                      f"recorded in {RECORD} of both stacks).")
         self.say("Commit Pulumi.*.yaml so the repository shows the new holders.")
         return self.final_check(P)
+
+    def check_no_dependents(self) -> None:
+        """Each step is `pulumi up --target <association>`; the engine keeps
+        the old state of every untargeted resource and of what it depends on
+        (Pulumi step_generator.go, generateSteps / getDependencySteps), so an
+        association that anything depends on is never deleted. The program
+        declares none (components/floatingip.py, Bastion); a stack last
+        deployed by an earlier version has them in its state until its next
+        full update, which stores the new dependencies and re-runs nothing."""
+        for side in (self.old, self.new):
+            deps = side.dependents
+            if deps:
+                raise OperationError(
+                    f"{len(deps)} resource(s) in {side.stack}'s state depend on its floating-IP association "
+                    f"({', '.join(deps[:3])}{', ...' if len(deps) > 3 else ''}): a `pulumi up --target` of the "
+                    f"association would keep it, and its IP bound. Nothing was changed. Run `pulumi up -s "
+                    f"{side.stack} --policy-pack policy` once with this version of the program (it stores the new "
+                    f"dependencies and re-runs no remote command), then `{self.command}` again")
 
     @staticmethod
     def downtime(order: str) -> str:
@@ -625,7 +665,7 @@ class Swap:
         finally:
             if self._asked is None:  # the step's line was not seen: count from the update's start
                 self._asked, self._asked_at = start, start_at
-        self._updated(side, urn, verify=False)
+        self.reload(side)
 
     # ------------------------------------------------------------- changes
     def _set(self, side: Side, key: str, value: str) -> None:
@@ -667,24 +707,27 @@ class Swap:
                               f"association: unbind it with `openstack floating ip unset --port {ip}`, then run "
                               f"`{self.command}` again")
 
-    def _up(self, side: Side, message: str, verify: bool = False) -> None:
-        """A targeted update of the side's association. Afterwards its state
-        holds the association of idr:floatingIp, protected, or none: read
-        back from `pulumi stack export` when `verify`, else noted so."""
-        urn = side.urn
-        self.pulumi.up_target(side.stack, urn, message)
-        self._updated(side, urn, verify)
+    def _up(self, side: Side, message: str) -> None:
+        """A targeted update of the side's association, then the state read
+        back (`pulumi stack export`): what the swap judges next is what the
+        engine left, not what it was asked for."""
+        self.pulumi.up_target(side.stack, side.urn, message)
+        self.reload(side)
 
-    def _updated(self, side: Side, urn: str, verify: bool) -> None:
-        if verify:
-            self.reload(side)
-            return
-        rest = [r for r in side.resources if r.get("type") != ASSOCIATION_TYPE]
-        kept = side.association if side.association and side.assoc_ip == side.ip else None
-        if side.ip:
-            rest.append({**(kept or {}), "urn": urn, "type": ASSOCIATION_TYPE, "protect": True,
-                         "inputs": {"floatingIp": side.ip}})
-        side.resources = rest
+    def _check_released(self, side: Side, ip: str) -> None:
+        """After an update that was to remove the side's association of `ip`:
+        it has left the state, and OpenStack has `ip` off the side's proxy."""
+        if side.assoc_ip:
+            deps = side.dependents
+            kept = (f"; {len(deps)} resource(s) in the state depend on it ({', '.join(deps[:3])}"
+                    f"{', ...' if len(deps) > 3 else ''}), and a targeted update keeps what untargeted "
+                    f"resources depend on" if deps else "")
+            raise OperationError(
+                f"`pulumi up` of {side.stack} finished, but its state still holds the association of "
+                f"{side.assoc_ip}{kept}. OpenStack: {self.holder(ip).describe()}. Run `pulumi up -s {side.stack} "
+                f"--policy-pack policy` (it stores what the program declares now), then `{self.command}` again")
+        if self.holds(side, ip):
+            raise self._still_bound(side, ip)
 
     def rebind_spare(self, r: Record) -> None:
         """The new stack gave up its spare IP, but the public one has not
@@ -705,7 +748,7 @@ class Swap:
         old = self.old
         if not old.association or old.retained:
             return
-        self._up(old, message, verify=True)
+        self._up(old, message)
         if old.assoc_ip == r.public_ip and not old.retained:
             self.say(f"{self.old_stack}'s state does not show its association as retained on delete after the "
                      f"update, so removing it would unbind {r.public_ip} from {self.new_stack}: the swap uses the "
@@ -722,8 +765,7 @@ class Swap:
                                      f"not release {S}: run `pulumi up -s {self.new_stack} --policy-pack policy` "
                                      f"with idr:floatingIp {S} first, then `{self.command}` again")
             self._up(new, message)
-        if self.holds(new, S):
-            raise self._still_bound(new, S)
+        self._check_released(new, S)
 
     def move_public(self, r: Record, message: str) -> None:
         new, P = self.new, r.public_ip
@@ -778,6 +820,8 @@ class Swap:
         if old.assoc_ip:
             self._unprotect(old)
             self._up(old, message)
+        if old.assoc_ip:
+            self._check_released(old, P)
         if not self.holds(self.new, P):
             raise OperationError(f"{P} is no longer on {self.new.port} after {self.old_stack} forgot its association "
                                  f"({self.holder(P).describe()}): give it back to {self.new_stack} with `pulumi up -s "
@@ -790,7 +834,7 @@ class Swap:
             # (the program declares it only while idr:floatingIp names it).
             if old.ip != P:
                 self._set(old, FLOATING_IP, P)
-            self._up(old, message + ": clear retain-on-delete first", verify=True)
+            self._up(old, message + ": clear retain-on-delete first")
             if old.retained:
                 raise OperationError(f"{self.old_stack}'s association of {P} is still retained on delete after the "
                                      f"update, so removing it would not release {P}: check `pulumi stack export -s "
@@ -802,8 +846,7 @@ class Swap:
                 self._up_asking(old, message)
             else:
                 self._up(old, message)
-        if self.holds(old, P):
-            raise self._still_bound(old, P)
+        self._check_released(old, P)
 
     def take_public(self, r: Record, message: str) -> None:
         new, P = self.new, r.public_ip

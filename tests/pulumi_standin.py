@@ -35,7 +35,21 @@ the stack refuse as a locked stack does; `world.handshake()` makes every
 update and destroy wait, after its first line of output, until the test has
 seen that line (`world.ack()`), which only streamed output allows.
 
-Its `up --target <association>` does what the program, the provider and
+The project is the repository's Pulumi.yaml and stack files (`install`
+converts them to JSON). `stack init` starts from the stack's file, `config
+set --secret` stores a secret (read from stdin when no value is given), and,
+as the CLI does, `pulumi config` and `config get` apply the project's
+defaults and name the keys that are missing (config.go ApplyProjectConfig).
+Every `up` first applies the CLI's config validation (project_config_error,
+stack_config_error below, each rule cited to Pulumi's source), then the
+engine's targeting rules (target_plan: an untargeted resource keeps its old
+state and the old resources it depends on; an untargeted delete is refused;
+--target-dependents is refused, nothing uses it). A stack made by
+`World.add_deployed` holds every resource the project's program declares
+(run offline), remote commands with their dependencies included; `up`
+without --target writes what the program declares.
+
+Its `up` does to the association what the program, the provider and
 Neutron would:
 - the program (components/floatingip.py): refuses an IP another
   environment's proxy holds, unless this stack's swap record (config
@@ -63,9 +77,11 @@ it reaches the association (the program and the engine's start).
 """
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +91,7 @@ import yaml
 from operations.common import ASSOCIATION_TYPE as ASSOC_TYPE, VOLUME_TYPE
 
 SCRIPT = r'''
-import json, os, sys, time
+import json, os, re, sys, time
 from pathlib import Path
 
 HOME = Path(os.environ["FAKE_PULUMI_HOME"])
@@ -110,18 +126,40 @@ settings = load(HOME / "settings.json", {})
 # `state unprotect --yes --stack S -- URN`) and an operator's (`config set K V -s S`).
 VALUED = @VALUED@  # flags that take a value (tests/pulumi_standin.py VALUED)
 @PARSE_ARGV@
+# The CLI's config rules and the engine's --target rules (tests/pulumi_standin.py, cited there).
+@RULES@
 args, flags, values = parse_argv(argv, VALUED)
 for unwanted in ("event-log", "client"):  # the operations neither inline programs nor take engine events
     if unwanted in values:
         die(f"the stand-in does not serve --{unwanted}")
+if "--target-dependents" in flags:
+    die("the stand-in does not serve --target-dependents (nothing here uses it)")
+# Pulumi.yaml (name and config block) and the repository's stack files, as JSON.
+PROJECT = load(HOME / "project.json", {"name": "idr", "config": {}, "stack_files": {}})
+if args[:1] == ["login"]:
+    sys.exit(print("Logged in to the stand-in backend") or 0)
 if "stack" not in values:
     die("no stack selected")
 stack = values["stack"][-1].split("/")[-1]
 spath = HOME / "stacks" / f"{stack}.json"
+if args[:2] == ["stack", "init"]:
+    if spath.exists():
+        die(f"stack '{stack}' already exists")
+    # A stack file that exists already (this repository's) keeps its config.
+    save(spath, {"config": dict(PROJECT["stack_files"].get(stack, {})), "secrets": {}, "resources": []})
+    sys.exit(print(f"Created stack '{stack}'") or 0)
 if not spath.exists():
     die(f"no stack named '{stack}' found")
 st = load(spath, None)
 cfg = st["config"]
+secrets = st.setdefault("secrets", {})
+
+def with_defaults():
+    """`pulumi config` and `config get` apply the project's defaults (config.go ApplyProjectConfig)."""
+    try:
+        return apply_project_config(stack, PROJECT, {**cfg, **secrets})
+    except CliRefusal as refusal:
+        die(str(refusal))
 env = cfg.get("idr:environment") or stack
 urn = (f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${ASSOC}::{env}-proxy-floating-ip")
 assoc = next((r for r in st["resources"] if r["type"] == ASSOC), None)
@@ -179,6 +217,9 @@ def neutron_set(ip, port, why):
     NEUTRON.write_text(json.dumps(data))
     with open(EVENTS, "a") as f:
         f.write(json.dumps({"t": time.time(), "ip": ip, "port": port, "why": why}) + "\n")
+
+def load_events():
+    return [json.loads(x) for x in EVENTS.read_text().splitlines()] if EVENTS.exists() else []
 
 def fip_id(ip):
     return "fip-" + ip.replace(".", "-")
@@ -254,23 +295,40 @@ def ancestors(resources):
     return keep
 
 if args == ["config"]:
-    out = json.dumps({k: {"value": display(v), "secret": False} for k, v in cfg.items()}
+    merged = with_defaults()
+    out = json.dumps({k: {"value": json.dumps(v) if isinstance(v, (list, dict)) else display(v), "secret": False}
+                      for k, v in merged.items() if k not in secrets}
                      | {k: {"value": v if "--show-secrets" in flags else "[secret]", "secret": True}
-                        for k, v in st.get("secrets", {}).items()})
-elif args[:2] == ["config", "set"] and len(args) == 4:
-    cfg[args[2]] = args[3]   # the CLI writes every top-level value as a string
+                        for k, v in secrets.items()})
+elif args[:2] == ["config", "set"] and len(args) in (3, 4):
+    # No value given: the CLI reads it from stdin (`... --secret K < file`).
+    value = args[3] if len(args) == 4 else sys.stdin.read()
+    if "--secret" in flags:
+        secrets[args[2]] = value
+        cfg.pop(args[2], None)
+    else:
+        cfg[args[2]] = value   # the CLI writes every top-level value as a string
+        secrets.pop(args[2], None)
 elif args[:2] == ["config", "get"] and len(args) == 3:
-    if args[2] not in cfg:
+    merged = with_defaults()
+    if args[2] not in merged:
         die(f"configuration key '{args[2]}' not found for stack '{stack}'")
-    out = display(cfg[args[2]])
+    out = merged[args[2]] if args[2] in secrets else display(merged[args[2]])
 elif args[:2] == ["config", "rm"] and len(args) == 3:
     cfg.pop(args[2], None)
+    secrets.pop(args[2], None)
 elif args == ["stack", "select"]:
     pass
-elif args == ["stack", "output"]:
+elif args[:2] == ["stack", "output"] and len(args) <= 3:
     # The outputs live on the stack resource: none without it (never deployed, or destroyed).
     rooted = any(r["type"] == "pulumi:pulumi:Stack" for r in st["resources"])
-    out = json.dumps(st.get("outputs", {}) if rooted else {})
+    outs = st.get("outputs", {}) if rooted else {}
+    if len(args) == 3:  # one output, as text
+        if args[2] not in outs:
+            die(f"current stack does not have output property '{args[2]}'")
+        out = outs[args[2]] if isinstance(outs[args[2]], str) else json.dumps(outs[args[2]])
+    else:
+        out = json.dumps(outs)
 elif args == ["stack", "export"]:
     out = json.dumps({"version": 3, "deployment": {"resources": st["resources"]}})
 elif args == ["stack", "history"]:
@@ -302,9 +360,12 @@ elif args == ["up"]:
     # The operator commands never update without the policy pack.
     if values.get("policy-pack") != ["policy"]:
         die("the stand-in refuses `pulumi up` without --policy-pack policy")
+    # The CLI checks the project and the stack's config before the engine starts
+    # (project.go Project.Validate; config.go ValidateStackConfigAndApplyProjectConfig).
+    problem = project_config_error(PROJECT) or stack_config_error(stack, PROJECT, {**cfg, **secrets}, set(secrets))
+    if problem:
+        die(f"validating stack config: {problem}")
     targets = set(values.get("target", []))
-    if targets != {urn}:
-        die(f"unexpected targets {sorted(targets)} (the stand-in serves updates of the association {urn})")
     say(f"Updating ({stack}):")
     handshake()
     time.sleep(float(settings.get("program_seconds", 0)))
@@ -322,10 +383,24 @@ elif args == ["up"]:
             die(f"config idr:floatingIp = {want!r} is held by port {holder}")
     retain = (record is not None and str(record.get("from_stack", "")).split("/")[-1] == stack
               and record.get("public_ip") == want and bool(want))
+    # What the program declares: its resources as the stack's "program" lists
+    # them (what the code of the project registers; by default what the state
+    # holds), and the association when idr:floatingIp names an IP.
+    program = st.get("program") or [r for r in st["resources"] if r["type"] != ASSOC]
+    declared = [r["urn"] for r in program] + ([urn] if want else [])
+    if targets:
+        try:
+            kept, deleted = target_plan(st["resources"], declared, targets)
+        except CliRefusal as refusal:
+            die(str(refusal))
+    else:
+        kept, deleted = set(), {r["urn"] for r in st["resources"] if r["urn"] not in declared}
     have = assoc["inputs"]["floatingIp"] if assoc else ""
-    if assoc and have != want and assoc["protect"]:
+    if assoc and urn in kept:
+        pass  # untargeted dependents keep its old state: no step at all for it
+    elif assoc and have != want and (want or urn in deleted) and assoc["protect"]:
         die(f"unable to {'replace' if want else 'delete'} resource {urn} as it is currently marked for protection")
-    if assoc and have != want:
+    elif assoc and have != want and (want or urn in deleted):
         line("-", "deleting")
         if not assoc.get("retainOnDelete"):
             disassociate(have)  # the association's delete unbinds the IP wherever it is
@@ -333,7 +408,7 @@ elif args == ["up"]:
         save(spath, st)
         line("-", "deleted")
         assoc = None
-    if want and assoc is None:
+    if want and assoc is None and (not targets or urn in targets):
         line("+", "creating")
         associate(want, f"{env}-proxy")
         st["resources"].append({"urn": urn, "type": ASSOC, "protect": True, "retainOnDelete": retain,
@@ -341,8 +416,34 @@ elif args == ["up"]:
                                 "provider": f"urn:pulumi:{stack}::idr::pulumi:providers:openstack::default",
                                 "inputs": {"floatingIp": want}})
         line("+", "created")
-    elif assoc and not settings.get("same_keeps_options"):  # a "same" step writes the goal's options
+    elif assoc and want and (not targets or urn in targets) and urn not in kept \
+            and not settings.get("same_keeps_options"):  # a "same" step writes the goal's options
         assoc["protect"], assoc["retainOnDelete"] = True, retain
+    # Remote commands store their connection; a full update with another
+    # bastion address runs each command's `update` over SSH to it
+    # (pulumi-command: a changed connection re-runs), which must reach this
+    # environment's proxy: an IP on no port, or another's, does not answer.
+    bastion = cfg.get("idr:sshBastion") or want
+    ips = set(neutron()) | {e["ip"] for e in load_events()}
+    if not targets and any(r["type"] == "command:remote:Command" for r in program) \
+            and bastion != st.get("bastion") and bastion in ips and neutron().get(bastion) != f"{env}-proxy":
+        remember("update", "failed")
+        save(spath, st)
+        die(f"{env}-proxy-etc-hosts: dial tcp {bastion}:22: i/o timeout (the stored connections move to "
+            f"{bastion}, which {'is bound to ' + neutron()[bastion] if bastion in neutron() else 'is bound to no port'})")
+    if not targets:
+        st["bastion"] = bastion
+    # The other resources: an untargeted one keeps its old state (dependencies
+    # included); a targeted one, or every one in a full update, takes the
+    # program's goal; deletes as planned.
+    goals = {r["urn"]: r for r in program}
+    st["resources"] = [goals[r["urn"]] if r["urn"] in goals and (not targets or r["urn"] in targets) else r
+                       for r in st["resources"] if r["urn"] == urn or r["urn"] not in deleted]
+    present = {r["urn"] for r in st["resources"]}
+    st["resources"] += [r for u, r in goals.items() if u not in present and (not targets or u in targets)]
+    root = f"urn:pulumi:{stack}::idr::pulumi:pulumi:Stack::idr-{stack}"
+    if not any(r["type"] == "pulumi:pulumi:Stack" for r in st["resources"]):  # a first update creates it
+        st["resources"].insert(0, {"urn": root, "type": "pulumi:pulumi:Stack", "protect": False})
     st["outputs"] = outputs(want)
     remember("update")
     out = "Resources: updated"
@@ -394,7 +495,8 @@ if fail_now:
 
 VALUED = {"-s": "stack", "--stack": "stack", "--target": "target", "--policy-pack": "policy-pack",
           "-m": "message", "--message": "message", "--exec-kind": "exec-kind", "--page-size": "page-size",
-          "--page": "page", "--color": "color", "--event-log": "event-log", "--client": "client"}
+          "--page": "page", "--color": "color", "--event-log": "event-log", "--client": "client",
+          "--secrets-provider": "secrets-provider"}
 MUTATING = (("config", "set"), ("config", "rm"), ("state", "unprotect"), ("up",), ("destroy",), ("stack", "rm"))
 
 
@@ -440,9 +542,178 @@ def parse_argv(argv, valued):
         else:
             args.append(a)
         i += 1
-    if args[:2] == ["stack", "rm"] and len(args) == 3:
+    if args[:2] in (["stack", "rm"], ["stack", "init"]) and len(args) == 3:
         values.setdefault("stack", []).append(args.pop())
     return args, flags, values
+
+
+# ---------------------------------------------------------------------------
+# The Pulumi CLI's config rules and the engine's --target rules, as pure
+# functions of plain data (stdlib only: their source is pasted into SCRIPT,
+# which runs isolated, and tests call them directly). Each rule cites the
+# Pulumi source it comes from (github.com/pulumi/pulumi).
+
+class CliRefusal(Exception):
+    """What the CLI or the engine refuses, in its words."""
+
+
+def cli_value_ok(kind, items, value):
+    """sdk/go/common/workspace/project.go ValidateConfigValue."""
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "integer":
+        # An int, a whole float (values from YAML or JSON), or a string strconv.Atoi reads.
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, int) or (isinstance(value, float) and value == int(value)):
+            return True
+        return isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value) is not None \
+            and abs(int(value)) < 2**63
+    if kind == "boolean":
+        return value in ("true", "false") or isinstance(value, bool)
+    # An array is a list whose items match `items`; any other type name fails.
+    if not isinstance(value, list) or items is None:
+        return False
+    return all(cli_value_ok(items.get("type"), items.get("items"), item) for item in value)
+
+
+def _type_name(kind, items):
+    """project.go InferFullTypeName."""
+    return f"array<{_type_name(items.get('type'), items.get('items'))}>" if items is not None else kind
+
+
+def project_config_error(project):
+    """project.go Project.Validate, for the `config:` block: None or the error."""
+    name = project["name"]
+    for key, decl in (project.get("config") or {}).items():
+        decl = decl if isinstance(decl, dict) else {"value": decl}
+        if decl.get("default") is not None and decl.get("value") is not None:
+            return f"project config '{key}' cannot have both a 'default' and 'value' attribute"
+        if ":" in key and not key.startswith(name + ":"):
+            continue  # another namespace: a value only (not used here)
+        typed = "type" in decl
+        if typed and decl["type"] not in ("string", "integer", "boolean", "array"):
+            return f"#/config/{key}/type: value must be one of 'string', 'integer', 'boolean', 'array'"  # ProjectSchema
+        if typed and decl["type"] == "array" and decl.get("items") is None:
+            return (f"The configuration key '{key}' declares an array but does not specify the underlying type via "
+                    f"the 'items' attribute")
+        if typed and decl.get("default") is not None and \
+                not cli_value_ok(decl["type"], decl.get("items"), decl["default"]):
+            return (f"The default value specified for configuration key '{key}' is not of the expected type "
+                    f"'{_type_name(decl['type'], decl.get('items'))}'")
+    return None
+
+
+def _as_config_value(value):
+    """config.Value as the CLI holds it: a scalar as its text (createConfigValue: fmt "%v";
+    a stack file's YAML scalar likewise), a list or map as an object (JSON)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.loads(json.dumps(value))
+    return "" if value is None else str(value)
+
+
+def apply_project_config(stack, project, config):
+    """config.go mergeConfig (also `ApplyProjectConfig`, which `pulumi config`
+    and `config get` run): the stack's values with the project's defaults
+    applied, as plain values. A key of the project's namespace declared with
+    neither default nor value, and not on the stack, is missing; all are named
+    in one error."""
+    name, merged, missing = project["name"], dict(config), []
+    for key in sorted(project.get("config") or {}):
+        decl = project["config"][key] if isinstance(project["config"][key], dict) else {"value": project["config"][key]}
+        full = key if ":" in key else f"{name}:{key}"
+        has_default, has_value = decl.get("default") is not None, decl.get("value") is not None
+        if full not in merged and not has_value and not has_default and full.split(":")[0] == name:
+            missing.append(key)
+            continue
+        if full not in merged and (has_value or has_default):
+            merged[full] = _as_config_value(decl["default"] if has_default else decl["value"])
+    if missing:
+        missing.sort()
+        names = f"'{missing[0]}'" if len(missing) == 1 else \
+            "".join(f"'{k}', " for k in missing[:-2]) + f"'{missing[-2]}' and '{missing[-1]}'"
+        raise CliRefusal(f"Stack '{stack}' is missing configuration value{'s' if len(missing) > 1 else ''} {names}")
+    return merged
+
+
+def stack_config_error(stack, project, config, secure):
+    """config.go ValidateStackConfigAndApplyProjectConfig: mergeConfig, then
+    validateStackConfigValues / validateStackConfigValue for every key with an
+    explicit type: a secret must be encrypted on the stack (a default applied
+    above is plain, so a declared secret with a default is always refused),
+    and the value must be of the type. Keys the project does not declare are
+    not checked. `config`: key -> value (text, or YAML-typed from a stack
+    file; a secret's decrypted text); `secure`: the keys encrypted on the
+    stack. None, or the CLI's error (it prints `validating stack config: <error>`)."""
+    try:
+        merged = apply_project_config(stack, project, config)
+    except CliRefusal as refusal:
+        return str(refusal)
+    for key in sorted(project.get("config") or {}):
+        decl = project["config"][key]
+        if not isinstance(decl, dict) or "type" not in decl:
+            continue
+        full = key if ":" in key else f"{project['name']}:{key}"
+        if decl.get("secret") and full not in secure:
+            return f"Stack '{stack}' with configuration key '{key}' must be encrypted as it's secret"
+        if not cli_value_ok(decl["type"], decl.get("items"), _as_config_value(merged.get(full, ""))):
+            return (f"Stack '{stack}' with configuration key '{key}' must be of type "
+                    f"'{_type_name(decl['type'], decl.get('items'))}'")
+    return None
+
+
+def _dependencies(r):
+    """resource.State.GetAllDependencies: parent, dependencies, property dependencies, deleted-with."""
+    props = [u for us in (r.get("propertyDependencies") or {}).values() for u in us]
+    return [u for u in [r.get("parent"), *(r.get("dependencies") or []), *props, r.get("deletedWith")] if u]
+
+
+def target_plan(olds, declared, targets):
+    """What `pulumi up --target` (no --target-dependents) keeps and deletes,
+    by pkg/resource/deploy/step_generator.go. `olds`: the state's resources;
+    `declared`: URNs the program registers; `targets`: the --target URNs.
+    Returns (kept, deleted): URNs of old resources whose old state is copied
+    as it is, and those deleted. Raises CliRefusal for an untargeted delete.
+    - generateSteps, "if !isTargeted": a declared resource that is not
+      targeted gets a SameStep with its OLD state (old dependencies kept),
+      and getDependencySteps emits a SameStep for every old dependency
+      (parent, dependencies, property dependencies, deleted-with) that has no
+      step of its own, transitively. A dependency the program no longer
+      declares is therefore kept, even when it is a target.
+    - GenerateDeletes: an old resource neither declared nor kept is a delete
+      candidate; determineAllowedResourcesToDeleteFromTargets keeps only the
+      targets and what depends on them (getTargetDependents); any of those
+      that is not itself a target bails the update
+      (GetResourceWillBeDestroyedButWasNotSpecifiedInTargetList). The other
+      candidates stay in the state untouched."""
+    old = {r["urn"]: r for r in olds}
+    declared, targets = set(declared), set(targets)
+    kept, todo = set(), [u for u in old if u in declared and u not in targets]
+    while todo:
+        u = todo.pop()
+        if u in kept:
+            continue
+        kept.add(u)
+        todo += [d for d in _dependencies(old[u]) if d in old and not (d in declared and d in targets)]
+    allowed, todo = set(), [u for u in old if u in targets]
+    while todo:
+        u = todo.pop()
+        if u in allowed:
+            continue
+        allowed.add(u)
+        todo += [r["urn"] for r in olds if u in _dependencies(r)]
+    deleted = [u for u in old if u not in declared and u not in kept and u in allowed]
+    for u in deleted:
+        if u not in targets:
+            raise CliRefusal(f"Resource '{u}' will be destroyed but was not specified in --target list.\n"
+                             f"Either include resource in --target list or pass --target-dependents to proceed.")
+    return kept, set(deleted)
+
+
+RULES = (CliRefusal, cli_value_ok, _type_name, project_config_error, _as_config_value, apply_project_config,
+         stack_config_error, _dependencies, target_plan)
 
 
 def parse_call(argv: list[str]) -> Call:
@@ -491,14 +762,90 @@ def stack_state(stack: str, config: dict, floating_ip: str = "", env: str = "") 
     return {"config": config, "resources": resources, "outputs": outputs}
 
 
+# A deployed stack's secret, as `pulumi config set --secret` leaves it (README, Creating the stacks).
+DEPLOYED_SECRETS = {"idr:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nstand-in\n"}
+
+
+def program_state(stack: str, config: dict, floating_ip: str = "", legacy: bool = False) -> dict:
+    """A deployed stack's state as the project's program declares it: every
+    resource of the real program, run offline (components/offline.py) with
+    `config` (the README's set-up: the stack file, then what it sets), with
+    its parent and dependencies. `legacy`: as the code before issue 24
+    declared it, a host's first steps (mount, /etc/hosts) depending on the
+    association while idr:sshBastion followed the IP (environment.py's
+    `reachable`)."""
+    resources = [dict(r) for r in _program_resources(stack, json.dumps(config, sort_keys=True), floating_ip)]
+    # What the program declares now (its `up` writes these), before any legacy edit of the state.
+    program = [dict(r) for r in resources if r["type"] != ASSOC_TYPE]
+    assoc = next((r for r in resources if r["type"] == ASSOC_TYPE), None)
+    bastion = str(config.get("idr:sshBastion") or "")
+    if legacy and assoc and bastion in ("", floating_ip):
+        for r in resources:
+            if r["type"] in ("command:remote:Command", "idr:host:HostFiles") and \
+                    r["urn"].endswith(("-mount", "-etc-hosts")):
+                r["dependencies"] = sorted({*r["dependencies"], assoc["urn"]})
+    state = stack_state(stack, config, floating_ip)
+    vols = {r["name"]: r for r in state["resources"] if r["type"] == VOLUME_TYPE}
+    for r in resources:  # the fields the backups read
+        if r["type"] == VOLUME_TYPE:
+            r.update({k: v for k, v in vols.get(r["urn"].split("::")[-1], {}).items()
+                      if k in ("role", "name", "size", "id", "mount")})
+    for r in program:
+        r.update({k: v for k, v in vols.get(r["urn"].split("::")[-1], {}).items()
+                  if r["type"] == VOLUME_TYPE and k in ("role", "name", "size", "id", "mount")})
+    return {"config": state["config"], "resources": resources, "program": program,
+            "outputs": state["outputs"], "secrets": dict(DEPLOYED_SECRETS),
+            "bastion": bastion or floating_ip}  # the address the stored connections use
+
+
+_PROGRAM_CACHE: dict = {}
+
+
+def _program_resources(stack: str, config_json: str, floating_ip: str) -> list[dict]:
+    key = (stack, config_json, floating_ip)
+    if key not in _PROGRAM_CACHE:
+        from components.offline import run_stack
+        overrides = {k.split(":", 1)[1]: (json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                     for k, v in json.loads(config_json).items() if k.startswith("idr:")}
+        overrides["floatingIp"] = floating_ip
+        outputs = {"prod": run_stack("prod").outputs} if stack != "prod" else {}
+        run = run_stack(stack, overrides, stack_outputs=outputs)
+        root = f"urn:pulumi:{stack}::idr::pulumi:pulumi:Stack::idr-{stack}"
+        provider = f"urn:pulumi:{stack}::idr::pulumi:providers:openstack::default"
+        resources = [{"urn": root, "type": "pulumi:pulumi:Stack", "protect": False},
+                     {"urn": provider, "type": "pulumi:providers:openstack", "protect": False, "parent": root}]
+        for r in run.resources:
+            props = {k: list(v) for k, v in r.options.property_dependencies.items() if v}
+            entry = {"urn": r.urn, "type": r.type, "protect": bool(r.options.protect),
+                     "retainOnDelete": bool(r.options.retain_on_delete), "parent": r.options.parent or root,
+                     "dependencies": sorted({*r.options.depends_on, *(u for us in props.values() for u in us)}),
+                     "propertyDependencies": props}
+            if r.custom:
+                entry["provider"] = provider
+            if r.type == ASSOC_TYPE:
+                entry["inputs"] = {"floatingIp": r.inputs["floatingIp"]}
+            resources.append(entry)
+        _PROGRAM_CACHE[key] = resources
+    return _PROGRAM_CACHE[key]
+
+
 @dataclass
 class World:
     home: Path
     bin: Path
 
     def add_stack(self, stack: str, floating_ip: str = "", config: dict | None = None) -> None:
-        (self.home / "stacks" / f"{stack}.json").write_text(
-            json.dumps(stack_state(stack, config or {}, floating_ip), indent=1))
+        state = stack_state(stack, config or {}, floating_ip)
+        state["secrets"] = dict(DEPLOYED_SECRETS)
+        (self.home / "stacks" / f"{stack}.json").write_text(json.dumps(state, indent=1))
+        if floating_ip:
+            self.set_neutron(floating_ip, f"{stack}-proxy")
+
+    def add_deployed(self, stack: str, floating_ip: str = "", config: dict | None = None,
+                     legacy: bool = False) -> None:
+        """A stack deployed by the project's program (program_state): the
+        state of every resource, and what the program declares on `up`."""
+        self.save_stack(stack, program_state(stack, config or {}, floating_ip, legacy))
         if floating_ip:
             self.set_neutron(floating_ip, f"{stack}-proxy")
 
@@ -513,6 +860,9 @@ class World:
         with every `config set` and `config rm` applied, set values as strings."""
         data = (yaml.safe_load(base.read_text()) or {}) if base else {}
         secure = {k: v for k, v in (data.get("config") or {}).items() if isinstance(v, dict) and "secure" in v}
+        # `config set --secret` writes the value encrypted: {"secure": <ciphertext>}.
+        secure |= {k: {"secure": "v1:" + base64.b64encode(v.encode()).decode()}
+                   for k, v in self.stack(stack).get("secrets", {}).items()}
         data["config"] = {**self.config(stack), **secure}
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
 
@@ -623,17 +973,31 @@ class World:
                 "neutron": self.neutron}
 
 
-def install(tmp_path: Path, monkeypatch) -> World:
-    """Write the stand-in, put it first on PATH, and point it at a fresh state."""
+def project_json(project_dir: Path) -> dict:
+    """Pulumi.yaml's name and config block, and each Pulumi.<stack>.yaml's
+    config: what the stand-in (which cannot read YAML) knows of the project."""
+    project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text())
+    files = {path.name[len("Pulumi."):-len(".yaml")]: (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+             for path in sorted(project_dir.glob("Pulumi.*.yaml"))}
+    return {"name": project["name"], "config": project.get("config") or {}, "stack_files": files}
+
+
+def install(tmp_path: Path, monkeypatch, project_dir: Path | None = None) -> World:
+    """Write the stand-in, put it first on PATH, and point it at a fresh
+    state; the project is the repository's (or `project_dir`'s) Pulumi.yaml
+    and stack files."""
+    from components import PROJECT_DIR
     home = tmp_path / "pulumi-home"
     (home / "stacks").mkdir(parents=True)
+    (home / "project.json").write_text(json.dumps(project_json(project_dir or PROJECT_DIR)))
     bindir = tmp_path / "bin"
     bindir.mkdir()
     exe = bindir / "pulumi"
     # -I -S: no site packages or environment, so each call starts fast.
     # The stand-in runs isolated (-IS): it gets the type tokens as literals.
     script = (SCRIPT.replace("@ASSOC@", repr(ASSOC_TYPE)).replace("@VOLUME@", repr(VOLUME_TYPE))
-              .replace("@VALUED@", repr(VALUED)).replace("@PARSE_ARGV@", inspect.getsource(parse_argv)))
+              .replace("@VALUED@", repr(VALUED)).replace("@PARSE_ARGV@", inspect.getsource(parse_argv))
+              .replace("@RULES@", "\n".join(inspect.getsource(f) for f in RULES)))
     exe.write_text(f"#!{sys.executable} -IS\n{script}")
     exe.chmod(0o755)
     (home / "calls.jsonl").write_text("")

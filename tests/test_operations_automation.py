@@ -27,7 +27,7 @@ MESSAGES = {
     "prod": [f"swap prod -> newidr: step {n} of 5 ({STEPS[n]})" for n in (1, 4, 5)],
     "newidr": [f"swap prod -> newidr: step {n} of 5 ({STEPS[n]})" for n in (2, 3)],
 }
-MOVE_CALL = READS + 2 + 5 + 7 + 2  # the `up` of step 3 (see test_swap)
+MOVE_CALL = READS + 2 + 5 + 8 + 2  # the `up` of step 3 (see test_swap)
 
 
 def ups(world):
@@ -182,7 +182,10 @@ def test_reads_leave_secrets_out_and_updates_need_a_message(tmp_path, monkeypatc
     state["secrets"] = {"idr:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----"}
     (w.home / "stacks" / "prod.json").write_text(json.dumps(state))
     pulumi = Pulumi(say=lambda line: None)
-    assert pulumi.config("prod") == {"idr:floatingIp": PUBLIC}
+    config = pulumi.config("prod")
+    # The stack's values and, as `pulumi config` shows them, the project's defaults; no secret.
+    assert config["idr:floatingIp"] == PUBLIC and config["idr:sshBastion"] == "" and config["idr:sshUser"] == "rocky"
+    assert "idr:sshPrivateKey" not in config
     assert pulumi.outputs("prod")["floatingIp"] == PUBLIC
     with pytest.raises(ValueError):
         pulumi.up_target("prod", URN.format("prod"), "")

@@ -349,3 +349,45 @@ def test_dependencies_grow_linearly_with_the_read_only_nodes():
     small, large = edges(8), edges(32)
     # Four times the nodes: at most about four times the edges (plus the fixed hosts' share).
     assert large < 4.2 * small, (small, large)
+
+
+# ------------------------------------------------- the floating-IP association
+def _depending_on(run, urn):
+    return sorted({r.name for r in run.resources
+                   if urn in r.options.depends_on or urn == r.options.parent
+                   or any(urn in us for us in r.options.property_dependencies.values())})
+
+
+@pytest.mark.parametrize("bastion", ["", "bastion.example.org"], ids=["bastion-follows-the-ip", "named-bastion"])
+def test_nothing_depends_on_the_floating_ip_association(bastion):
+    """The swap and the hand procedure remove an association with `pulumi up
+    --target <association>`; the engine keeps the old state of every
+    untargeted resource and of what it depends on (step_generator.go
+    getDependencySteps), so one dependent would keep the association, and its
+    IP bound. The README's set-up (idr:sshBastion unset) and a named bastion alike."""
+    run = run_stack("prod", {"sshBastion": bastion})
+    (assoc,) = run.of_type(FIP)
+    assert _depending_on(run, assoc.urn) == []
+
+
+def test_remote_steps_wait_for_the_floating_ip_by_value(prod_run):
+    """A fresh environment's first SSH finds the IP bound: every remote step
+    registers after the association (the proxy's mount although the program
+    declares it before the association), and reaches the proxy at the plain
+    address, the text an existing stack has stored: no connection changes,
+    nothing re-runs."""
+    order = [r.urn for r in prod_run.resources]
+    (assoc,) = prod_run.of_type(FIP)
+    commands = prod_run.of_type(COMMAND)
+    assert len(commands) > 15
+    assert all(order.index(c.urn) > order.index(assoc.urn) for c in commands)
+    for c in commands:
+        connection = c.inputs["connection"]
+        assert (connection.get("proxy") or connection)["host"] == "203.0.113.10", c.name
+
+
+def test_a_named_bastion_is_reached_at_its_name():
+    run = run_stack("prod", {"sshBastion": "bastion.example.org"})
+    for c in run.of_type(COMMAND):
+        connection = c.inputs["connection"]
+        assert (connection.get("proxy") or connection)["host"] == "bastion.example.org", c.name

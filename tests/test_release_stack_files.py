@@ -89,7 +89,7 @@ def test_stack_files_of_a_swap_cut_short_pass_the_checks(release):
     too, sometimes: the checks accept it, and the program reads the record."""
     world, web, tmp_path = release
     world.clear_calls()
-    world.fail_at(30)  # step 4: prod's `config rm idr:floatingIp`
+    world.fail_at(32)  # step 4: prod's `config rm idr:floatingIp`
     assert run(world, web) == 2
     world.fail_at(None)
     project = written(world, tmp_path)

@@ -14,7 +14,7 @@ import pytest
 from tests.test_swap import (PUBLIC, READS, SPARE, URN, Web, assert_only_moves, assert_swapped, fail_then_finish,
                              follow, full_run_calls, run, world)  # noqa: F401
 
-MOVE_CALL = READS + 2 + 5 + 7 + 2  # the `up` of step 3, the move (see test_swap)
+MOVE_CALL = READS + 2 + 5 + 8 + 2  # the `up` of step 3, the move (see test_swap)
 MOVE, PROGRAM = 0.2, 0.4   # seconds: the dataplane switch of a move; an update before it reaches the association
 
 
@@ -86,12 +86,12 @@ def test_release_first_on_request(world, web, capsys):
     assert "two updates" in capsys.readouterr().out
 
 
-# Direct until the refused move (22 calls, the move included, and the export
+# Direct until the refused move (23 calls, the move included, and the export
 # after it), the two records of the new order; then release (pin, unprotect,
-# config rm, up + 3: 7; the up that clears retain-on-delete first + 3 and its
-# export: 5), take (up + 3, measured records: 6), give (config set, up + 3:
-# 5), the two records.
-REFUSED_RUN_CALLS = 50
+# config rm, up + 3, export: 8; the up that clears retain-on-delete first + 3
+# and its export: 5), take (up + 3, export, measured records: 7), give
+# (config set, up + 3, export: 6), the two records.
+REFUSED_RUN_CALLS = 54
 
 
 def test_every_failure_point_of_the_fallback_is_covered(tmp_path_factory, monkeypatch):
@@ -218,7 +218,7 @@ def test_the_guard_hint_works_as_written(world, web):
         run_stack("newidr", {"floatingIp": PUBLIC}, floating_ip_holders={PUBLIC: "prod-proxy"},
                   stack_outputs={"prod": run_stack("prod").outputs})
     hint = str(refused.value)
-    assert "pulumi config get idr:sshBastion -s prod || pulumi config set idr:sshBastion" in hint
+    assert "[ -n \"$(pulumi config get idr:sshBastion -s prod)\" ] || pulumi config set idr:sshBastion" in hint
     assert "python -m operations.swap --from prod --to newidr" in hint
     follow(hint)
     assert PUBLIC not in world.neutron and world.association("prod") is None

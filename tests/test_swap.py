@@ -231,10 +231,11 @@ def full_run_calls(tmp_path_factory, monkeypatch, *extra, refuse=False):
 
 # Reads: select, config and export of each stack (6); the two records (2);
 # step 1: up (+ the API's outputs x2 and history after every up) and export to
-# see the flag (5); step 2: bastion, unprotect, config rm, up + 3 (7); step 3:
-# config set, up + 3, the two measured records (7); step 4 as step 2 (7);
-# step 5: config set, up + 3 (5); the two records (2).
-FULL_RUN_CALLS = 41  # checked by test_every_failure_point_is_covered
+# see the flag (5); step 2: bastion, unprotect, config rm, up + 3, export (8);
+# step 3: config set, up + 3, export, the two measured records (8); step 4 as
+# step 2 (8); step 5: config set, up + 3, export (6); the two records (2).
+# Every update is followed by an export: the swap judges the state the engine left.
+FULL_RUN_CALLS = 45  # checked by test_every_failure_point_is_covered
 READS = 6
 
 
@@ -430,22 +431,17 @@ def test_documented_commands_exist():
 
 
 def follow(lines: str) -> None:
-    """Run printed `pulumi ...` lines in the stand-in (through bash: a line
-    may be `a || b`), non-interactive as the stand-in is: with --yes where an
-    operator's terminal would ask instead."""
-    import shlex
+    """Run the printed command lines (`pulumi ...`, or a shell test before
+    one) in the stand-in, each as written, through bash. Non-interactive as
+    the stand-in is: PULUMI_SKIP_CONFIRMATIONS answers where an operator's
+    terminal would ask (the real CLI honours it too)."""
+    import os
     import subprocess
+    env = {**os.environ, "PULUMI_SKIP_CONFIRMATIONS": "true"}
     for line in lines.splitlines():
         line = line.strip()
-        if not line.startswith("pulumi "):
-            continue
-        parts = []
-        for part in line.split(" || "):
-            words = shlex.split(part, comments=True)
-            if words[1] in ("up", "destroy") or words[1:3] in (["state", "unprotect"], ["stack", "rm"]):
-                words.append("--yes")
-            parts.append(shlex.join(words))
-        subprocess.run(["bash", "-c", " || ".join(parts)], check=True)
+        if line.startswith(("pulumi ", "[ ")):
+            subprocess.run(["bash", "-c", line], check=True, env=env)
 
 
 def test_unhealthy_after_release_says_how_to_go_back(world, web, capsys):
