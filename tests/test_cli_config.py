@@ -25,6 +25,7 @@ import yaml
 
 from components.offline import PROJECT_DIR
 from tests.pulumi_standin import install, project_config_error, stack_config_error, target_plan, CliRefusal
+from tests.tools import SECRET_VARS
 from tests.test_project_files import stack_file_problems
 
 README = (PROJECT_DIR / "README.md").read_text()
@@ -159,7 +160,7 @@ def readme_setup_commands() -> list[str]:
                 if line.strip() and not line.startswith("scripts/setup")]
     release = README[README.index("### New release"):README.index("3. Test the new environment")]
     step2 = [line.strip() for line in release.splitlines() if line.strip().startswith("pulumi ")]
-    assert len(creating) == 10 and len(step2) == 3, (creating, step2)
+    assert len(creating) == 11 and len(step2) == 3, (creating, step2)
     return creating + step2
 
 
@@ -169,7 +170,7 @@ def run_readme(world, tmp_path: Path, project_dir: Path = PROJECT_DIR) -> list[s
     (home / ".ssh" / "idr-deploy").write_text(KEY)
     (home / ".ssh" / "idr-deploy.pub").write_text(
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHOWG0Nc7HwAe8C00kfkbDjmcv8IEEyVdEu4YVcB3WPO idr-deploy\n")
-    (home / "secret-vars.yml").write_text("idr_secret_postgresql_password: stand-in\n")
+    (home / "secret-vars.yml").write_text(SECRET_VARS)
     env = {**os.environ, "HOME": str(home), "PULUMI_SKIP_CONFIRMATIONS": "true"}
     filled = {"<public IP>": "203.0.113.10", "<spare IP>": "203.0.113.20",
               "<the release's IDR/deployment commit>": "0123456789abcdef0123456789abcdef01234567"}
@@ -194,7 +195,7 @@ def test_the_readme_setup_leaves_both_stacks_valid(tmp_path, monkeypatch):
         assert stack_file_problems(path) == [], stack
     files = {s: yaml.safe_load((tmp_path / f"Pulumi.{s}.yaml").read_text())["config"] for s in ("prod", "newidr")}
     assert set(files["prod"]["idr:sshPrivateKey"]) == {"secure"} and set(files["prod"]["idr:deploymentSecretVars"]) == {"secure"}
-    assert "idr:deploymentSecretVars" not in files["newidr"] and "idr:tlsPrivateKey" not in files["prod"]
+    assert set(files["newidr"]["idr:deploymentSecretVars"]) == {"secure"} and "idr:tlsPrivateKey" not in files["prod"]
     assert world.neutron == {"203.0.113.10": "prod-proxy", "203.0.113.20": "newidr-proxy"}
 
 
