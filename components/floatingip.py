@@ -90,13 +90,21 @@ class Bastion:
             self._bound.set_result(self.text)
             return
 
-        def bound(_value) -> None:
-            if not self._bound.done():
-                self._bound.set_result(self.text)
-        # Runs once the association's registration has returned, in a
-        # preview too (its floatingIp is an input, but `run_with_unknowns`
-        # leaves nothing to chance).
-        association.floating_ip.apply(bound, run_with_unknowns=True)
+        bound = self._bound
+
+        async def registered() -> None:
+            # Once the association's registration has returned, in a preview
+            # too (with_unknowns). Its failure fails the steps that wait, so
+            # that nothing waits for ever.
+            try:
+                await association.floating_ip.future(with_unknowns=True)
+            except Exception as error:  # noqa: BLE001 - handed on, not swallowed
+                if not bound.done():
+                    bound.set_exception(error)
+                return
+            if not bound.done():
+                bound.set_result(self.text)
+        asyncio.ensure_future(registered())
 
 
 def pin_bastion_command(stack: str, ip: str) -> str:

@@ -391,3 +391,23 @@ def test_a_named_bastion_is_reached_at_its_name():
     for c in run.of_type(COMMAND):
         connection = c.inputs["connection"]
         assert (connection.get("proxy") or connection)["host"] == "bastion.example.org", c.name
+
+
+@pytest.mark.timeout(120)   # a hang fails the test
+def test_a_failed_association_fails_the_steps_that_wait_for_it_never_hangs():
+    """A host's first steps wait for the association by value (Bastion): when
+    its registration fails, they fail with it, and the run ends."""
+    from components.offline import IdrMocks, Recording, effective_config, run_config
+
+    class Refusing(IdrMocks):
+        def new_resource(self, args):
+            if args.typ == "openstack:networking/floatingIpAssociate:FloatingIpAssociate":
+                raise pulumi.RunError("Neutron refused the association (stand-in)")
+            return super().new_resource(args)
+
+    config, secrets = effective_config("prod")
+    recording = Recording("prod")
+    with pytest.raises(Exception, match="Neutron refused the association"):
+        run_config("prod", config, secrets, Refusing(stack="prod"), recording)
+    # No remote command dialled the unbound floating IP.
+    assert recording.of_type("command:remote:Command") == []
