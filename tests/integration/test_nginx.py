@@ -274,9 +274,12 @@ def test_8_backend_down_serves_stale_and_fails_fast(proxy_factory):
 def test_9_maintenance_on_public_ports_only(proxy_factory):
     proxy = proxy_factory(maintenance=True)
     for port in PUBLIC:
-        for path in ("/", THUMB, "/webclient/login/"):
+        for path in ("/", THUMB, render.PUBLIC_VIEW, "/mapr/api/gene/"):
             status, _h, body = proxy.get(port, path)
             assert status == 503 and "down for maintenance" in body
+        # IDR's redirects still answer (a login goes to the public view, which is down).
+        status, headers, _b = proxy.get(port, "/webclient/login/")
+        assert status == 302 and header(headers, "Location") == [render.PUBLIC_VIEW]
     for port in ("buster", "long"):
         assert proxy.get(port, THUMB)[0] == 200
     assert proxy.state.count(backend="omeroreadonly") == 0
