@@ -96,8 +96,9 @@ class StubState:
     version: int = 1
     delays: dict = field(default_factory=dict)   # path prefix -> seconds
     padding: int = 0                             # bytes added to every body (a thumbnail's size)
-    # path prefix -> (status, content type, body): answers of a real OMERO.web
-    # (a JPEG, JSON, the gallery page) where a test needs them; first match wins.
+    # path regex (re.match) -> (status, content type, body[, headers]): answers
+    # of a real OMERO.web (a JPEG, JSON, the gallery page) where a test needs
+    # them; the first match wins, anything else gets the default text.
     responses: dict = field(default_factory=dict)
     seen: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -149,13 +150,16 @@ class StubBackend:
                     if self.path.startswith(prefix):
                         time.sleep(seconds)
                 body = f"{self.path} v{version} from {stub.name}\n".encode() + b"." * state.padding
-                status, content_type = 200, "text/plain"
-                for prefix, answer in list(state.responses.items()):
-                    if self.path.startswith(prefix):
-                        status, content_type, body = answer
+                status, content_type, extra = 200, "text/plain", {}
+                for pattern, answer in list(state.responses.items()):
+                    if re.match(pattern, self.path):
+                        status, content_type, body, *more = answer
+                        extra = more[0] if more else {}
                         break
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.send_header("Expires", "0")
