@@ -519,3 +519,40 @@ def test_component_purge_per_generation_and_rsync():
     rsyncd = rec.named("prod-proxy-rsyncd", "idr:host:HostFiles")
     assert rsyncd.inputs["host"] == "prod-omeroreadwrite"
     assert [f["path"] for f in rsyncd.inputs["files"]] == ["/etc/rsyncd.conf"]
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("nginxDirectRedirects", '["/webclient 302 /x"]', "entries '<= or ^~> <path> <code> <destination>'"),
+    ("nginxDirectRedirects", '["= /a 200 /x"]', "a code of 301, 302"),
+    ("nginxDirectRedirects", '["= /a 302 http://example.org/"]', "a destination path or https:// URL"),
+    ("nginxDirectRedirects", '["= /a;b 302 /x"]', "without spaces, quotes, backslashes, braces or ';'"),
+    ("nginxDirectRedirects", '["= /about 302 /x"]', "= /about is the proxy's own"),
+    ("nginxRedirectMap", '["/a"]', "entries '<request URI or ~regex> <destination>'"),
+    ("nginxRedirectMap", '["~(unclosed /x"]', "a request URI starting with / or a regex"),
+    ("nginxRedirectMap", '["/a /x", "/a /y"]', "each request URI or regex once"),
+    ("nginxRedirectLocations", '["= /a"]', "entries '<modifier> <path or regex> <code>'"),
+    ("nginxRedirectLocations", '["= /study/idr0083/figure/4i 301", "= /study/idr0083/figure/4i 302"]',
+     "in nginxRedirectLocations already"),
+    ("websiteSource", "http://example.org/site.tar.gz", "a git repository (https://, ssh://"),
+    ("websiteRef", "../x", "a commit hash or tag name"),
+])
+def test_redirect_and_website_keys_refuse_in_one_line(key, value, allowed):
+    with pytest.raises(ConfigError) as error:
+        settings(**{key: value})
+    message = str(error.value)
+    assert message.startswith(f"config idr:{key} = ") and allowed in message and "\n" not in message, message
+
+
+def test_website_step_wired_after_nginx_and_reruns_only_itself():
+    from components.render import website
+    rec = run_proxy()
+    step = rec.named("prod-proxy-website", "idr:host:HostFiles")
+    assert step.inputs["host"] == "prod-proxy"
+    assert {f["path"] for f in step.inputs["files"]} == {f.path for f in website.website_files(settings())}
+    assert rec.named("prod-proxy-nginx", "command:remote:Command").urn in \
+        rec.named("prod-proxy-website", "command:remote:Command").options.depends_on
+    # A new ref changes the website step's files, never nginx's.
+    other = settings(websiteRef="2026.01.28")
+    assert render.nginx_files(other) == render.nginx_files(settings())
+    assert website.website_files(other) != website.website_files(settings())
+    assert website.source_url(other).endswith("/download/2026.01.28/idr.openmicroscopy.org.tar.gz")

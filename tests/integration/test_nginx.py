@@ -226,7 +226,9 @@ def test_6_purge_refuses_wrong_paths(proxy, bad):
                                  {"nginxCacheZones": '["default=1g", "thumbnails=2g", "mapr=1g"]'},
                                  {"omeroreadonlyCount": 22}, {"httpsRedirect": True},
                                  {"httpsRedirect": True, "maintenance": True},
-                                 {"sessionCookieName": "omero.sid-1", "omeroWebPort": 8080}])
+                                 {"sessionCookieName": "omero.sid-1", "omeroWebPort": 8080},
+                                 {"jupyterEnabled": True, "websiteRef": "", "nginxDirectRedirects": "[]",
+                                  "nginxRedirectLocations": '["^~ /s/ 302", "~* ^/x$ 301"]'}])
 def test_7_nginx_t_and_gixy(tmp_path, cert_pair, raw):
     settings = make_settings(**raw)
     nginx = Nginx(settings, tmp_path, {}, *cert_pair, keep_listens=True)   # listens as rendered
