@@ -200,3 +200,23 @@ def test_step_links_the_placeholder_until_a_fetch_succeeds(tmp_path):
     assert "systemctl enable --now idr-website.timer" in recorded
     assert "systemctl start --no-block idr-website.service" in recorded
     assert "systemctl disable --now idr-website.timer" in recorded
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    """The service and timer as systemd reads them (the script's path moved
+    into tmp, where the test puts it); a broken timer value is reported."""
+    units = {Path(f.path).name: f.content for f in website.website_files(make_settings())
+             if f.path.startswith(website.UNIT_DIR)}
+    script = tmp_path / "idr-website-fetch"
+    script.write_text(SCRIPT.read_text())
+    script.chmod(0o755)
+    for name, text in units.items():
+        (tmp_path / name).write_text(text.replace(website.FETCH_SCRIPT, str(script)))
+    analyze = tool("systemd-analyze")
+    paths = [str(tmp_path / name) for name in sorted(units)]
+    done = subprocess.run([analyze, "verify", *paths], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    timer = tmp_path / website.TIMER
+    timer.write_text(timer.read_text().replace("OnUnitActiveSec=1h", "OnUnitActiveSec=1hour-ish"))
+    done = subprocess.run([analyze, "verify", str(timer)], capture_output=True, text=True)
+    assert "Failed to parse timer value" in done.stderr
