@@ -27,6 +27,12 @@ PROXY_PUBLIC_TCP_PORTS = (80, 443, 4063, 4064)
 PROXY_OMERO_PORT_RANGE = (14060, 14079)
 RSYNC_PORT = 873
 SSH_PORT = 22
+# Locations the proxy's nginx has of its own on its public ports
+# (render/nginx.py): a configured redirect may not take one, since nginx
+# refuses a location given twice. JupyterHub's only with idr:jupyterEnabled.
+PROXY_OWN_LOCATIONS = ("= /about", "^~ /about/", "^~ /connection/", "= /omero-ws",
+                       "^~ /.well-known/acme-challenge/", "= /maintenance.html")
+JUPYTER_LOCATIONS = ("= /jupyter", "^~ /jupyter/")
 
 
 @dataclass(frozen=True)

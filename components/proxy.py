@@ -12,6 +12,7 @@ import pulumi
 
 from .hostfiles import HostFiles, HostFilesArgs, HostStepsArgs, remote_step
 from .render import nginx as render
+from .render import website
 
 TYPE = "idr:proxy:Proxy"
 
@@ -56,6 +57,15 @@ class Proxy(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self, depends_on=nginx_after),
         )
 
+        # IDR's website at /about/: the fetch script, its hourly timer and its
+        # config. A new websiteRef re-runs only this step (nginx is untouched).
+        self.website = HostFiles(
+            f"{name}-website",
+            HostFilesArgs(s, proxy, website.website_files(s), run=website.setup_script(s),
+                          instance_id=ids.get(proxy.name)),
+            pulumi.ResourceOptions(parent=self, depends_on=[self.nginx]),
+        )
+
         # Full cache purge: once per value of idr:cachePurgeGeneration (a new
         # value replaces the command, which runs the script again); 0 never
         # runs. The script itself is installed with nginx above, so this
@@ -87,4 +97,5 @@ class Proxy(pulumi.ComponentResource):
             "cachePurgeGeneration": s.cache_purge_generation,
             "rsyncEnabled": s.rsync_enabled,
             "tlsSelfSigned": self.tls_self_signed,
+            "websiteRef": s.website_ref,
         })

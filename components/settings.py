@@ -20,11 +20,11 @@ from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 
 from . import PROJECT, layout
-from .layout import DATA_VOLUME_MOUNTS, READONLY_BASE, VOLUME_KEYS, Host, VolumeSpec
-from .validators import (AvailabilityZone, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName, DnsName,
-                         Duration, Environment, ExtraGroups, FilePath, Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap,
-                         Ipv4s, NotAllowed, OpenStackId, PgIdentifier, Playbooks, PublicKey, Release, Size, Slots,
-                         SourceSize, StackName, Subnet, UrlPath, User, VarsFile, VolumeType, cloud_name, first_error,
+from .layout import DATA_VOLUME_MOUNTS, JUPYTER_LOCATIONS, PROXY_OWN_LOCATIONS, READONLY_BASE, VOLUME_KEYS, Host, VolumeSpec
+from .validators import (AvailabilityZone, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName,
+                         DirectRedirects, DnsName, Duration, Environment, ExtraGroups, FilePath, Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap,
+                         Ipv4s, NotAllowed, OpenStackId, PgIdentifier, Playbooks, PublicKey, RedirectLocations, RedirectMap,
+                         Release, Size, Slots, SourceSize, StackName, Subnet, UrlPath, User, VarsFile, VolumeType, WebsiteSource, cloud_name, first_error,
                          from_cli, kind, project_path, secret_vars_problem, whole)
 
 SECRET, REQUIRED = {"secret": True}, {"required": True}
@@ -111,6 +111,37 @@ class Settings:
     session_cookie_name: CookieName = Field("", description="OMERO.web's session cookie; a request carrying it is never cached. Empty means sessionid_<environment>, as IDR's playbooks set it.")
     maintenance: bool = Field(False, description="Serve 503 and a maintenance page on the public ports.")
     jupyter_enabled: bool = Field(False, description="Route /jupyter on the proxy to JupyterHub on the dockermanager.")
+    nginx_direct_redirects: DirectRedirects = Field(
+        ["= /webclient 302 /webclient/?experimenter=-1", "^~ /webclient/login 302 /webclient/?experimenter=-1",
+         "^~ /mineotaur 302 /about/mineotaur.html", "^~ /jupyter 302 /about/analysis-environments.html",
+         "= /curation-workflow 302 /about/curation-workflow.html",
+         "= /submitter-survey 302 https://forms.gle/beR4vqLrgLgRzgSX9"],
+        description="Redirects on the public ports as '<= or ^~> <path> <code> <destination>' (IDR's "
+                    "nginx_proxy_direct_locations); with jupyterEnabled, /jupyter and /jupyter/ go to JupyterHub instead.")
+    nginx_redirect_map: RedirectMap = Field(
+        ["/mito/webclient/?show=screen-1 /webclient/?show=screen-1101",
+         "/mito/webclient/?show=screen-701 /webclient/?show=screen-1302",
+         "/mito/webclient/?show=well-324 /webclient/?show=well-771034",
+         "/tara/webclient/?show=screen-151 /webclient/?show=screen-1201",
+         "/tara/webclient/?show=plate-362 /webclient/?show=plate-4751",
+         "/pgpc/webclient/?show=screen-101 /webclient/?show=screen-1151",
+         "/pgpc/webclient/?show=run-2 /webclient/?show=plate-4101",
+         "~/mito /webclient/?show=screen-1101", "~/tara /webclient/?show=screen-1201",
+         "~/pgpc /webclient/?show=screen-1151",
+         "/study/idr0083/figure/4i /webclient/img_detail/9822151/?dataset=10201&x=34105&y=84808&zm=25&c=1|318:9927$808080&m=g",
+         "/study/idr0083/figure/4r /webclient/img_detail/9822152/?dataset=10201&x=80560&y=77440&zm=66&c=1|495:9204$808080&m=g"],
+        description="Study short URLs as '<request URI or ~regex> <destination>', first match wins, anything else goes "
+                    "to / (IDR's nginx_proxy_redirect_map); consulted only by nginxRedirectLocations.")
+    nginx_redirect_locations: RedirectLocations = Field(
+        ["= /study/idr0083/figure/4i 301", "= /study/idr0083/figure/4r 301", "~ ^/(mito|tara|pgpc)($|/) 302"],
+        description="Locations answered from nginxRedirectMap as '<modifier> <path or regex> <code>' (IDR's "
+                    "nginx_proxy_redirect_map_locations).")
+    website_source: WebsiteSource = Field(
+        "https://github.com/IDR/idr.openmicroscopy.org/releases/download/{ref}/idr.openmicroscopy.org.tar.gz",
+        description="IDR's website, served at /about/: a tarball URL or a git repository of the built site; '{ref}' "
+                    "is replaced by websiteRef.")
+    website_ref: GitRef = Field("2026.07.02", description="Release tag (or commit) of websiteSource the proxy fetches, "
+                                "hourly, keeping the site it has when a fetch fails; empty: no website, /about/ says so.")
     cache_purge_generation: Generation = Field(0, description="Bump to empty /var/cache/nginx on the proxy once and reload nginx.")
     # Bio-Formats cache regeneration
     bfcache_generation: Generation = Field(0, description="Bump to start one Bio-Formats cache regeneration run; 0 never runs.")
@@ -165,6 +196,16 @@ class Settings:
         if self.nginx_long_read_timeout < self.nginx_public_read_timeout:
             raise ConfigError("nginxLongReadTimeout", self.nginx_long_read_timeout, "at least nginxPublicReadTimeout "
                               f"({self.nginx_public_read_timeout}): 9000 and 8009 exist for slow requests")
+        own = {loc: "the proxy's own" for loc in PROXY_OWN_LOCATIONS}
+        if self.jupyter_enabled:
+            own |= {loc: "JupyterHub's (jupyterEnabled)" for loc in JUPYTER_LOCATIONS}
+        for key, entries in (("nginxDirectRedirects", self.nginx_direct_redirects),
+                             ("nginxRedirectLocations", self.nginx_redirect_locations)):
+            for entry in entries:
+                if entry.location in own:
+                    raise ConfigError(key, entry.location, f"a location nginx does not have already: {entry.location} "
+                                      f"is {own[entry.location]}")
+                own[entry.location] = f"in {key} already"
         if self.tls_certificate_chain and self.tls_private_key is None:
             raise ConfigError("tlsPrivateKey", None, "a secret, required with tlsCertificateChain: "
                               "`pulumi config set --secret idr:tlsPrivateKey < key.pem`")

@@ -426,3 +426,137 @@ Playbooks = Annotated[tuple[str, ...], BeforeValidator(_playbooks),
                       required('at least one playbook, e.g. ["idr-01-install-idr.yml"]')]
 VarsFile = Annotated[str, AfterValidator(_vars_file)]
 ExtraGroups = Annotated[tuple[tuple[str, str], ...], BeforeValidator(_extra_groups)]
+
+
+# --------------------------------------------------------------------------
+# The proxy's own locations: IDR's direct redirects and study short URLs.
+# Every part lands in nginx's config, so each allows only what nginx reads
+# as one token (no whitespace, quotes, backslashes, braces or ';').
+
+REDIRECT_CODES = ("301", "302", "303", "307", "308")
+_NGINX_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+_UNSAFE = set("\"'\\{};")
+
+
+def _token(value: str) -> bool:
+    return bool(_NGINX_TOKEN.fullmatch(value)) and not (_UNSAFE & set(value))
+
+
+def _uri_path(value: str) -> bool:
+    return value.startswith("/") and _token(value) and "#" not in value
+
+
+def _destination(value: str) -> bool:
+    """A path on this site or an https:// URL. '$' is allowed (IDR's links
+    have it): the renderer writes it so nginx never reads a variable."""
+    return (value.startswith("/") or value.startswith("https://")) and _NGINX_TOKEN.fullmatch(value) is not None \
+        and not (set("\"'\\") & set(value))
+
+
+def _regex(value: str) -> bool:
+    if not _token(value):
+        return False
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class DirectRedirect:
+    """`location <modifier> <path> { return <code> <destination>; }`"""
+    modifier: str
+    path: str
+    code: int
+    destination: str
+
+    @property
+    def location(self) -> str:
+        return f"{self.modifier} {self.path}"
+
+
+@dataclass(frozen=True)
+class RedirectMapEntry:
+    """`map $request_uri` entry: an exact request URI (path and query) or
+    '~regex', and where it redirects to."""
+    match: str
+    destination: str
+
+
+@dataclass(frozen=True)
+class RedirectLocation:
+    """`location <modifier> <path> { return <code> <the map's destination>; }`"""
+    modifier: str
+    path: str
+    code: int
+
+    @property
+    def location(self) -> str:
+        return f"{self.modifier} {self.path}"
+
+
+def _direct_redirects(items: list[str]) -> tuple[DirectRedirect, ...]:
+    allowed = ("entries '<= or ^~> <path> <code> <destination>', e.g. '= /webclient 302 /webclient/?experimenter=-1': "
+               f"a path starting with /, a code of {', '.join(REDIRECT_CODES)}, a destination path or https:// URL, "
+               "without spaces, quotes, backslashes, braces or ';'")
+    out = []
+    for item in items:
+        parts = item.split()
+        if len(parts) != 4 or parts[0] not in ("=", "^~") or not _uri_path(parts[1]) \
+                or parts[2] not in REDIRECT_CODES or not _destination(parts[3]):
+            raise NotAllowed(allowed, item)
+        out.append(DirectRedirect(parts[0], parts[1], int(parts[2]), parts[3]))
+    return tuple(out)
+
+
+def _redirect_map(items: list[str]) -> tuple[RedirectMapEntry, ...]:
+    allowed = ("entries '<request URI or ~regex> <destination>', e.g. '/mito/webclient/?show=screen-1 "
+               "/webclient/?show=screen-1101' or '~/mito /webclient/?show=screen-1101': a request URI starting with "
+               "/ or a regex, a destination path or https:// URL, without spaces, quotes, backslashes, braces or ';'")
+    out, seen = [], set()
+    for item in items:
+        parts = item.split()
+        if len(parts) != 2 or not _destination(parts[1]):
+            raise NotAllowed(allowed, item)
+        match = parts[0]
+        if not (_uri_path(match) or (match.startswith("~") and _regex(match[1:]))):
+            raise NotAllowed(allowed, item)
+        if match in seen:
+            raise NotAllowed(f"each request URI or regex once ({match} is repeated)", item)
+        seen.add(match)
+        out.append(RedirectMapEntry(match, parts[1]))
+    return tuple(out)
+
+
+def _redirect_locations(items: list[str]) -> tuple[RedirectLocation, ...]:
+    allowed = ("entries '<modifier> <path or regex> <code>', e.g. '= /study/idr0083/figure/4i 301' or "
+               f"'~ ^/(mito|tara|pgpc)($|/) 302': modifier =, ^~, ~ or ~*, a code of {', '.join(REDIRECT_CODES)}, "
+               "without spaces, quotes, backslashes, braces or ';'")
+    out = []
+    for item in items:
+        parts = item.split()
+        if len(parts) != 3 or parts[2] not in REDIRECT_CODES:
+            raise NotAllowed(allowed, item)
+        modifier, path = parts[0], parts[1]
+        if not ((modifier in ("=", "^~") and _uri_path(path)) or (modifier in ("~", "~*") and _regex(path))):
+            raise NotAllowed(allowed, item)
+        out.append(RedirectLocation(modifier, path, int(parts[2])))
+    return tuple(out)
+
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.xz", ".tar.bz2")
+
+
+def website_kind(source: str) -> str:
+    """'archive' for a tarball URL, else 'git' (a repository)."""
+    return "archive" if source.split("?", 1)[0].endswith(ARCHIVE_SUFFIXES) else "git"
+
+
+DirectRedirects = Annotated[tuple[DirectRedirect, ...], BeforeValidator(_direct_redirects)]
+RedirectMap = Annotated[tuple[RedirectMapEntry, ...], BeforeValidator(_redirect_map)]
+RedirectLocations = Annotated[tuple[RedirectLocation, ...], BeforeValidator(_redirect_locations)]
+WebsiteSource = Annotated[matching(
+    r"^(https://|file:///|ssh://|git@|/)[\x21-\x7e]+$",
+    "a git repository (https://, ssh://, git@host:path, file:// or an absolute path) or a tarball URL ending in "
+    f"{', '.join(ARCHIVE_SUFFIXES)} (https:// or file://); '{{ref}}' in it is replaced by websiteRef"), Stripped]

@@ -94,7 +94,7 @@ def test_families_pick_their_zone_or_default():
 ])
 def test_cached_location_covers_the_families(url, cached):
     conf = render.idr_conf(settings())
-    regex = re.search(r"^    location ~ (\^\S+) \{", conf, flags=re.M).group(1)
+    regex = re.search(r"^    location ~ (\^\(\?:\S+) \{", conf, flags=re.M).group(1)
     assert bool(re.match(regex, url)) is cached
 
 
@@ -181,12 +181,20 @@ def test_login_guard_and_maintenance(maintenance):
         # Regex locations are tried in order: the guards are the first two.
         # Before them only ACME's static files (^~) and the websockets (=),
         # which never reach OMERO.web.
+        # which never reach OMERO.web, and the site's own (/about/,
+        # /connection/, IDR's redirects): static files or a redirect.
         everything = list(locations(blocks[name]).items())
         locs = [(k, v) for k, v in everything if k.startswith("~")]
-        assert {k for k, _ in everything if not k.startswith("~")} <= {
-            "^~ /.well-known/acme-challenge/", "= /omero-ws", "/"}
+        static = {k for k, v in everything if not k.startswith("~") and "proxy_pass" not in v}
+        assert {k for k, v in everything if not k.startswith("~") and "proxy_pass" in v} <= {"= /omero-ws", "/"}
+        for k in static:
+            assert re.fullmatch(r"        (return 30[12] \S+;|alias \S+;(\n        index index.html;)?|"
+                                r"root \S+;\n        default_type text/plain;)\n", locations(blocks[name])[k]), k
         assert locs[0] == ("~* ^/api/v[0-9]+/login", "        return 403;\n")
         assert locs[1] == ("~* ^/(?:[^/]+/)?login(?:/|$)", f"        return 302 {render.PUBLIC_VIEW};\n")
+        # Regex redirects (IDR's study short URLs) come next: they answer a redirect and nothing else.
+        for k, v in locs[2:]:
+            assert "proxy_pass" in v or re.fullmatch(r"        return 30[12] \$idr_redirect_uri;\n", v), k
         assert "503" not in blocks[name]
     if maintenance:
         for name in ("http", "https"):
@@ -302,16 +310,27 @@ def test_acme_challenges_served_on_both_public_ports():
 
 def test_jupyter_only_when_enabled():
     off = render.idr_conf(settings())
-    assert "jupyter" not in off.replace("# ", "")
+    assert "jupyterhub" not in off
+    # Off: IDR's redirect to the page about analysis environments.
+    for name in ("http", "https"):
+        assert set(k for k in locations(servers(off)[name]) if "jupyter" in k) == {"^~ /jupyter"}
     s = settings(jupyterEnabled=True)
     on = render.idr_conf(s)
     assert f"server {s.host('dockermanager').fixed_ip}:8000;" in on
     blocks = servers(on)
     for name in ("http", "https"):
-        body = locations(blocks[name])["^~ /jupyter/"]
+        locs = locations(blocks[name])
+        body = locs["^~ /jupyter/"]
         assert "proxy_set_header Upgrade $http_upgrade;" in body
         assert "proxy_set_header Connection $idr_connection_upgrade;" in body
+        # On: /jupyter and /jupyter/... are JupyterHub's (exact and longer
+        # prefix win); IDR's redirect is left with /jupyterx and the like.
+        assert locs["= /jupyter"] == "        return 302 /jupyter/;\n"
+        assert "/about/analysis-environments.html" in locs["^~ /jupyter"]
     assert "jupyter" not in blocks["buster"] + blocks["long"]
+    # A redirect may not take JupyterHub's own locations.
+    with pytest.raises(ConfigError, match="nginxDirectRedirects.*JupyterHub"):
+        settings(jupyterEnabled=True, nginxDirectRedirects='["^~ /jupyter/ 302 /about/"]')
 
 
 def test_rsync_switch():
@@ -444,7 +463,7 @@ def test_setup_installs_checks_then_reloads():
     assert not re.search(r"\bservice nginx|nginx -s|omero (admin|web)", script)
     files = {f.path for f in render.nginx_files(settings())}
     assert files == {"/etc/nginx/nginx.conf", "/etc/nginx/conf.d/idr.conf", "/usr/share/nginx/idr/maintenance.html",
-                     render.PURGE_SCRIPT}
+                     render.PURGE_SCRIPT, render.CONNECTION_FILE}
     assert "include /etc/nginx/conf.d/idr.conf;" in render.nginx_conf(settings())
 
 
@@ -474,9 +493,9 @@ def run_proxy(**raw) -> Recording:
 def test_component_wires_nginx_only_by_default():
     rec = run_proxy()
     (proxy,) = rec.of_type("idr:proxy:Proxy")
-    # nginx, and with rsync off the step that keeps rsyncd stopped on omeroreadwrite.
+    # nginx, IDR's website, and with rsync off the step that keeps rsyncd stopped on omeroreadwrite.
     files = sorted(rec.of_type("idr:host:HostFiles"), key=lambda f: f.name)
-    assert [f.name for f in files] == ["prod-proxy-nginx", "prod-proxy-rsyncd-off"]
+    assert [f.name for f in files] == ["prod-proxy-nginx", "prod-proxy-rsyncd-off", "prod-proxy-website"]
     off = files[1]
     assert off.inputs["host"] == "prod-omeroreadwrite" and off.inputs["files"] == []
     assert off.inputs["run"] == render.rsyncd_off_script(settings())
@@ -500,3 +519,40 @@ def test_component_purge_per_generation_and_rsync():
     rsyncd = rec.named("prod-proxy-rsyncd", "idr:host:HostFiles")
     assert rsyncd.inputs["host"] == "prod-omeroreadwrite"
     assert [f["path"] for f in rsyncd.inputs["files"]] == ["/etc/rsyncd.conf"]
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("nginxDirectRedirects", '["/webclient 302 /x"]', "entries '<= or ^~> <path> <code> <destination>'"),
+    ("nginxDirectRedirects", '["= /a 200 /x"]', "a code of 301, 302"),
+    ("nginxDirectRedirects", '["= /a 302 http://example.org/"]', "a destination path or https:// URL"),
+    ("nginxDirectRedirects", '["= /a;b 302 /x"]', "without spaces, quotes, backslashes, braces or ';'"),
+    ("nginxDirectRedirects", '["= /about 302 /x"]', "= /about is the proxy's own"),
+    ("nginxRedirectMap", '["/a"]', "entries '<request URI or ~regex> <destination>'"),
+    ("nginxRedirectMap", '["~(unclosed /x"]', "a request URI starting with / or a regex"),
+    ("nginxRedirectMap", '["/a /x", "/a /y"]', "each request URI or regex once"),
+    ("nginxRedirectLocations", '["= /a"]', "entries '<modifier> <path or regex> <code>'"),
+    ("nginxRedirectLocations", '["= /study/idr0083/figure/4i 301", "= /study/idr0083/figure/4i 302"]',
+     "in nginxRedirectLocations already"),
+    ("websiteSource", "http://example.org/site.tar.gz", "a git repository (https://, ssh://"),
+    ("websiteRef", "../x", "a commit hash or tag name"),
+])
+def test_redirect_and_website_keys_refuse_in_one_line(key, value, allowed):
+    with pytest.raises(ConfigError) as error:
+        settings(**{key: value})
+    message = str(error.value)
+    assert message.startswith(f"config idr:{key} = ") and allowed in message and "\n" not in message, message
+
+
+def test_website_step_wired_after_nginx_and_reruns_only_itself():
+    from components.render import website
+    rec = run_proxy()
+    step = rec.named("prod-proxy-website", "idr:host:HostFiles")
+    assert step.inputs["host"] == "prod-proxy"
+    assert {f["path"] for f in step.inputs["files"]} == {f.path for f in website.website_files(settings())}
+    assert rec.named("prod-proxy-nginx", "command:remote:Command").urn in \
+        rec.named("prod-proxy-website", "command:remote:Command").options.depends_on
+    # A new ref changes the website step's files, never nginx's.
+    other = settings(websiteRef="2026.01.28")
+    assert render.nginx_files(other) == render.nginx_files(settings())
+    assert website.website_files(other) != website.website_files(settings())
+    assert website.source_url(other).endswith("/download/2026.01.28/idr.openmicroscopy.org.tar.gz")

@@ -420,7 +420,7 @@ def test_documented_commands_exist():
     root = Path(__file__).resolve().parent.parent
     doc = (root / "README.md").read_text()
     used = re.findall(r"python -m operations\.(\w+)([^`\n]*)", doc)
-    assert {m for m, _ in used} == {"swap", "backup", "retire"}
+    assert {m for m, _ in used} == {"swap", "backup", "retire", "smoke"}
     helps = {}
     for module, rest in used:
         if module not in helps:

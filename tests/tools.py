@@ -13,7 +13,7 @@ DEBIAN_PACKAGES = {
     "nginx": "nginx", "parallel": "parallel", "sshd": "openssh-server", "ssh": "openssh-client",
     "ssh-keygen": "openssh-client", "cloud-init": "cloud-init", "shellcheck": "shellcheck",
     "rsync": "rsync", "mkfs.xfs": "xfsprogs", "losetup": "mount", "blkid": "util-linux",
-    "curl": "curl", "openssl": "openssl", "unshare": "util-linux", "sudo": "sudo",
+    "curl": "curl", "git": "git", "systemd-analyze": "systemd", "openssl": "openssl", "unshare": "util-linux", "sudo": "sudo",
 }
 
 

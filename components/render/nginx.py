@@ -7,11 +7,12 @@ and a real rsync daemon. `components/proxy.py` only wires them to hosts.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import textwrap
 from dataclasses import dataclass
 
-from ..layout import DATA_VOLUME_MOUNTS, PROXY_OMERO_PORT_RANGE
+from ..layout import DATA_VOLUME_MOUNTS, PROXY_OMERO_PORT_RANGE, PROXY_OWN_LOCATIONS
 from ..settings import Settings
 from . import HostFile, render_template
 
@@ -25,6 +26,17 @@ MAINTENANCE_PAGE = "maintenance.html"
 # certificate can be had with `certbot certonly --webroot -w <this>` on the
 # proxy, then goes into stack config (idr:tlsCertificateChain, idr:tlsPrivateKey).
 ACME_ROOT = "/usr/share/nginx/acme"
+# IDR's website (idr.openmicroscopy.org) at /about/, and OMERO clients'
+# connection file at /connection/, where IDR's playbooks put them: WEBSITE_LINK
+# is a symlink to the fetched site (render/website.py), or to a one-line page.
+WWW_ROOT = "/srv/www"
+WEBSITE_LINK = f"{WWW_ROOT}/html"
+WEBSITE_PATH = "/about"
+CONNECTION_DIR = f"{WWW_ROOT}/connection"
+CONNECTION_FILE = f"{CONNECTION_DIR}/omero-client.json"
+# IDR's maintenance page, when the website has one; else the program's own.
+WEBSITE_MAINTENANCE_PAGE = "omero-maintenance.html"
+HTTPS_PORT = 443
 CACHE_DIR = DATA_VOLUME_MOUNTS["proxy"]          # the cache volume's mount point
 PURGE_SCRIPT = "/usr/local/sbin/idr-nginx-cache-purge"
 PURGE_RECORD = "/var/lib/idr/nginx-cache-purge-generation"   # last generation purged
@@ -91,6 +103,13 @@ CACHED_FAMILIES = (
 # timeout (idr:nginxLongReadTimeout) on every port. Its own zone when one
 # named "mapr" is configured (production: 5g), else default.
 MAPR = Family("mapr", r"^/mapr/", "mapr")
+
+
+def nginx_string(text: str) -> str:
+    """`text` as a double-quoted nginx string that nginx takes literally: a
+    '$' becomes ${idr_dollar} (a variable holding '$'), since nginx has no
+    escape for it and would read '$8...' as a regex capture."""
+    return '"' + text.replace("$", "${idr_dollar}") + '"'
 
 
 def _keys_zone_mb(size_bytes: int) -> int:
@@ -168,6 +187,17 @@ def _context(settings: Settings) -> dict:
         "maintenance_root": MAINTENANCE_ROOT,
         "maintenance_page": MAINTENANCE_PAGE,
         "idr_conf": IDR_CONF,
+        "direct_redirects": [
+            {"location": r.location, "code": r.code, "destination": nginx_string(r.destination)}
+            for r in settings.nginx_direct_redirects],
+        # Keys are literal (or regexes, '$' an anchor): only the values are nginx strings.
+        "redirect_map": [(f'"{e.match}"', nginx_string(e.destination)) for e in settings.nginx_redirect_map],
+        "redirect_locations": [{"location": r.location, "code": r.code} for r in settings.nginx_redirect_locations],
+        "website_path": WEBSITE_PATH,
+        "website_link": WEBSITE_LINK,
+        "website_maintenance_page": WEBSITE_MAINTENANCE_PAGE,
+        "connection_dir": CONNECTION_DIR,
+        "own_locations": PROXY_OWN_LOCATIONS,
     }
 
 
@@ -182,6 +212,19 @@ def idr_conf(settings: Settings) -> str:
     return render_template("nginx/idr.conf.j2", **_context(settings))
 
 
+def omero_client_json(settings: Settings) -> str:
+    """/connection/omero-client.json, as IDR's idr-haproxy.yml writes it: the
+    arguments an OMERO client (omero-py, idr-py) connects to the public IDR
+    with: Glacier2 over websockets on the proxy's public HTTPS port and
+    OMERO_WEBSOCKET_PATH (@omero.host@ is the host the client was given), as
+    OMERO.web's public user."""
+    return json.dumps([
+        f"--Ice.Default.Router=OMERO.Glacier2/router:wss -p {HTTPS_PORT} -h @omero.host@ -r {OMERO_WEBSOCKET_PATH}",
+        "--omero.user=public",
+        "--omero.pass=public",
+    ], indent=1) + "\n"
+
+
 def maintenance_html(settings: Settings) -> str:
     return render_template("nginx/maintenance.html.j2", server_name=settings.server_name)
 
@@ -194,6 +237,7 @@ def nginx_files(settings: Settings) -> list[HostFile]:
         HostFile(NGINX_CONF, nginx_conf(settings)),
         HostFile(IDR_CONF, idr_conf(settings)),
         HostFile(f"{MAINTENANCE_ROOT}/{MAINTENANCE_PAGE}", maintenance_html(settings)),
+        HostFile(CONNECTION_FILE, omero_client_json(settings)),
         HostFile(PURGE_SCRIPT, purge_script(settings), mode="0755"),
     ]
 
@@ -207,6 +251,7 @@ def setup_script(settings: Settings) -> str:
         cache_dir=CACHE_DIR,
         maintenance_root=MAINTENANCE_ROOT,
         acme_root=ACME_ROOT,
+        www_root=WWW_ROOT,
         self_signed=tls_self_signed(settings),
         rsync_port=RSYNC_PORT,
         # Ports nginx's stream listens on for OMERO (SELinux labels them http_port_t).

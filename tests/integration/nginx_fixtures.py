@@ -96,6 +96,10 @@ class StubState:
     version: int = 1
     delays: dict = field(default_factory=dict)   # path prefix -> seconds
     padding: int = 0                             # bytes added to every body (a thumbnail's size)
+    # path regex (re.match) -> (status, content type, body[, headers]): answers
+    # of a real OMERO.web (a JPEG, JSON, the gallery page) where a test needs
+    # them; the first match wins, anything else gets the default text.
+    responses: dict = field(default_factory=dict)
     seen: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -146,8 +150,16 @@ class StubBackend:
                     if self.path.startswith(prefix):
                         time.sleep(seconds)
                 body = f"{self.path} v{version} from {stub.name}\n".encode() + b"." * state.padding
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
+                status, content_type, extra = 200, "text/plain", {}
+                for pattern, answer in list(state.responses.items()):
+                    if re.match(pattern, self.path):
+                        status, content_type, body, *more = answer
+                        extra = more[0] if more else {}
+                        break
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.send_header("Expires", "0")
@@ -366,6 +378,7 @@ def rewrite(text: str, settings, tmp: Path, ports: Ports | None, backends: dict,
     text = text.replace(render.CACHE_DIR + "/", f"{tmp}/cache/")
     text = text.replace(render.ACME_ROOT, f"{tmp}/acme")
     text = text.replace(render.MAINTENANCE_ROOT, f"{tmp}/www")
+    text = text.replace(render.WWW_ROOT + "/", f"{tmp}/srv-www/")
     text = text.replace(f"ssl_certificate {settings.tls_certificate};", f"ssl_certificate {cert};")
     text = text.replace(f"ssl_certificate_key {settings.tls_certificate_key};", f"ssl_certificate_key {key};")
     listens = ports and {
@@ -406,7 +419,7 @@ class Nginx:
         local = free_ports(5 + len(stream))
         self.ports = Ports(*local[:5], stream=dict(zip(stream, local[5:])))
         self.conf = tmp / "etc" / "nginx" / "nginx.conf"
-        for d in ("log", "cache", "www", "acme", "etc/nginx/conf.d"):
+        for d in ("log", "cache", "www", "acme", "etc/nginx/conf.d", "srv-www"):
             (tmp / d).mkdir(parents=True, exist_ok=True)
         shutil.copy("/etc/nginx/mime.types", tmp / "etc" / "nginx" / "mime.types")
         self.files = {}
@@ -423,7 +436,8 @@ class Nginx:
         self.proc = None
 
     def host_path(self, path: str) -> Path:
-        for prefix, local in (("/etc/nginx/", "etc/nginx/"), (render.MAINTENANCE_ROOT + "/", "www/")):
+        for prefix, local in (("/etc/nginx/", "etc/nginx/"), (render.MAINTENANCE_ROOT + "/", "www/"),
+                              (render.WWW_ROOT + "/", "srv-www/")):
             if path.startswith(prefix):
                 return self.tmp / local / path[len(prefix):]
         raise AssertionError(f"no test location for {path}")

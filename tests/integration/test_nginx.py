@@ -226,7 +226,9 @@ def test_6_purge_refuses_wrong_paths(proxy, bad):
                                  {"nginxCacheZones": '["default=1g", "thumbnails=2g", "mapr=1g"]'},
                                  {"omeroreadonlyCount": 22}, {"httpsRedirect": True},
                                  {"httpsRedirect": True, "maintenance": True},
-                                 {"sessionCookieName": "omero.sid-1", "omeroWebPort": 8080}])
+                                 {"sessionCookieName": "omero.sid-1", "omeroWebPort": 8080},
+                                 {"jupyterEnabled": True, "websiteRef": "", "nginxDirectRedirects": "[]",
+                                  "nginxRedirectLocations": '["^~ /s/ 302", "~* ^/x$ 301"]'}])
 def test_7_nginx_t_and_gixy(tmp_path, cert_pair, raw):
     settings = make_settings(**raw)
     nginx = Nginx(settings, tmp_path, {}, *cert_pair, keep_listens=True)   # listens as rendered
@@ -274,9 +276,12 @@ def test_8_backend_down_serves_stale_and_fails_fast(proxy_factory):
 def test_9_maintenance_on_public_ports_only(proxy_factory):
     proxy = proxy_factory(maintenance=True)
     for port in PUBLIC:
-        for path in ("/", THUMB, "/webclient/login/"):
+        for path in ("/", THUMB, render.PUBLIC_VIEW, "/mapr/api/gene/"):
             status, _h, body = proxy.get(port, path)
             assert status == 503 and "down for maintenance" in body
+        # IDR's redirects still answer (a login goes to the public view, which is down).
+        status, headers, _b = proxy.get(port, "/webclient/login/")
+        assert status == 302 and header(headers, "Location") == [render.PUBLIC_VIEW]
     for port in ("buster", "long"):
         assert proxy.get(port, THUMB)[0] == 200
     assert proxy.state.count(backend="omeroreadonly") == 0
