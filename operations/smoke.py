@@ -235,19 +235,24 @@ def run_checks(base_url: str, host_header: Optional[str] = None, *, verify_tls: 
 
 # ---------------------------------------------------------------- command
 
-def stack_target(stack: str, scheme: str) -> tuple[str, str, bool]:
-    """(base URL, Host, verify TLS) of a stack: its floating IP as its
-    serverName; TLS unverified while the stack says its certificate is self-signed."""
+def stack_name_and_tls(pulumi, stack: str, scheme: str) -> tuple[str, bool]:
+    """(Host, verify TLS) of a stack: its idr:serverName; TLS unverified while
+    the stack says its certificate is self-signed (the swap's gate uses it too)."""
     from components.settings import KEYS
+    outputs, config = pulumi.outputs(stack), pulumi.config(stack)
+    host = config.get("idr:serverName") or KEYS["serverName"].default
+    return host, not (scheme == "https" and outputs.get("tlsSelfSigned", True))
 
+
+def stack_target(stack: str, scheme: str) -> tuple[str, str, bool]:
+    """(base URL, Host, verify TLS) of a stack: its floating IP as its serverName."""
     from .common import OperationError, Pulumi
     pulumi = Pulumi(say=lambda line: print(line, file=sys.stderr))
-    outputs, config = pulumi.outputs(stack), pulumi.config(stack)
-    ip = outputs.get("floatingIp") or ""
+    ip = pulumi.outputs(stack).get("floatingIp") or ""
     if not ip:
         raise OperationError(f"{stack} holds no floating IP: check it with --url and --host")
-    host = config.get("idr:serverName") or KEYS["serverName"].default
-    return f"{scheme}://{ip}", host, not (scheme == "https" and outputs.get("tlsSelfSigned", True))
+    host, verify = stack_name_and_tls(pulumi, stack, scheme)
+    return f"{scheme}://{ip}", host, verify
 
 
 def main(argv=None) -> int:

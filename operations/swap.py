@@ -267,7 +267,7 @@ class Swap:
                  public_ip: Optional[str] = None, assume_yes: bool = False, http_port: int = 80,
                  wait_seconds: float = 120.0, say: Callable[[str], None] = print,
                  snapshot: Optional[Snapshotter] = None, release_first: bool = False,
-                 poll_seconds: float = 0.25):
+                 poll_seconds: float = 0.25, smoke: Optional[Callable[[str], list[str]]] = None):
         if short_stack(old) == short_stack(new):
             raise OperationError("--from and --to must be two different stacks")
         self.pulumi, self.os, self.old_stack, self.new_stack = pulumi, openstack, old, new
@@ -276,6 +276,9 @@ class Swap:
         self.snapshot = snapshot
         self.release_first = release_first
         self.poll_seconds = poll_seconds
+        # The release gate: IDR's smoke checks of the new environment at its
+        # spare IP (operations/smoke.py), failures named; None: skipped, said.
+        self.smoke = smoke
         self.command = f"python -m operations.swap --from {old} --to {new}"
         self.rollback = f"python -m operations.swap --from {new} --to {old}"
         self.r: Optional[Record] = None
@@ -579,6 +582,14 @@ class Swap:
                      f"released)")
             return
         ok, detail = http_ok(S, self.http_port, self.new.health_path)
+        if ok and self.smoke is None:
+            self.say("WARNING: smoke checks skipped (--skip-smoke): only the health check gates this swap")
+        elif ok:
+            failures = self.smoke(S)
+            if failures:
+                ok, detail = False, f"{len(failures)} smoke check(s) failed: " + "; ".join(failures)
+            else:
+                detail += "; smoke checks passed"
         if ok:
             self.say(f"check: {detail}")
             return
@@ -884,6 +895,16 @@ class Swap:
         return 1
 
 
+def smoke_gate(pulumi: Pulumi, stack: str, scheme: str) -> Callable[[str], list[str]]:
+    """The smoke checks of `stack` at an address it holds, as its
+    idr:serverName (TLS verified unless its certificate is self-signed)."""
+    def check(ip: str) -> list[str]:
+        from . import smoke
+        host, verify = smoke.stack_name_and_tls(pulumi, stack, scheme)
+        return [str(f) for f in smoke.run_checks(f"{scheme}://{ip}", host, verify_tls=verify)]
+    return check
+
+
 def main(argv=None, openstack_client: Optional[OpenStack] = None, conn=None) -> int:
     """`openstack_client` answers the floating-IP questions and `conn` (an
     openstacksdk connection) takes the snapshots; by default both come from
@@ -903,6 +924,11 @@ def main(argv=None, openstack_client: Optional[OpenStack] = None, conn=None) -> 
                              "floating IP in one update")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--http-port", type=int, default=80, help="port of the health checks (default 80)")
+    parser.add_argument("--skip-smoke", action="store_true",
+                        help="do not run the smoke checks (operations.smoke) against the --to stack before the "
+                             "public IP moves; only the health check gates the swap (said in its output)")
+    parser.add_argument("--smoke-scheme", choices=("https", "http"), default="https",
+                        help="scheme of the smoke checks at the --to stack's spare IP (default https)")
     parser.add_argument("--wait", type=float, default=120.0, help="seconds the public IP may take to answer")
     parser.add_argument("--os-cloud", help="clouds.yaml entry (default: OS_CLOUD or OS_* variables)")
     args = parser.parse_args(argv)
@@ -922,7 +948,8 @@ def main(argv=None, openstack_client: Optional[OpenStack] = None, conn=None) -> 
                                              timeout=args.snapshot_timeout)
         swap = Swap(pulumi, client, args.old, args.new, public_ip=args.public_ip, assume_yes=args.yes,
                     http_port=args.http_port, wait_seconds=args.wait, snapshot=snapshot,
-                    release_first=args.release_first)
+                    release_first=args.release_first,
+                    smoke=None if args.skip_smoke else smoke_gate(pulumi, args.new, args.smoke_scheme))
         return swap.run()
     except OperationError as error:
         print(f"error: {error}", file=sys.stderr)

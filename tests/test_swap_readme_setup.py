@@ -69,7 +69,8 @@ def _start(world):
 
 
 def swap_main(world, web, old, new, *extra):
-    return swap.main(["--from", old, "--to", new, "--yes", "--wait", "5", "--http-port", str(web.port), *extra],
+    return swap.main(["--from", old, "--to", new, "--yes", "--wait", "5", "--http-port", str(web.port), "--skip-smoke",
+                      *extra],
                      openstack_client=NeutronFromFiles(world))
 
 

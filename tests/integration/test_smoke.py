@@ -132,3 +132,23 @@ def test_tls_is_verified_against_the_public_name(idr):
     failures = smoke.run_checks(f"https://127.0.0.1:{idr.nginx.port('https')}", "idr.example.org", timeout=10)
     assert [f.check for f in failures] == list(smoke.CHECKS)
     assert all("SSL" in f.detail or "certificate" in f.detail for f in failures)
+
+
+def test_the_swaps_gate_checks_the_new_stack_at_an_address_as_its_server_name(idr):
+    """operations.swap.smoke_gate: what the swap runs before the public IP
+    moves (its refusal: tests/test_swap_smoke_gate.py)."""
+    from operations.swap import smoke_gate
+
+    class StackOutputs:
+        def outputs(self, stack):
+            return {"floatingIp": "203.0.113.20", "tlsSelfSigned": True}
+
+        def config(self, stack):
+            return {"idr:serverName": "idr.example.org"}
+
+    check = smoke_gate(StackOutputs(), "newidr", "https")
+    address = f"127.0.0.1:{idr.nginx.port('https')}"
+    assert check(address) == []
+    BREAKS["render_image"](idr)
+    failures = check(address)
+    assert len(failures) == 1 and failures[0].startswith("render_image: ")
