@@ -101,6 +101,10 @@ class Bastion:
             except Exception as error:  # noqa: BLE001 - handed on, not swallowed
                 if not bound.done():
                     bound.set_exception(error)
+                    # Marked as seen: the association's own failure is the one
+                    # reported; an unseen one would be logged when the future
+                    # is collected, at any later point of the process.
+                    bound.exception()
                 return
             if not bound.done():
                 bound.set_result(self.text)
