@@ -57,7 +57,10 @@ def stale(requirements: Path, cwd: Path) -> list[Path]:
     for entry in entries:
         if not isinstance(entry, dict) or "version" not in entry:
             continue
-        role = roles_dir(cwd) / role_name(entry)
+        name = role_name(entry)
+        if "/" in name or name.startswith("."):
+            continue   # not a Galaxy role name (a URL without `name`): never a path to remove
+        role = roles_dir(cwd) / name
         if role.is_dir() and installed_version(role) != str(entry["version"]):
             out.append(role)
     return out
