@@ -113,8 +113,12 @@ def test_timing_log_has_what_idrs_format_leaves_out(start):
     proxy = start()
     proxy.get("http", THUMB)
     proxy.get("buster", THUMB)
-    proxy.stop()                                         # flushes the buffered log
-    lines = log_lines(proxy, "timing.log")
+    # The log is buffered (flush=5s): wait for nginx's flush, not for a
+    # shutdown that may or may not write it on a loaded machine.
+    deadline = time.monotonic() + 20
+    while len(lines := log_lines(proxy, "timing.log")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proxy.stop()
     assert len(lines) == 2, lines
     for line, port in zip(lines, (proxy.nginx.port("http"), proxy.nginx.port("buster"))):
         assert re.fullmatch(rf'\S+ {port} 200 \S+ rt=[0-9.]+ urt=[0-9.]+ "GET {re.escape(THUMB)} HTTP/1.1"', line), line
