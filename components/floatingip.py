@@ -6,7 +6,7 @@ another environment's port holds: the guard looks it up before anything is
 declared, and the association is protected so that a plain `pulumi destroy`
 of an environment holding an IP refuses (release it with the swap command).
 
-One exception, for the floating-IP swap (operations/swap.py) and only while
+One exception, for the floating-IP swap (operations/swap/) and only while
 it runs in its direct order. The swap writes its record to both stacks'
 config (`idrswap:state`, outside the `idr:` namespace) before its first
 change, and this module reads it for two decisions:
@@ -29,18 +29,15 @@ rules above hold unchanged.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Optional
 
 import pulumi
 import pulumi_openstack as openstack
 
-from . import identity
+from . import PROJECT, identity
 from .settings import Settings
-
-# The swap's record (operations/swap.py RECORD), as `namespace:key`.
-SWAP_NAMESPACE, SWAP_KEY = "idrswap", "state"
-ASSOCIATION_TYPE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
+from .swap_record import CONFIG_KEY as SWAP_RECORD, KEY as SWAP_KEY, NAMESPACE as SWAP_NAMESPACE, Record, moving_directly
+from .swap_record import association_urn as _association_urn
 
 
 class FloatingIpHeld(pulumi.RunError):
@@ -48,8 +45,7 @@ class FloatingIpHeld(pulumi.RunError):
 
 
 def association_urn(stack: str, environment: str) -> str:
-    return (f"urn:pulumi:{stack}::{pulumi.get_project() or 'idr'}::idr:environment:IdrEnvironment${ASSOCIATION_TYPE}"
-            f"::{environment}-proxy-floating-ip")
+    return _association_urn(stack, environment, pulumi.get_project() or PROJECT)
 
 
 class Bastion:
@@ -136,37 +132,22 @@ def release_hint(holder_env: str, this_stack: str = "<this stack>", ip: str = "<
             f"then run this update again")
 
 
-def swap_in_progress() -> Optional[dict]:
+def swap_in_progress() -> Optional[Record]:
     """The swap record of this stack's config when a swap in the direct
-    order is in progress, else None (a record that does not parse is
-    ignored here; the swap command and the project's tests refuse it)."""
-    text = pulumi.Config(SWAP_NAMESPACE).get(SWAP_KEY)
-    if not text:
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or record.get("status") != "in-progress" or record.get("order") != "direct":
-        return None
-    return record
-
-
-def _short(stack) -> str:
-    return str(stack or "").split("/")[-1]
+    order is in progress, else None (components/swap_record.py)."""
+    return moving_directly(pulumi.Config(SWAP_NAMESPACE).get(SWAP_KEY))
 
 
 def taking_over(settings: Settings, holder_env: str) -> bool:
     """This stack takes idr:floatingIp from environment `holder_env` in a swap in progress."""
     r = swap_in_progress()
-    return bool(r) and _short(r.get("to_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip \
-        and bool(holder_env) and r.get("from_env") == holder_env
+    return r is not None and r.takes_over(settings.stack, settings.floating_ip, holder_env)
 
 
 def handing_over(settings: Settings) -> bool:
     """This stack hands idr:floatingIp over in a swap in progress."""
     r = swap_in_progress()
-    return bool(r) and _short(r.get("from_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip
+    return r is not None and r.hands_over(settings.stack, settings.floating_ip)
 
 
 def check_floating_ip(settings: Settings) -> None:
@@ -196,7 +177,7 @@ def check_floating_ip(settings: Settings) -> None:
             f"environment; a differently named one is a new stack from this one's volumes and the swap command")
     if holder_env and taking_over(settings, holder_env):
         pulumi.log.info(f"idr:floatingIp {ip} is held by {holder} of environment {holder_env}: the swap in progress "
-                        f"(config {SWAP_NAMESPACE}:{SWAP_KEY}) moves it to this stack's proxy in one Neutron update")
+                        f"(config {SWAP_RECORD}) moves it to this stack's proxy in one Neutron update")
         return
     if holder_env:
         raise FloatingIpHeld(f"config idr:floatingIp = {ip!r} is held by {holder} of environment "

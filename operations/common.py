@@ -11,10 +11,9 @@ from typing import Callable, Optional
 from pulumi import automation as auto
 
 from components import PROJECT, PROJECT_DIR
+from components.swap_record import ASSOCIATION_TYPE, association_urn, short_stack  # noqa: F401 (the commands' names)
 
-ASSOCIATION_TYPE = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
 VOLUME_TYPE = "openstack:blockstorage/volume:Volume"
-ENVIRONMENT_TYPE = "idr:environment:IdrEnvironment"
 # Every update a command runs is checked by the CrossGuard pack (relative to
 # the project directory, the workspace's work_dir, where the engine runs).
 POLICY_PACKS = ("policy",)
@@ -56,17 +55,6 @@ class ConcurrentUpdate(PulumiError):
                 f"run. Wait until that update has finished, then run this command again. If no update of "
                 f"{self.stack} is running (an update that was killed leaves its lock behind), remove the lock "
                 f"with `pulumi cancel -s {self.stack}` first")
-
-
-def short_stack(stack: str) -> str:
-    """'organization/idr/prod' -> 'prod' (URNs and stack files use this)."""
-    return stack.split("/")[-1]
-
-
-def association_urn(stack: str, environment: str) -> str:
-    """URN of the proxy's floating-IP association (components/floatingip.py)."""
-    return (f"urn:pulumi:{short_stack(stack)}::{PROJECT}::{ENVIRONMENT_TYPE}${ASSOCIATION_TYPE}"
-            f"::{environment}-proxy-floating-ip")
 
 
 class Pulumi:

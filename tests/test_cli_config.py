@@ -1,5 +1,5 @@
 """Pulumi.yaml and the stack files as the Pulumi CLI judges them before every
-update, by the CLI's own rules (tests/pulumi_standin.py: project.go
+update, by the CLI's own rules (tests/support/pulumi_cli.py: project.go
 Project.Validate and ValidateConfigValue; config.go mergeConfig,
 validateStackConfigValues, validateStackConfigValue), which the stand-in
 `pulumi` applies to every `up`:
@@ -24,9 +24,10 @@ import pytest
 import yaml
 
 from components.offline import PROJECT_DIR
-from tests.pulumi_standin import install, project_config_error, stack_config_error, target_plan, CliRefusal
+from tests.support.fake_world import install
+from tests.support.pulumi_cli import CliRefusal, project_config_error, stack_config_error, target_plan
+from tests.support.stack_files import stack_file_problems
 from tests.tools import SECRET_VARS
-from tests.test_project_files import stack_file_problems
 
 README = (PROJECT_DIR / "README.md").read_text()
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nstand-in\n-----END OPENSSH PRIVATE KEY-----\n"

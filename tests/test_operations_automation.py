@@ -1,5 +1,5 @@
 """The operator commands on pulumi.automation, at the API's own seam: the real
-LocalWorkspace and Stack run the stand-in `pulumi` (tests/pulumi_standin.py)
+LocalWorkspace and Stack run the stand-in `pulumi` (tests/support/fake_pulumi.py)
 as they would run the CLI, so these tests see the command lines the API
 builds, the messages and policy pack of every update, the engine's output
 arriving while an update runs, and how a locked stack is reported."""
@@ -14,8 +14,9 @@ import pytest
 
 from operations import retire, swap
 from operations.common import POLICY_PACKS, OperationError, Pulumi
-from tests.pulumi_standin import install
-from tests.test_swap import PUBLIC, READS, SPARE, URN, NeutronFromFiles, assert_swapped, run, web, world  # noqa: F401
+from tests.support.fake_world import install
+from tests.support.swap_world import (PUBLIC, READS, SPARE, URN, NeutronFromFiles, assert_swapped, run,  # noqa: F401
+                                      web, world)
 
 OPERATIONS = Path(__file__).resolve().parent.parent / "operations"
 STEPS = {1: f"mark the prod association of {PUBLIC} retain-on-delete; nothing changes in OpenStack",

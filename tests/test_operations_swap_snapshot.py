@@ -8,8 +8,8 @@ import datetime as dt
 import pytest
 
 from operations import backup, swap
-from tests.test_backup import cloud, conn, quick_polls  # noqa: F401  (fixtures; quick_polls is autouse)
-from tests.test_swap import CMD, NeutronFromFiles, assert_swapped, web, world  # noqa: F401
+from tests.support.fake_cloud import cloud, conn, quick_polls  # noqa: F401  (fixtures; quick_polls is autouse)
+from tests.support.swap_world import CMD, NeutronFromFiles, assert_swapped, web, world  # noqa: F401
 
 # openstacksdk warns about its own future API changes; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:openstack")

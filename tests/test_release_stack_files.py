@@ -3,7 +3,7 @@ checks and the program's config checks, so that committing them after a
 release (README "New release", step 6) does not break the next deploy, which
 runs the tests first.
 
-The stand-in `pulumi` (tests/pulumi_standin.py) starts from the repository's
+The stand-in `pulumi` (tests/support/fake_pulumi.py) starts from the repository's
 Pulumi.prod.yaml and Pulumi.newidr.yaml, an operator sets a few values the
 way the README says (`pulumi config set`: strings), the swap runs (and, in a
 second case, stops half-way), and the stack files are written as the CLI
@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from components.offline import PROJECT_DIR, run_stack
-from tests.pulumi_standin import install
-from tests.test_project_files import PROJECT, stack_file_problems
-from tests.test_swap import PUBLIC, SPARE, Web, run
+from tests.support.fake_world import install
+from tests.support.stack_files import PROJECT, stack_file_problems
+from tests.support.swap_world import PUBLIC, SPARE, Web, run
 
 FIP = "openstack:networking/floatingIpAssociate:FloatingIpAssociate"
 

@@ -1,5 +1,5 @@
 """How long a release leaves the public IP unbound, by the stand-in Neutron's
-event log (tests/pulumi_standin.py: a move is one update that takes
+event log (tests/support/fake_neutron.py: a move is one update that takes
 `move_seconds`, an update takes `program_seconds` before it reaches the
 association): in the direct order only the move; in the release-first order,
 used on request or when OpenStack refuses the move (and said), from the
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.test_swap import (PUBLIC, READS, SPARE, URN, Web, assert_only_moves, assert_swapped, fail_then_finish,
+from tests.support.swap_world import (PUBLIC, READS, SPARE, URN, Web, assert_only_moves, assert_swapped, fail_then_finish,
                              follow, full_run_calls, run, world)  # noqa: F401
 
 MOVE_CALL = READS + 2 + 5 + 8 + 2  # the `up` of step 3, the move (see test_swap)

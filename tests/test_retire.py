@@ -1,5 +1,5 @@
 """Retiring an environment, through pulumi.automation driving the stand-in
-`pulumi` (tests/pulumi_standin.py), whose `destroy --exclude-protected` keeps
+`pulumi` (tests/support/fake_pulumi.py), whose `destroy --exclude-protected` keeps
 what the real one keeps: the protected resources with their parents, provider
 and dependencies, and whose `stack rm` refuses a stack with resources."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 from operations import retire
-from tests.pulumi_standin import ASSOC_TYPE, VOLUME_TYPE, install
-from tests.test_swap import follow
+from tests.support.fake_world import ASSOC_TYPE, VOLUME_TYPE, install
+from tests.support.swap_world import follow
 
 PUBLIC = "203.0.113.10"
 

@@ -1,6 +1,6 @@
 """The release, its rollback, `--release-first` and the hand procedure on the
 README's own set-up, through the stand-in `pulumi` with the engine's
-targeting rules (tests/pulumi_standin.py target_plan): each stack's state is
+targeting rules (tests/support/pulumi_cli.py target_plan): each stack's state is
 what the project's program declares (run offline: every resource with its
 parent and dependencies, remote commands included), its config the
 repository's stack file with what "Creating the stacks" and "New release"
@@ -18,8 +18,8 @@ import yaml
 
 from components.offline import PROJECT_DIR
 from operations import swap
-from tests.pulumi_standin import ASSOC_TYPE, install
-from tests.test_swap import PUBLIC, SPARE, NeutronFromFiles, Web
+from tests.support.fake_world import ASSOC_TYPE, install
+from tests.support.swap_world import PUBLIC, SPARE, NeutronFromFiles, Web
 
 MOVE, PROGRAM = 0.2, 0.4   # seconds: a move's dataplane switch; an update before it reaches the association
 NAMED = {"prod": "prod-bastion.example.org", "newidr": "newidr-bastion.example.org"}

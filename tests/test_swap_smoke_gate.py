@@ -1,13 +1,13 @@
 """The swap's release gate: IDR's smoke checks (operations/smoke.py) of the
 new environment at its spare IP, before the public IP moves. Through the
-same stand-ins as tests/test_swap.py; the checks themselves run against real
+same stand-ins as tests/test_swap.py (tests/support/swap_world.py); the checks themselves run against real
 nginx in tests/integration/test_smoke.py (and the gate's own callable there)."""
 from __future__ import annotations
 
 import pytest
 
 from operations import swap
-from tests.test_swap import CMD, PUBLIC, SPARE, NeutronFromFiles, assert_swapped, mutating, web, world  # noqa: F401
+from tests.support.swap_world import CMD, PUBLIC, SPARE, NeutronFromFiles, assert_swapped, mutating, web, world  # noqa: F401
 
 
 def run(world, web, *extra):
@@ -26,7 +26,7 @@ def gate(monkeypatch):
             asked["ips"].append(ip)
             return list(asked["failures"])
         return check
-    monkeypatch.setattr(swap, "smoke_gate", smoke_gate)
+    monkeypatch.setattr(swap.command, "smoke_gate", smoke_gate)
     return asked
 
 
