@@ -36,8 +36,8 @@ import pulumi_openstack as openstack
 
 from . import PROJECT, identity
 from .settings import Settings
-from .swap_record import CONFIG_KEY as SWAP_RECORD, KEY as SWAP_KEY, NAMESPACE as SWAP_NAMESPACE, Record, moving_directly
-from .swap_record import association_urn as _association_urn
+from .swap_record import CONFIG_KEY as SWAP_RECORD, KEY as SWAP_KEY, NAMESPACE as SWAP_NAMESPACE, Record
+from .swap_record import association_name, association_urn as _association_urn, moving_directly
 
 
 class FloatingIpHeld(pulumi.RunError):
@@ -192,7 +192,7 @@ def associate(settings: Settings, port: openstack.networking.Port,
     if not settings.floating_ip:
         return None
     return openstack.networking.FloatingIpAssociate(
-        f"{settings.environment}-proxy-floating-ip", floating_ip=settings.floating_ip, port_id=port.id,
+        association_name(settings.environment), floating_ip=settings.floating_ip, port_id=port.id,
         # Unbind before binding anew: an IP may be held by one association
         # only. Retained while a swap hands the IP over (module docstring).
         opts=pulumi.ResourceOptions(parent=parent, protect=True, delete_before_replace=True,

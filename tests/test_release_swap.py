@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from tests.support.swap_world import (PUBLIC, READS, SPARE, URN, Web, assert_only_moves, assert_swapped, fail_then_finish,
-                             follow, full_run_calls, run, world)  # noqa: F401
+from tests.support.swap_world import (PUBLIC, READS, SPARE, URN, Web, assert_only_moves, assert_swapped,  # noqa: F401
+                                      fail_then_finish, follow, full_run_calls, run, world)
 
 MOVE_CALL = READS + 2 + 5 + 8 + 2  # the `up` of step 3, the move (see test_swap)
 MOVE, PROGRAM = 0.2, 0.4   # seconds: the dataplane switch of a move; an update before it reaches the association

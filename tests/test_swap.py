@@ -285,3 +285,31 @@ def test_refuses_when_new_state_lacks_association(world, web, capsys):
     assert run(world, web) == 2
     assert "newidr's Pulumi state has no floating-IP association" in capsys.readouterr().err
     assert mutating(world) == []
+
+
+def test_program_guard_reads_the_record_the_swap_writes(prod_run):
+    """The program (run offline) and the stand-in decide by the same record
+    code (components/swap_record.py): with a direct swap's record newidr may
+    take the IP prod's proxy holds, and prod declares its association
+    retained while it hands the IP over; without one, neither."""
+    from components.floatingip import FloatingIpHeld
+    from components.offline import IdrMocks, effective_config, run_config
+    from components.swap_record import ASSOCIATION_TYPE, Record
+
+    record = Record.parse(RECORD)
+
+    def run_program(stack, with_record):
+        config, secrets = effective_config(stack, {"floatingIp": PUBLIC})
+        if with_record:
+            config["idrswap:state"] = record.dump()
+        mocks = IdrMocks({PUBLIC: "prod-proxy"}, {"prod": prod_run.outputs}, stack=stack)
+        return run_config(stack, config, secrets, mocks).of_type(ASSOCIATION_TYPE)
+
+    (taken,) = run_program("newidr", with_record=True)
+    assert taken.inputs["floatingIp"] == PUBLIC and not taken.options.retain_on_delete
+    with pytest.raises(FloatingIpHeld, match="is held by port prod-proxy"):
+        run_program("newidr", with_record=False)
+    (handed,) = run_program("prod", with_record=True)
+    assert handed.options.retain_on_delete
+    (kept,) = run_program("prod", with_record=False)
+    assert not kept.options.retain_on_delete

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from operations import swap
-from tests.support.swap_world import CMD, PUBLIC, SPARE, NeutronFromFiles, assert_swapped, mutating, web, world  # noqa: F401
+from tests.support.swap_world import (CMD, PUBLIC, SPARE, NeutronFromFiles, assert_swapped, mutating,  # noqa: F401
+                                      web, world)
 
 
 def run(world, web, *extra):

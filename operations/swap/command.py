@@ -32,17 +32,18 @@ class Swap:
         if short_stack(old) == short_stack(new):
             raise OperationError("--from and --to must be two different stacks")
         self.pulumi, self.openstack, self.old_stack, self.new_stack = pulumi, openstack, old, new
-        self.public_ip, self.assume_yes, self.snapshot, self.release_first = public_ip, assume_yes, snapshot, \
-            release_first
-        self.options = dict(say=say, http_port=http_port, wait_seconds=wait_seconds, poll_seconds=poll_seconds,
-                            smoke=smoke)
-        self.say = say
+        self.public_ip, self.assume_yes, self.snapshot = public_ip, assume_yes, snapshot
+        self.release_first, self.say = release_first, say
         self.command = plan.swap_command(old, new)
         self.rollback = plan.swap_command(new, old)
+        # How the run checks and reports (operations/swap/changes.py Run).
+        self.checks = dict(say=say, http_port=http_port, wait_seconds=wait_seconds, poll_seconds=poll_seconds,
+                           smoke=smoke)
 
     def run(self) -> int:
+        """Read both stacks, then take every step not done yet; 0 when the public IP answers at the end."""
         run = Run(self.pulumi, self.openstack, Side.read(self.pulumi, self.old_stack),
-                  Side.read(self.pulumi, self.new_stack), self.command, **self.options)
+                  Side.read(self.pulumi, self.new_stack), self.command, **self.checks)
         start = plan.start(run.old, run.new, self.public_ip, self.release_first)
         if start.record is None:
             self.say(f"{start.held} is already held by {self.new_stack}: nothing to move.")

@@ -74,7 +74,8 @@ def check(o: Observed, r: Record) -> list[str]:
     P, S, old, new, hP, hS = r.public_ip, r.spare_ip, o.old, o.new, o.public, o.spare
     expectations = [
         *((h.port_name in ("", old.port, new.port),
-           f"{h.address} is bound to port {h.port_name or h.port_id}, which belongs to neither stack") for h in (hP, hS)),
+           f"{h.address} is bound to port {h.port_name or h.port_id}, which belongs to neither stack")
+          for h in (hP, hS)),
         (old.ip in (P, S, ""), f"{old.stack}'s idr:floatingIp is {old.ip}, neither {P} nor {S}"),
         (new.ip in (P, S, ""), f"{new.stack}'s idr:floatingIp is {new.ip}, neither {P} nor {S}"),
         (not (old.ip == new.ip == S), f"both stacks' idr:floatingIp is {S}"),

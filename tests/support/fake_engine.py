@@ -8,14 +8,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from components.swap_record import ASSOCIATION_TYPE as ASSOC, ENVIRONMENT_TYPE
 from tests.support.fake_neutron import die
 from tests.support.pulumi_cli import CliRefusal, project_config_error, stack_config_error, target_plan
-
-if TYPE_CHECKING:
-    from tests.support.fake_pulumi import Cli
 
 NOT_INTERACTIVE = "must be passed in to proceed when running in non-interactive mode"
 
@@ -47,8 +42,11 @@ def ancestors(resources: list[dict]) -> set:
     return keep
 
 
-def up(cli: Cli) -> str:
-    st, cfg, stack, env, urn, assoc = cli.st, cli.cfg, cli.stack, cli.env, cli.urn, cli.assoc
+def up(cli) -> str:
+    """`pulumi up` of the stack of `cli` (a fake_pulumi.Cli); its last line of output."""
+    from components.swap_record import ASSOCIATION_TYPE as ASSOC, ENVIRONMENT_TYPE
+    st, cfg, stack, env, urn = cli.st, cli.cfg, cli.stack, cli.env, cli.urn
+    assoc = next((r for r in st["resources"] if r["type"] == ASSOC), None)
     if not (cli.yes or cli.skip_preview):
         die(f"--yes or --skip-preview {NOT_INTERACTIVE}")
     cli.take_lock()
@@ -138,7 +136,9 @@ def up(cli: Cli) -> str:
     return "Resources: updated"
 
 
-def destroy(cli: Cli) -> str:
+def destroy(cli) -> str:
+    """`pulumi destroy` of the stack of `cli` (a fake_pulumi.Cli); its last line of output."""
+    from components.swap_record import ASSOCIATION_TYPE as ASSOC
     st = cli.st
     if not (cli.yes or cli.skip_preview):
         die(f"--yes or --skip-preview or --preview-only {NOT_INTERACTIVE}")

@@ -5,17 +5,17 @@ Neutron would (neutron/db/l3_db.py): one floating IP per fixed IP (a port
 already holding one refuses another: FloatingIPPortAlreadyAssociated, 409); an
 associated IP moves to another port in one update, during which it answers
 nothing for `move_seconds`; with `refuse_moves` such a move is refused instead,
-as by a cloud that does not re-associate. Standard library only."""
+as by a cloud that does not re-associate. Imported by the stand-in on every
+call: standard library modules it loads anyway only."""
 from __future__ import annotations
 
 import json
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn, Optional
 
 
-def die(message: str) -> NoReturn:
+def die(message: str):
     """The CLI's failure: its message on stderr, exit status 1."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
@@ -35,7 +35,7 @@ class Neutron:
     def events(self) -> list[dict]:
         return [json.loads(x) for x in self.events_path.read_text().splitlines()] if self.events_path.exists() else []
 
-    def set(self, ip: str, port: Optional[str], why: str) -> None:
+    def set(self, ip: str, port: str | None, why: str) -> None:
         data = self.holders()
         if port:
             data[ip] = port

@@ -43,15 +43,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
-from components.swap_record import ASSOCIATION_TYPE as ASSOC, CONFIG_KEY as SWAP_RECORD, association_name
-from components.swap_record import association_urn, moving_directly
 from tests.support import fake_engine as engine
 from tests.support.fake_engine import NOT_INTERACTIVE, load, save, say
 from tests.support.fake_neutron import Neutron, die
 from tests.support.pulumi_cli import CliRefusal, apply_project_config, parse_argv
 
+# components/swap_record.py is imported only where needed: each call of the
+# stand-in is a process of its own, and most calls only read.
 VOLUME = "openstack:blockstorage/volume:Volume"
 
 
@@ -77,8 +76,11 @@ class Cli:
         self.st = load(self.path, None)
         self.cfg, self.secrets = self.st["config"], self.st.setdefault("secrets", {})
         self.env = self.cfg.get("idr:environment") or self.stack
-        self.urn = association_urn(self.stack, self.env)
-        self.assoc = next((r for r in self.st["resources"] if r["type"] == ASSOC), None)
+
+    @property
+    def urn(self) -> str:
+        from components.swap_record import association_urn
+        return association_urn(self.stack, self.env)
 
     def with_defaults(self) -> dict:
         """`pulumi config` and `config get` apply the project's defaults (config.go ApplyProjectConfig)."""
@@ -123,6 +125,7 @@ class Cli:
         die(message)
 
     def line(self, sign: str, verb: str) -> None:
+        from components.swap_record import association_name
         say(f" {sign}  openstack:networking:FloatingIpAssociate {association_name(self.env)} {verb} (0s) ")
 
     def outputs(self, want: str) -> dict:
@@ -208,7 +211,8 @@ class Cli:
         same record code): refuses an IP another environment's proxy holds,
         unless this stack's swap record moves it here; says whether the
         association is declared retain-on-delete."""
-        record = moving_directly(self.cfg.get(SWAP_RECORD))
+        from components.swap_record import CONFIG_KEY, moving_directly
+        record = moving_directly(self.cfg.get(CONFIG_KEY))
         holder = self.neutron.holders().get(want) if want else None
         if holder and holder != f"{self.env}-proxy":
             holder_env = holder[: -len("-proxy")] if holder.endswith("-proxy") else None
@@ -217,7 +221,7 @@ class Cli:
         return bool(want) and record is not None and record.hands_over(self.stack, want)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     home = Path(os.environ["FAKE_PULUMI_HOME"])
     if argv == ["version"]:  # the Automation API's probe when it makes a workspace; not numbered

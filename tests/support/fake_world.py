@@ -27,9 +27,40 @@ import yaml
 from components import PROJECT_DIR
 from components.swap_record import ASSOCIATION_TYPE as ASSOC_TYPE, association_urn
 from operations.common import VOLUME_TYPE
-from tests.support.pulumi_cli import Call, parse_call
+from tests.support.pulumi_cli import VALUED, parse_argv
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: tests.support and components import from it
+
+MUTATING = (("config", "set"), ("config", "rm"), ("state", "unprotect"), ("up",), ("destroy",), ("stack", "rm"))
+
+
+@dataclass(frozen=True)
+class Call:
+    """One recorded command line, parsed as the stand-in parses it."""
+    argv: tuple
+    args: tuple          # positional words, including those after `--`
+    flags: frozenset     # valueless flags
+    values: dict         # flag name -> list of values ("stack", "target", "message", "policy-pack", ...)
+
+    @property
+    def stack(self) -> str:
+        return self.values["stack"][-1]
+
+    @property
+    def mutating(self) -> bool:
+        return any(self.args[:len(m)] == m for m in MUTATING)
+
+    def short(self) -> tuple:
+        """('up', urn, stack), ('config', 'set', key, value, stack), ...: the order tests' form."""
+        if self.args == ("up",):
+            return ("up", *self.values.get("target", []), self.stack)
+        return (*self.args, self.stack)
+
+
+def parse_call(argv: list[str]) -> Call:
+    args, flags, values = parse_argv(argv, VALUED)
+    return Call(tuple(argv), tuple(args), frozenset(flags), values)
+
 
 def stack_state(stack: str, config: dict, floating_ip: str = "", env: str = "") -> dict:
     """A deployed stack's state: what the program declares, with the parents,
@@ -60,8 +91,9 @@ def stack_state(stack: str, config: dict, floating_ip: str = "", env: str = "") 
                           "mount": {"omeroreadwrite": "/data", "database": "/var/lib/pgsql",
                                     "proxy": "/var/cache/nginx"}[role]})
     if floating_ip:
-        resources.append({"urn": association_urn(stack, env), "type": ASSOC_TYPE, "protect": True, "retainOnDelete": False,
-                          "parent": component, "provider": provider, "inputs": {"floatingIp": floating_ip}})
+        resources.append({"urn": association_urn(stack, env), "type": ASSOC_TYPE, "protect": True,
+                          "retainOnDelete": False, "parent": component, "provider": provider,
+                          "inputs": {"floatingIp": floating_ip}})
     config = dict(config, **({"idr:floatingIp": floating_ip} if floating_ip else {}))
     vols = {r["role"]: {"id": r["id"], "name": r["name"], "size": r["size"], "mount": r["mount"]}
             for r in resources if r["type"] == VOLUME_TYPE}

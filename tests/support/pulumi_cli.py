@@ -1,44 +1,17 @@
 """The Pulumi CLI's command-line parsing, its config rules and the engine's
 --target rules, as pure functions of plain data, each citing the Pulumi
-source it comes from (github.com/pulumi/pulumi). Standard library only: the
-stand-in `pulumi` (tests/support/fake_pulumi.py) runs isolated and imports it;
-tests call the rules directly."""
+source it comes from (github.com/pulumi/pulumi). The stand-in `pulumi`
+(tests/support/fake_pulumi.py) imports it on every call: standard library
+modules it loads anyway only. Tests call the rules directly."""
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 
 VALUED = {"-s": "stack", "--stack": "stack", "--target": "target", "--policy-pack": "policy-pack",
           "-m": "message", "--message": "message", "--exec-kind": "exec-kind", "--page-size": "page-size",
           "--page": "page", "--color": "color", "--event-log": "event-log", "--client": "client",
           "--secrets-provider": "secrets-provider"}
-MUTATING = (("config", "set"), ("config", "rm"), ("state", "unprotect"), ("up",), ("destroy",), ("stack", "rm"))
-
-
-@dataclass(frozen=True)
-class Call:
-    """One recorded command line, parsed as the stand-in parses it."""
-    argv: tuple
-    args: tuple          # positional words, including those after `--`
-    flags: frozenset     # valueless flags
-    values: dict         # flag name -> list of values ("stack", "target", "message", "policy-pack", ...)
-
-    @property
-    def stack(self) -> str:
-        return self.values["stack"][-1]
-
-    @property
-    def mutating(self) -> bool:
-        return any(self.args[:len(m)] == m for m in MUTATING)
-
-    def short(self) -> tuple:
-        """('up', urn, stack), ('config', 'set', key, value, stack), ...: the order tests' form."""
-        if self.args == ("up",):
-            return ("up", *self.values.get("target", []), self.stack)
-        return (*self.args, self.stack)
-
-
 def parse_argv(argv, valued=VALUED):
     """(positional words, valueless flags, {flag name: [values]}); `stack rm S` names its stack."""
     args, flags, values = [], set(), {}
@@ -60,11 +33,6 @@ def parse_argv(argv, valued=VALUED):
     if args[:2] in (["stack", "rm"], ["stack", "init"]) and len(args) == 3:
         values.setdefault("stack", []).append(args.pop())
     return args, flags, values
-
-
-def parse_call(argv: list[str]) -> Call:
-    args, flags, values = parse_argv(argv, VALUED)
-    return Call(tuple(argv), tuple(args), frozenset(flags), values)
 
 
 class CliRefusal(Exception):
