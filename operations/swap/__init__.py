@@ -19,5 +19,4 @@ from components.swap_record import DIRECT, DONE, IN_PROGRESS, RELEASE_FIRST, Rec
 from ..common import ASSOCIATION_TYPE  # noqa: F401
 from .command import Swap, main  # noqa: F401
 from .health import http_ok, smoke_gate  # noqa: F401
-from .observe import load_record  # noqa: F401
-from .observe import RECORD  # noqa: F401
+from .observe import RECORD, load_record  # noqa: F401

@@ -49,6 +49,16 @@ def spare_given(o: Observed, r: Record) -> bool:
     return o.old.ip == r.spare_ip and o.old.assoc_ip == r.spare_ip and o.holds(o.old, r.spare_ip)
 
 
+# The sources each order relies on (the README says why in prose):
+# - Neutron moves an associated IP in one update: PUT /v2.0/floatingips/{id}
+#   with a new port_id (neutron/db/l3_db.py _update_fip_assoc), refused only by
+#   FloatingIPPortAlreadyAssociated (409) when the target port has one: step 2.
+# - FloatingIpAssociate (terraform-provider-openstack
+#   resource_openstack_networking_floatingip_associate_v2.go): Create is that
+#   PUT, Delete a PUT with an empty port wherever the IP is: steps 1 and 4.
+# - Pulumi skips Delete for a resource retained in its *state* (resource option
+#   retainOnDelete), and `up --target` keeps what untargeted resources depend on
+#   (pkg/resource/deploy/step_generator.go): dependents_problem.
 def steps(r: Record, old: str, new: str) -> list[Step]:
     """The swap's changes in order. The plan shown, each update's message and
     its number come from this list."""
