@@ -313,3 +313,37 @@ def test_program_guard_reads_the_record_the_swap_writes(prod_run):
     assert handed.options.retain_on_delete
     (kept,) = run_program("prod", with_record=False)
     assert not kept.options.retain_on_delete
+
+
+def test_plan_is_a_function_of_what_was_observed():
+    """The plan alone, on observations made by hand (no Pulumi, no OpenStack):
+    each stage of the direct order has one next step, and a port of neither
+    stack holding the public IP is named."""
+    from operations.common import FloatingIpHolder
+    from operations.swap import plan
+    from operations.swap.observe import Observed, Side
+
+    record = swap.Record.parse(RECORD)
+
+    def side(stack, ip, assoc_ip, retained=False):
+        resources = [{"urn": URN.format(stack), "type": swap.ASSOCIATION_TYPE, "retainOnDelete": retained,
+                      "inputs": {"floatingIp": assoc_ip}}] if assoc_ip else []
+        return Side(stack, {"idr:floatingIp": ip} if ip else {}, resources)
+
+    def seen(old, new, public_port, spare_port):
+        return Observed(old, new, FloatingIpHolder(PUBLIC, f"id-{public_port}" if public_port else "", public_port),
+                        FloatingIpHolder(SPARE, f"id-{spare_port}" if spare_port else "", spare_port))
+
+    steps = plan.steps(record, "prod", "newidr")
+    stages = [(side("prod", PUBLIC, PUBLIC), side("newidr", SPARE, SPARE), "prod-proxy", "newidr-proxy"),
+              (side("prod", PUBLIC, PUBLIC, True), side("newidr", SPARE, SPARE), "prod-proxy", "newidr-proxy"),
+              (side("prod", PUBLIC, PUBLIC, True), side("newidr", "", ""), "prod-proxy", ""),
+              (side("prod", PUBLIC, PUBLIC, True), side("newidr", PUBLIC, PUBLIC), "newidr-proxy", ""),
+              (side("prod", "", ""), side("newidr", PUBLIC, PUBLIC), "newidr-proxy", ""),
+              (side("prod", SPARE, SPARE), side("newidr", PUBLIC, PUBLIC), "newidr-proxy", "prod-proxy")]
+    for n, stage in enumerate(stages, 1):
+        observed = seen(*stage)
+        assert plan.check(observed, record) == [], n
+        assert plan.next_step(observed, record, steps) == n
+    stranger = seen(side("prod", PUBLIC, PUBLIC), side("newidr", SPARE, SPARE), "someone-proxy", "newidr-proxy")
+    assert plan.check(stranger, record) == [f"{PUBLIC} is bound to port someone-proxy, which belongs to neither stack"]
