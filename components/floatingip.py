@@ -35,7 +35,6 @@ from typing import Optional
 import pulumi
 import pulumi_openstack as openstack
 
-from . import identity
 from .settings import Settings
 
 # The swap's record (operations/swap.py RECORD), as `namespace:key`.
@@ -169,8 +168,10 @@ def handing_over(settings: Settings) -> bool:
     return bool(r) and _short(r.get("from_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip
 
 
-def check_floating_ip(settings: Settings) -> None:
-    """Refuse an IP whose port belongs to another environment (or to no proxy)."""
+def check_floating_ip(settings: Settings, deployed_environment: Optional[str]) -> None:
+    """Refuse an IP whose port belongs to another environment (or to no proxy).
+    `deployed_environment`: the environment this stack's last update deployed
+    (identity.Deployed.environment; None before the first update)."""
     ip = settings.floating_ip
     try:
         fip = openstack.networking.get_floating_ip(address=ip)
@@ -186,7 +187,7 @@ def check_floating_ip(settings: Settings) -> None:
         return
     holder_env = port.name[: -len("-proxy")] if port.name.endswith("-proxy") else None
     holder = f"port {port.name or '(unnamed)'} ({fip.port_id})"
-    if holder_env and holder_env == identity.deployed_environment():
+    if holder_env and holder_env == deployed_environment:
         # The holder is this very stack, deployed under another environment
         # name: releasing the IP "there" would tear this environment down.
         raise FloatingIpHeld(
