@@ -45,7 +45,7 @@ class Deployment(pulumi.ComponentResource):
         script = render.run_script(s, name)
         secret_vars = pulumi.Output.from_input(s.deployment_secret_vars)
         # New secret values deploy every host again; only a digest, kept secret.
-        secret_digest = pulumi.Output.secret(secret_vars.apply(digest))
+        secret_digest: pulumi.Output[str] = pulumi.Output.secret(secret_vars.apply(digest))
         deployed = [digest(script), *render.what_is_deployed(s)]
         environment = {
             "IDR_INVENTORY": inventory(s),

@@ -82,7 +82,7 @@ class Bastion:
     def address(self) -> pulumi.Input[str]:
         return self._bound if self._bound is not None else self.text
 
-    def bound_by(self, association: Optional[pulumi.Resource]) -> None:
+    def bound_by(self, association: Optional[openstack.networking.FloatingIpAssociate]) -> None:
         if self._bound is None:
             return
         if association is None:
@@ -158,14 +158,14 @@ def _short(stack) -> str:
 def taking_over(settings: Settings, holder_env: str) -> bool:
     """This stack takes idr:floatingIp from environment `holder_env` in a swap in progress."""
     r = swap_in_progress()
-    return bool(r) and _short(r.get("to_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip \
+    return r is not None and _short(r.get("to_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip \
         and bool(holder_env) and r.get("from_env") == holder_env
 
 
 def handing_over(settings: Settings) -> bool:
     """This stack hands idr:floatingIp over in a swap in progress."""
     r = swap_in_progress()
-    return bool(r) and _short(r.get("from_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip
+    return r is not None and _short(r.get("from_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip
 
 
 def check_floating_ip(settings: Settings, deployed_environment: Optional[str]) -> None:
@@ -185,7 +185,8 @@ def check_floating_ip(settings: Settings, deployed_environment: Optional[str]) -
     ours = f"{settings.environment}-proxy"
     if port.name == ours:
         return
-    holder_env = port.name[: -len("-proxy")] if port.name.endswith("-proxy") else None
+    name = port.name or ""
+    holder_env = name[: -len("-proxy")] if name.endswith("-proxy") else None
     holder = f"port {port.name or '(unnamed)'} ({fip.port_id})"
     if holder_env and holder_env == deployed_environment:
         # The holder is this very stack, deployed under another environment

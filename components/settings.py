@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, get_type_hints
 import pulumi
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator, with_config
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 from pydantic.fields import FieldInfo
 
 from . import PROJECT
@@ -29,7 +30,8 @@ from .validators import (AvailabilityZone, Bastion, CacheZones, CertificateChain
                          SourceSize, StackName, StatementTimeout, Subnet, SubnetName, UrlPath, User, VarsFile,
                          VolumeType, WebsiteSource, first_error, from_cli, kind, project_path, secret_vars_problem)
 
-SECRET, REQUIRED = {"secret": True}, {"required": True}
+SECRET: JsonDict = {"secret": True}
+REQUIRED: JsonDict = {"required": True}
 
 NAMESPACE = PROJECT  # config keys are idr:<key>
 
@@ -60,10 +62,10 @@ class Settings:
     existing_network: NetworkName = Field("", description="Use this existing network instead of creating one (give existingSubnet too); empty creates network, subnet and router.")
     existing_subnet: SubnetName = Field("", description="Subnet of existingNetwork; its CIDR must equal subnetCidr.")
     subnet_cidr: Subnet = Field("192.168.1.0/24", description="IPv4 CIDR of the environment's subnet; hosts get fixed addresses in it.")
-    dns_nameservers: Ipv4s = Field([], description="DNS servers handed out on the subnet; empty uses the cloud's default.")
+    dns_nameservers: Ipv4s = Field([], validate_default=True, description="DNS servers handed out on the subnet; empty uses the cloud's default.")
     # Hosts
     image: ImageName = Field("Rocky-9-GenericCloud", description="Glance image name for every host (Rocky Linux 9).")
-    image_overrides: ImageMap = Field([], description="Per-role image as 'role=image', e.g. 'database=Rocky-9.4'.")
+    image_overrides: ImageMap = Field([], validate_default=True, description="Per-role image as 'role=image', e.g. 'database=Rocky-9.4'.")
     proxy_flavor: Flavor = Field("m1.large", description="Flavor of <env>-proxy.")
     omeroreadwrite_flavor: Flavor = Field("m1.xlarge", description="Flavor of <env>-omeroreadwrite.")
     database_flavor: Flavor = Field("m1.large", description="Flavor of <env>-database.")
@@ -77,7 +79,7 @@ class Settings:
     ssh_private_key: Any = Field(None, description="Private key matching sshPublicKey, used by remote commands (secret, required).", json_schema_extra=SECRET | REQUIRED)
     ssh_bastion: Bastion = Field("", description="Address remote commands use to reach the proxy on port 22 (an IP or DNS name); empty means floatingIp.")
     ssh_bastion_host_key: HostKey = Field("", description="The proxy's SSH host public key; when set, the bastion connection is refused if it differs.")
-    ssh_allowed_cidrs: Cidrs = Field(["0.0.0.0/0"], description="IPv4 CIDRs allowed to reach SSH (22) on the proxy.")
+    ssh_allowed_cidrs: Cidrs = Field(["0.0.0.0/0"], validate_default=True, description="IPv4 CIDRs allowed to reach SSH (22) on the proxy.")
     rsync_enabled: bool = Field(False, description="Open rsync (873) on the proxy and serve the public data read-only. Off: production closed it as a security risk.")
     floating_ip: FloatingIp = Field("", description="Floating IP held by the proxy's port; empty holds none. Moving the public IP is a change of this key.")
     # Data volumes
@@ -99,7 +101,7 @@ class Settings:
     server_name: DnsName = Field("idr.openmicroscopy.org", description="Public host name served by nginx.")
     nginx_cache_zones: CacheZones = Field(
         ["thumbnails=10g", "render=40g", "metadata=25g", "api=10g", "static=200m", "default=1g"],
-        description="nginx cache zones as 'name=size' (k, m or g); their total must fit proxyVolumeSize.")
+        validate_default=True, description="nginx cache zones as 'name=size' (k, m or g); their total must fit proxyVolumeSize.")
     nginx_cache_inactive: Duration = Field("180d", description="How long an unused cache entry is kept.")
     nginx_cache_valid: Duration = Field("1d", description="How long a cached 200 answer is fresh.")
     nginx_public_read_timeout: PublicReadTimeout = Field(60, description="Read timeout in seconds of the public servers towards the read-only backends.")
@@ -118,7 +120,7 @@ class Settings:
          "^~ /mineotaur 302 /about/mineotaur.html", "^~ /jupyter 302 /about/analysis-environments.html",
          "= /curation-workflow 302 /about/curation-workflow.html",
          "= /submitter-survey 302 https://forms.gle/beR4vqLrgLgRzgSX9"],
-        description="Redirects on the public ports as '<= or ^~> <path> <code> <destination>' (IDR's "
+        validate_default=True, description="Redirects on the public ports as '<= or ^~> <path> <code> <destination>' (IDR's "
                     "nginx_proxy_direct_locations); with jupyterEnabled, /jupyter and /jupyter/ go to JupyterHub instead.")
     nginx_redirect_map: RedirectMap = Field(
         ["/mito/webclient/?show=screen-1 /webclient/?show=screen-1101",
@@ -132,11 +134,11 @@ class Settings:
          "~/pgpc /webclient/?show=screen-1151",
          "/study/idr0083/figure/4i /webclient/img_detail/9822151/?dataset=10201&x=34105&y=84808&zm=25&c=1|318:9927$808080&m=g",
          "/study/idr0083/figure/4r /webclient/img_detail/9822152/?dataset=10201&x=80560&y=77440&zm=66&c=1|495:9204$808080&m=g"],
-        description="Study short URLs as '<request URI or ~regex> <destination>', first match wins, anything else goes "
+        validate_default=True, description="Study short URLs as '<request URI or ~regex> <destination>', first match wins, anything else goes "
                     "to / (IDR's nginx_proxy_redirect_map); consulted only by nginxRedirectLocations.")
     nginx_redirect_locations: RedirectLocations = Field(
         ["= /study/idr0083/figure/4i 301", "= /study/idr0083/figure/4r 301", "~ ^/(mito|tara|pgpc)($|/) 302"],
-        description="Locations answered from nginxRedirectMap as '<modifier> <path or regex> <code>' (IDR's "
+        validate_default=True, description="Locations answered from nginxRedirectMap as '<modifier> <path or regex> <code>' (IDR's "
                     "nginx_proxy_redirect_map_locations).")
     website_source: WebsiteSource = Field(
         "https://github.com/IDR/idr.openmicroscopy.org/releases/download/{ref}/idr.openmicroscopy.org.tar.gz",
@@ -147,7 +149,7 @@ class Settings:
     cache_purge_generation: Generation = Field(0, description="Bump to empty /var/cache/nginx on the proxy once and reload nginx.")
     # Bio-Formats cache regeneration
     bfcache_generation: Generation = Field(0, description="Bump to start one Bio-Formats cache regeneration run; 0 never runs.")
-    bfcache_slots: Slots = Field(["omeroreadwrite=10", "omeroreadonly=1"], description="Parallel jobs per node as 'role=N' for omeroreadwrite and omeroreadonly.")
+    bfcache_slots: Slots = Field(["omeroreadwrite=10", "omeroreadonly=1"], validate_default=True, description="Parallel jobs per node as 'role=N' for omeroreadwrite and omeroreadonly.")
     omero_bin: FilePath = Field("/opt/omero/server/OMERO.server/bin/omero", description="Path of the omero executable on the OMERO servers.")
     omero_cli_render_version: Release = Field("0.8.1", description="Version of omero-cli-render installed on every OMERO node for cache regeneration (production's).")
     # Database
@@ -158,8 +160,8 @@ class Settings:
     deployment_repository: GitUrl = Field("https://github.com/IDR/deployment.git", description="Git URL of IDR/deployment, checked out at deploymentRef by the step (unless deploymentPath is set).")
     deployment_ref: GitRef = Field("", description="Commit (or tag) of deploymentRepository the step checks out; a full commit hash pins it.")
     deployment_path: Checkout = Field("", description="A local checkout of IDR/deployment (absolute or relative to the project); used instead of deploymentRepository and deploymentRef.")
-    deployment_playbooks: Playbooks = Field(["idr-01-install-idr.yml"], description="Playbooks run in order from the checkout's ansible/ directory.")
-    deployment_extra_groups: ExtraGroups = Field([], description="More inventory groups as 'group=role': 'ebi-nfs=omeroreadwrite' puts <env>-omeroreadwrite in <env>-ebi-nfs (IDR's image-data mounts: idr-ebi-nfs.yml, idr-dundee-nfs.yml's <env>-uod-nfs).")
+    deployment_playbooks: Playbooks = Field(["idr-01-install-idr.yml"], validate_default=True, description="Playbooks run in order from the checkout's ansible/ directory.")
+    deployment_extra_groups: ExtraGroups = Field([], validate_default=True, description="More inventory groups as 'group=role': 'ebi-nfs=omeroreadwrite' puts <env>-omeroreadwrite in <env>-ebi-nfs (IDR's image-data mounts: idr-ebi-nfs.yml, idr-dundee-nfs.yml's <env>-uod-nfs).")
     deployment_vars_file: VarsFile = Field("", description="YAML file of extra vars for the playbooks (absolute or relative to the project); empty: none.")
     deployment_secret_vars: Any = Field(None, description="YAML mapping of secret vars for the playbooks, required with deploymentEnabled: omero_server_rootpassword, idr_secret_postgresql_password, idr_secret_postgresql_password_ro (never the roles' default 'omero'), optionally idr_secret_public_password; written to a 0600 temporary file, never printed (secret).", json_schema_extra=SECRET)
     deployment_generation: Generation = Field(0, description="Bump to run the deployment playbooks again (and the steps that follow them).")
@@ -233,8 +235,15 @@ class Key:
 _HINTS = get_type_hints(Settings, include_extras=True)
 FIELDS: dict[str, FieldInfo] = {to_camel(f.name): FieldInfo.from_annotated_attribute(_HINTS[f.name], f.default)
                                 for f in fields(Settings) if isinstance(f.default, FieldInfo)}
-KEYS: dict[str, Key] = {name: Key(name, kind(f.annotation), f.default, f.description, **(f.json_schema_extra or {}))
-                        for name, f in FIELDS.items()}
+
+
+def _key(name: str, f: FieldInfo) -> Key:
+    flags = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+    return Key(name, kind(f.annotation), f.default, f.description or "",
+               secret=bool(flags.get("secret")), required=bool(flags.get("required")))
+
+
+KEYS: dict[str, Key] = {name: _key(name, f) for name, f in FIELDS.items()}
 _VALIDATOR = TypeAdapter(Settings)
 
 

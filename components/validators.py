@@ -212,7 +212,7 @@ def from_cli(kind: str, raw: Any) -> Any:
 def first_error(error: ValidationError, fields: dict[str, FieldInfo]) -> tuple[str, Any, str]:
     """(key, value, allowed) of the first failing field (`fields` by key, in declaration order)."""
     first = error.errors()[0]
-    key, raised = first["loc"][0], first.get("ctx", {}).get("error")
+    key, raised = str(first["loc"][0]), first.get("ctx", {}).get("error")
     if isinstance(raised, NotAllowed):
         return key, raised.value, raised.allowed
     allowed = allowed_of(fields[key].metadata) or KIND_ALLOWED[kind(fields[key].annotation)]
@@ -226,7 +226,9 @@ class CacheZone:
 
     @property
     def bytes(self) -> int:
-        number, unit = _SIZE_RE.match(self.size).groups()
+        match = _SIZE_RE.match(self.size)
+        assert match, self.size  # validated by _zones
+        number, unit = match.groups()
         return int(number) * {"k": 1024, "m": 1024**2, "g": 1024**3}[unit]
 
 
