@@ -158,14 +158,16 @@ def _short(stack) -> str:
 def taking_over(settings: Settings, holder_env: str) -> bool:
     """This stack takes idr:floatingIp from environment `holder_env` in a swap in progress."""
     r = swap_in_progress()
-    return r is not None and _short(r.get("to_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip \
+    return r is not None and _short(r.get("to_stack")) == settings.stack \
+        and r.get("public_ip") == settings.floating_ip \
         and bool(holder_env) and r.get("from_env") == holder_env
 
 
 def handing_over(settings: Settings) -> bool:
     """This stack hands idr:floatingIp over in a swap in progress."""
     r = swap_in_progress()
-    return r is not None and _short(r.get("from_stack")) == settings.stack and r.get("public_ip") == settings.floating_ip
+    return r is not None and _short(r.get("from_stack")) == settings.stack \
+        and r.get("public_ip") == settings.floating_ip
 
 
 def check_floating_ip(settings: Settings, deployed_environment: Optional[str]) -> None:

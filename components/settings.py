@@ -23,8 +23,8 @@ from pydantic.fields import FieldInfo
 from . import PROJECT
 from .layout import DATA_VOLUME_MOUNTS, JUPYTER_LOCATIONS, PROXY_OWN_LOCATIONS, READONLY_BASE, VOLUME_KEYS
 from .validators import (AvailabilityZone, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName,
-                         DirectRedirects, DnsName, Duration, Environment, ExternalNetwork, ExtraGroups, FilePath, Flavor,
-                         FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap, ImageName, Ipv4s, LongReadTimeout,
+                         DirectRedirects, DnsName, Duration, Environment, ExternalNetwork, ExtraGroups, FilePath,
+                         Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap, ImageName, Ipv4s, LongReadTimeout,
                          NetworkName, NotAllowed, OpenStackId, PgIdentifier, Playbooks, Port, PublicKey,
                          PublicReadTimeout, ReadonlyCount, RedirectLocations, RedirectMap, Release, Size, Slots,
                          SourceSize, StackName, StatementTimeout, Subnet, SubnetName, UrlPath, User, VarsFile,

@@ -423,8 +423,8 @@ Bastion = Annotated[str, AfterValidator(
 HostKey = Annotated[str, AfterValidator(lambda v: ssh_public_key(v, host_prefix=True) if v.strip() else "")]
 Cidrs = Annotated[tuple[Annotated[str, AfterValidator(ipv4_network)], ...],
                   required("at least one CIDR (SSH to the bastion is how the program configures hosts)")]
-OpenStackId = Annotated[str, Field(pattern=r"^$|^[0-9a-fA-F-]{8,64}$"), Allowed("an OpenStack ID (hex digits and dashes)"),
-                        Stripped]
+OpenStackId = Annotated[str, Field(pattern=r"^$|^[0-9a-fA-F-]{8,64}$"),
+                        Allowed("an OpenStack ID (hex digits and dashes)"), Stripped]
 Size = Annotated[int, Whole(1, 65536, " (GB)")]
 SourceSize = Annotated[int, Whole(0, 65536, " (GB, 0 when unknown)")]
 Generation = Annotated[int, Whole(0, 10**9)]
@@ -452,7 +452,8 @@ AvailabilityZone = Annotated[str, Field(pattern=CloudToken),
                              Allowed("an availability zone name of letters, digits and . _ : - only, or empty for the "
                                      "cloud's default")]
 VolumeType = Annotated[str, Field(pattern=CloudToken),
-                       Allowed("a volume type name of letters, digits and . _ : - only, or empty for the cloud's default")]
+                       Allowed("a volume type name of letters, digits and . _ : - only, or empty for the cloud's "
+                               "default")]
 PublicKey = Annotated[str, AfterValidator(_public_key)]
 CacheZones = Annotated[tuple[CacheZone, ...], BeforeValidator(_zones)]
 CertificateChain = Annotated[str, AfterValidator(_chain)]
@@ -596,6 +597,6 @@ DirectRedirects = Annotated[tuple[DirectRedirect, ...], BeforeValidator(_direct_
 RedirectMap = Annotated[tuple[RedirectMapEntry, ...], BeforeValidator(_redirect_map)]
 RedirectLocations = Annotated[tuple[RedirectLocation, ...], BeforeValidator(_redirect_locations)]
 WebsiteSource = Annotated[str, Field(pattern=r"^(https://|file:///|ssh://|git@|/)[\x21-\x7e]+$"),
-                          Allowed("a git repository (https://, ssh://, git@host:path, file:// or an absolute path) or a "
-                                  f"tarball URL ending in {', '.join(ARCHIVE_SUFFIXES)} (https:// or file://); '{{ref}}' "
-                                  "in it is replaced by websiteRef"), Stripped]
+                          Allowed("a git repository (https://, ssh://, git@host:path, file:// or an absolute path) "
+                                  f"or a tarball URL ending in {', '.join(ARCHIVE_SUFFIXES)} (https:// or file://); "
+                                  "'{ref}' in it is replaced by websiteRef"), Stripped]

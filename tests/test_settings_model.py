@@ -36,8 +36,8 @@ def _flat(metadata):
 
 
 def test_every_pydantic_constraint_carries_what_is_allowed():
-    constrained = [name for name, field in FIELDS.items()
-                   if any(type(m).__name__ in ("Ge", "Le") or getattr(m, "pattern", None) for m in _flat(field.metadata))]
+    constrained = [name for name, field in FIELDS.items() if any(
+        type(m).__name__ in ("Ge", "Le") or getattr(m, "pattern", None) for m in _flat(field.metadata))]
     assert "omeroreadonlyCount" in constrained and "sshUser" in constrained
     for name in constrained:
         assert allowed_of(FIELDS[name].metadata), name
