@@ -15,7 +15,8 @@ from components.proxy import Proxy, ProxyArgs
 from components.render import nginx as render
 from components.render.hostfiles import install_script
 from components.layout import PROXY_OMERO_PORT_RANGE, PROXY_PUBLIC_TCP_PORTS, SSH_PORT
-from components.settings import ConfigError, build_settings
+from components.settings import ConfigError
+from tests.settings_factory import settings_for
 from tests.tools import tool
 
 BASE = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10",
@@ -23,8 +24,8 @@ BASE = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "ss
 
 
 def settings(secrets: dict | None = None, **raw):
-    values = {**BASE, **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}}
-    return build_settings("prod", values.get, {"sshPrivateKey": "KEY", **(secrets or {})}.get)
+    values = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
+    return settings_for("prod", values, base=BASE, secret={"sshPrivateKey": "KEY", **(secrets or {})}.get)
 
 
 def servers(conf: str) -> dict[str, str]:
