@@ -43,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from components import layout  # noqa: E402
 from components.render import bfcache as render  # noqa: E402
 from components.settings import build_settings  # noqa: E402
 
@@ -147,7 +148,7 @@ def run_page(root: Path, nodes, jobs) -> tuple[float, float]:
 
 def run_ours(root: Path, s) -> tuple[float, float, int, int]:
     files = {f.path: f.content for f in render.coordinator_files(s)}
-    (render_one,) = [f.content for f in render.node_files(s, s.host("omeroreadwrite"))
+    (render_one,) = [f.content for f in render.node_files(s, layout.host(s, "omeroreadwrite"))
                      if f.path.endswith("render-one.sh")]
     write(root / "render-one.sh", render_one.replace(s.omero_bin, f"{root}/omero"))
 
@@ -179,11 +180,11 @@ def run_ours(root: Path, s) -> tuple[float, float, int, int]:
 def bench(shape: str, seed: int, unit_ms: float) -> dict:
     s = settings()
     nodes = render.nodes(s)
-    fast = s.host("omeroreadwrite").fixed_ip
+    fast = layout.host(s, "omeroreadwrite").fixed_ip
     root = Path(tempfile.mkdtemp(prefix=f"bfcache-bench-{shape}-"))
     jobs = workload(shape, seed)
     write(root / "ids.txt", "".join(f"{i}|{n}\n" for i, n in jobs), 0o644)
-    stand_ins(root, jobs, unit_ms, fast, s.host("database").fixed_ip)
+    stand_ins(root, jobs, unit_ms, fast, layout.host(s, "database").fixed_ip)
     u = unit_ms / 1000
     lanes = s.bfcache_slots["omeroreadwrite"]
     slow_nodes = len([n for n in nodes if n.role == "omeroreadonly"])

@@ -31,6 +31,7 @@ from typing import Optional
 
 import pulumi
 
+from . import layout
 from .hostfiles import HostFiles, HostFilesArgs, HostStepsArgs, remote_step
 from .render import bfcache as render
 
@@ -59,7 +60,7 @@ class BfCache(pulumi.ComponentResource):
             self.register_outputs({"generation": 0})
             return
 
-        proxy = s.host("proxy")
+        proxy = layout.host(s, "proxy")
         # Instance triggers: a replaced host gets its step again. Not the run:
         # its state is on the proxy's root disk, and a new proxy must not start
         # a finished regeneration over; the next generation starts afresh.
@@ -82,14 +83,14 @@ class BfCache(pulumi.ComponentResource):
         deployment = [s.deployment_generation]
         ready = []
         for node in render.nodes(s):
-            host = next(h for h in s.hosts if h.name == node.name)
+            host = next(h for h in layout.hosts(s) if h.name == node.name)
             ready.append(authorize(host))
             ready.append(HostFiles(f"{name}-node-{host.alias}", HostFilesArgs(
                 s, host, render.node_files(s, host), run=render.node_run(), triggers=deployment,
                 instance_id=ids.get(host.name)),
                 child(host)))
 
-        database = s.host("database")
+        database = layout.host(s, "database")
         ready.append(authorize(database, render.ids_command()))
         ready.append(HostFiles(f"{name}-ids", HostFilesArgs(
             s, database, render.database_files(s), run=render.database_run(), triggers=deployment,
@@ -106,7 +107,7 @@ class BfCache(pulumi.ComponentResource):
             triggers=[ids[h.name] for h in peers if h.name in ids], instance_id=ids.get(proxy.name)),
             child(proxy)))
 
-        readwrite = s.host("omeroreadwrite")
+        readwrite = layout.host(s, "omeroreadwrite")
         ready.append(HostFiles(f"{name}-backup", HostFilesArgs(
             s, readwrite, render.backup_files(), run=render.backup_run(s),
             instance_id=ids.get(readwrite.name)), child(readwrite)))

@@ -1,7 +1,7 @@
 """How remote commands reach a host: SSH through the proxy as bastion."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 import pulumi_command as command
@@ -10,7 +10,7 @@ from .layout import Host
 from .settings import Settings
 
 # A new server answers SSH a minute or two after OpenStack calls it ACTIVE.
-DIAL = {"dial_error_limit": 40, "per_dial_timeout": 15}
+DIAL: dict[str, Any] = {"dial_error_limit": 40, "per_dial_timeout": 15}
 
 
 def connection_for(settings: Settings, host: Host,

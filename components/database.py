@@ -11,6 +11,7 @@ from typing import Optional
 
 import pulumi
 
+from . import layout
 from .hostfiles import HostFiles, HostFilesArgs, HostStepsArgs
 from .render import database as render
 
@@ -26,7 +27,7 @@ class Database(pulumi.ComponentResource):
     def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(TYPE, name, None, opts)
         s = args.settings
-        host = s.host("database")
+        host = layout.host(s, "database")
         self.statement_timeout = HostFiles(
             f"{name}-statement-timeout",
             HostFilesArgs(s, host, render.database_files(s), run=render.run_command(),

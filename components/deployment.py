@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Sequence
 import pulumi
 import pulumi_command as command
 
+from . import layout
 from .hostfiles import digest
 from .render import deployment as render
 from .render.inventory import inventory
@@ -44,7 +45,7 @@ class Deployment(pulumi.ComponentResource):
         script = render.run_script(s, name)
         secret_vars = pulumi.Output.from_input(s.deployment_secret_vars)
         # New secret values deploy every host again; only a digest, kept secret.
-        secret_digest = pulumi.Output.secret(secret_vars.apply(digest))
+        secret_digest: pulumi.Output[str] = pulumi.Output.secret(secret_vars.apply(digest))
         deployed = [digest(script), *render.what_is_deployed(s)]
         environment = {
             "IDR_INVENTORY": inventory(s),
@@ -58,7 +59,7 @@ class Deployment(pulumi.ComponentResource):
         }
         triggers: list[Any] = [digest(script), *render.triggers(s), secret_digest]
         # A replaced server (not the proxy: no playbook runs there) gets the playbooks again.
-        triggers += [args.instance_ids[h.name] for h in s.hosts
+        triggers += [args.instance_ids[h.name] for h in layout.hosts(s)
                      if h.role != "proxy" and h.name in args.instance_ids]
         self.command = command.local.Command(
             name,

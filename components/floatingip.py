@@ -34,7 +34,7 @@ from typing import Optional
 import pulumi
 import pulumi_openstack as openstack
 
-from . import PROJECT, identity
+from . import PROJECT
 from .settings import Settings
 from .swap_record import CONFIG_KEY as SWAP_RECORD, KEY as SWAP_KEY, NAMESPACE as SWAP_NAMESPACE, Record
 from .swap_record import association_name, association_urn as _association_urn, moving_directly
@@ -79,7 +79,7 @@ class Bastion:
     def address(self) -> pulumi.Input[str]:
         return self._bound if self._bound is not None else self.text
 
-    def bound_by(self, association: Optional[pulumi.Resource]) -> None:
+    def bound_by(self, association: Optional[openstack.networking.FloatingIpAssociate]) -> None:
         if self._bound is None:
             return
         if association is None:
@@ -150,8 +150,10 @@ def handing_over(settings: Settings) -> bool:
     return r is not None and r.hands_over(settings.stack, settings.floating_ip)
 
 
-def check_floating_ip(settings: Settings) -> None:
-    """Refuse an IP whose port belongs to another environment (or to no proxy)."""
+def check_floating_ip(settings: Settings, deployed_environment: Optional[str]) -> None:
+    """Refuse an IP whose port belongs to another environment (or to no proxy).
+    `deployed_environment`: the environment this stack's last update deployed
+    (identity.Deployed.environment; None before the first update)."""
     ip = settings.floating_ip
     try:
         fip = openstack.networking.get_floating_ip(address=ip)
@@ -165,9 +167,10 @@ def check_floating_ip(settings: Settings) -> None:
     ours = f"{settings.environment}-proxy"
     if port.name == ours:
         return
-    holder_env = port.name[: -len("-proxy")] if port.name.endswith("-proxy") else None
+    name = port.name or ""
+    holder_env = name[: -len("-proxy")] if name.endswith("-proxy") else None
     holder = f"port {port.name or '(unnamed)'} ({fip.port_id})"
-    if holder_env and holder_env == identity.deployed_environment():
+    if holder_env and holder_env == deployed_environment:
         # The holder is this very stack, deployed under another environment
         # name: releasing the IP "there" would tear this environment down.
         raise FloatingIpHeld(

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import pulumi
 
+from . import layout
 from .settings import ConfigError, Settings
 
 # The output a deployed stack records itself in (read back on the next run).
@@ -56,7 +57,7 @@ def recorded(s: Settings) -> dict[str, Any]:
 
 
 def readonly_flavor(s: Settings) -> str:
-    return next((h.flavor for h in s.hosts_of("omeroreadonly")), "")
+    return next((h.flavor for h in layout.hosts_of(s, "omeroreadonly")), "")
 
 
 def self_reference_name() -> str:
@@ -79,8 +80,8 @@ async def read_deployed() -> dict:
     refusal comes when only this reference has been registered.
 
     Why so, with public API only. The value decides what is declared (a
-    refusal declares nothing; `settle_clones` drops the StackReference to a
-    clone's source), so the program needs it as a plain value before it
+    refusal declares nothing; a created volume's clone source is no longer
+    read: layout.clones_to_create), so the program needs it as a plain value before it
     declares. `pulumi.run` is the SDK's public async entrypoint: the program
     is awaited on the program's own event loop, as any coroutine, with no
     blocking; `StackReference.get_output_details` is the public way to get a
@@ -91,7 +92,7 @@ async def read_deployed() -> dict:
       registered the stack's outputs, and the whole program would live in a
       callback;
     - a check in an apply that every resource `depends_on`: it cannot change
-      what is declared (`settle_clones`), and the guarantee would hold only
+      what is declared (the clone sources), and the guarantee would hold only
       while every resource, present and future, remembers the gate.
 
     Under the real engine: a StackReference is a read, and the engine runs
@@ -165,7 +166,7 @@ def check(s: Settings, deployed: Deployed) -> None:
                           f"{harm}. To keep the running environment: {undo}. Otherwise {_safe_way(s)}")
     _check_subnet_from_hosts(s, deployed)
     for role, size in deployed.volume_sizes.items():
-        spec = next((h.volume for h in s.hosts if h.volume and h.volume.role == role), None)
+        spec = next((v for v in layout.volumes(s) if v.role == role), None)
         if spec is not None and spec.size < size:
             raise ConfigError(f"{role}VolumeSize", spec.size,
                               f"at least {size} (GB), the deployed size: a volume never shrinks (Cinder refuses; "
@@ -177,37 +178,9 @@ def _check_subnet_from_hosts(s: Settings, deployed: Deployed) -> None:
     changes is a renumbering, whatever the key."""
     if "subnetCidr" in deployed.identity:
         return
-    now = {h.name: h.fixed_ip for h in s.hosts}
+    now = {h.name: h.fixed_ip for h in layout.hosts(s)}
     for host in deployed.outputs.get("hosts") or []:
         if host.get("name") in now and host.get("fixedIp") != now[host["name"]]:
             raise ConfigError("subnetCidr", s.subnet_cidr,
                               f"a subnet that keeps {host['name']} at {host['fixedIp']}, its deployed address: the "
                               f"change would renumber every host. Otherwise {_safe_way(s)}")
-
-
-def settle_clones(s: Settings, deployed: Deployed) -> Settings:
-    """A data volume that exists is no clone any more: its source (another
-    stack's output) is neither read nor checked again, so a source that grew,
-    shrank or vanished never fails an update. Volumes not yet created keep
-    their source and its checks."""
-    if not s.clone_from_stack or not deployed.exists:
-        return s
-    hosts = tuple(dataclasses.replace(h, volume=dataclasses.replace(h.volume, from_stack=False))
-                  if h.volume and h.volume.from_stack and h.volume.role in deployed.volume_sizes else h
-                  for h in s.hosts)
-    still = any(h.volume and h.volume.from_stack for h in hosts)
-    return dataclasses.replace(s, hosts=hosts, clone_from_stack=s.clone_from_stack if still else "")
-
-
-# The floating-IP guard (components/floatingip.py) asks which environment
-# this stack was deployed as, to say so when the holder is this very stack.
-_deployed_environment: Optional[str] = None
-
-
-def remember(deployed: Deployed) -> None:
-    global _deployed_environment
-    _deployed_environment = deployed.environment if deployed.exists else None
-
-
-def deployed_environment() -> Optional[str]:
-    return _deployed_environment

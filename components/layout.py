@@ -1,12 +1,13 @@
 """The environment's layout: which hosts exist, their names, fixed addresses
 and data volumes, and the proxy's public ports. Pure: derived from valid
-settings (components/settings.py) and nothing else.
+settings (components/settings.py) and nothing else, so it is never stored in
+them: whatever needs a host computes it from the settings it is given.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Collection, Optional
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -58,7 +59,8 @@ class Host:
     volume: Optional[VolumeSpec] = None
 
 
-def hosts(s: "Settings") -> tuple[Host, ...]:
+def hosts(s: Settings) -> tuple[Host, ...]:
+    """Every host of the environment, in ROLES order (omeroreadonly-1..n in turn)."""
     subnet, out = IPv4Network(s.subnet_cidr), []
     for role in ROLES:
         image, flavor = s.image_overrides.get(role, s.image), getattr(s, f"{role}_flavor")
@@ -74,3 +76,32 @@ def hosts(s: "Settings") -> tuple[Host, ...]:
         out.append(Host(f"{s.environment}-{role}", role, role, str(subnet.network_address + FIXED_HOST_OFFSETS[role]),
                         flavor, image, volume=volume))
     return tuple(out)
+
+
+def hosts_of(s: Settings, role: str) -> tuple[Host, ...]:
+    return tuple(h for h in hosts(s) if h.role == role)
+
+
+def host(s: Settings, role: str) -> Host:
+    """The one host of `role` (every role but omeroreadonly has one)."""
+    (only,) = hosts_of(s, role)
+    return only
+
+
+def volumes(s: Settings) -> tuple[VolumeSpec, ...]:
+    return tuple(h.volume for h in hosts(s) if h.volume)
+
+
+def volume(s: Settings, role: str) -> VolumeSpec:
+    """The data volume of `role` (one of DATA_VOLUME_MOUNTS)."""
+    (only,) = (v for v in volumes(s) if v.role == role)
+    return only
+
+
+def clones_to_create(s: Settings, existing: Collection[str]) -> frozenset[str]:
+    """Roles whose data volume is still to be cloned from cloneFromStack's
+    output: those config clones that way, less the `existing` ones (roles
+    whose volume the last update created). A volume that exists is no clone
+    any more: its source is neither read nor checked again, so a source that
+    grew, shrank or vanished never fails an update."""
+    return frozenset(v.role for v in volumes(s) if v.from_stack and v.role not in existing)

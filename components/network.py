@@ -60,12 +60,12 @@ class Network(pulumi.ComponentResource):
 
         if s.existing_network:
             net = openstack.networking.get_network(name=s.existing_network)
-            subnet = openstack.networking.get_subnet(name=s.existing_subnet, network_id=net.id)
-            if subnet.cidr != s.subnet_cidr:
+            existing = openstack.networking.get_subnet(name=s.existing_subnet, network_id=net.id)
+            if existing.cidr != s.subnet_cidr:
                 raise ConfigError("subnetCidr", s.subnet_cidr,
-                                  f"the CIDR of existingSubnet {s.existing_subnet!r}, which is {subnet.cidr}")
+                                  f"the CIDR of existingSubnet {s.existing_subnet!r}, which is {existing.cidr}")
             self.network_id = pulumi.Output.from_input(net.id)
-            self.subnet_id = pulumi.Output.from_input(subnet.id)
+            self.subnet_id = pulumi.Output.from_input(existing.id)
         else:
             cidr = ipaddress.IPv4Network(s.subnet_cidr)
             # Under the data holders' ports: never replaced or deleted by an

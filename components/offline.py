@@ -221,7 +221,7 @@ class IdrMocks(pulumi_mocks.Mocks):
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
         state = dict(args.inputs)
         if args.typ == "pulumi:pulumi:StackReference":
-            name = args.inputs.get("name") or args.resource_id
+            name = args.inputs.get("name") or args.resource_id or ""
             short = name.split("/")[-1]
             if short == self.stack:
                 return name, {"name": name, "outputs": self.deployed, "secretOutputNames": []}
@@ -262,7 +262,7 @@ class IdrMocks(pulumi_mocks.Mocks):
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
-    def __init__(self, mocks: IdrMocks, recording: Recording):
+    def __init__(self, mocks: pulumi_mocks.Mocks, recording: Recording):
         super().__init__(mocks)
         self.recording = recording
 

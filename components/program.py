@@ -18,10 +18,8 @@ async def main() -> dict:
     # Before any other resource: what is deployed refuses what would harm it
     # (awaited: nothing else is declared until the stack's own outputs are read).
     deployed = identity.deployed_from(await identity.read_deployed())
-    identity.remember(deployed)
     identity.check(s, deployed)
-    s = identity.settle_clones(s, deployed)
-    env = IdrEnvironment(s.environment, IdrEnvironmentArgs(s))
+    env = IdrEnvironment(s.environment, IdrEnvironmentArgs(s, deployed))
     outputs = {**env.outputs, identity.OUTPUT: identity.recorded(s)}
     for key, value in outputs.items():
         pulumi.export(key, value)

@@ -10,6 +10,7 @@ from typing import Optional
 
 import pulumi
 
+from . import layout
 from .hostfiles import HostFiles, HostFilesArgs, HostStepsArgs, remote_step
 from .render import nginx as render
 from .render import website
@@ -26,7 +27,7 @@ class Proxy(pulumi.ComponentResource):
     def __init__(self, name: str, args: ProxyArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(TYPE, name, None, opts)
         s = args.settings
-        proxy = s.host("proxy")
+        proxy = layout.host(s, "proxy")
         after = args.waits(proxy)
         ids = args.instance_ids
 
@@ -83,7 +84,7 @@ class Proxy(pulumi.ComponentResource):
         # rsync: the data is on omeroreadwrite; the proxy's nginx forwards 873.
         # Off, a step stops what an earlier `on` started: closing port 873
         # alone would leave rsyncd serving /data on the private network.
-        readwrite = s.host("omeroreadwrite")
+        readwrite = layout.host(s, "omeroreadwrite")
         if s.rsync_enabled:
             files, run, step = render.rsyncd_files(s), render.rsyncd_setup_script(s), f"{name}-rsyncd"
         else:

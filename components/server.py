@@ -72,6 +72,8 @@ class Server(pulumi.ComponentResource):
 
         self.ready: list[pulumi.Resource] = [self.instance, *args.reachable_after]
         if args.volume is not None:
+            assert host.volume is not None, f"{host.name} holds no data volume"
+            mountpoint = host.volume.mount
             attach = openstack.compute.VolumeAttach(
                 f"{host.name}-data", instance_id=self.instance.id, volume_id=args.volume.volume.id,
                 opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, protect=True))
@@ -79,7 +81,7 @@ class Server(pulumi.ComponentResource):
             # mounted) and on a larger volume (the filesystem is grown).
             self.mount = HostFiles(f"{host.name}-mount", HostFilesArgs(
                 settings=s, host=host, files=[mount_script()],
-                run=args.volume.volume.id.apply(lambda vid: mount_command(vid, host.volume.mount)),
+                run=args.volume.volume.id.apply(lambda vid: mount_command(vid, mountpoint)),
                 triggers=[args.volume.volume.size], instance_id=self.instance.id,
                 depends_on=[attach, *self.ready], bastion=args.bastion), opts=pulumi.ResourceOptions(parent=self))
             self.ready = [self.mount]

@@ -15,19 +15,23 @@ from ipaddress import IPv4Network
 from typing import Any, Callable, Optional, get_type_hints
 
 import pulumi
-from pydantic import ConfigDict, Field, SkipValidation, TypeAdapter, ValidationError, model_validator, with_config
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator, with_config
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 from pydantic.fields import FieldInfo
 
-from . import PROJECT, layout
-from .layout import DATA_VOLUME_MOUNTS, JUPYTER_LOCATIONS, PROXY_OWN_LOCATIONS, READONLY_BASE, VOLUME_KEYS, Host, VolumeSpec
+from . import PROJECT
+from .layout import DATA_VOLUME_MOUNTS, JUPYTER_LOCATIONS, PROXY_OWN_LOCATIONS, READONLY_BASE, VOLUME_KEYS
 from .validators import (AvailabilityZone, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName,
-                         DirectRedirects, DnsName, Duration, Environment, ExtraGroups, FilePath, Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap,
-                         Ipv4s, NotAllowed, OpenStackId, PgIdentifier, Playbooks, PublicKey, RedirectLocations, RedirectMap,
-                         Release, Size, Slots, SourceSize, StackName, Subnet, UrlPath, User, VarsFile, VolumeType, WebsiteSource, cloud_name, first_error,
-                         from_cli, kind, project_path, secret_vars_problem, whole)
+                         DirectRedirects, DnsName, Duration, Environment, ExternalNetwork, ExtraGroups, FilePath,
+                         Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap, ImageName, Ipv4s, LongReadTimeout,
+                         NetworkName, NotAllowed, OpenStackId, PgIdentifier, Playbooks, Port, PublicKey,
+                         PublicReadTimeout, ReadonlyCount, RedirectLocations, RedirectMap, Release, Size, Slots,
+                         SourceSize, StackName, StatementTimeout, Subnet, SubnetName, UrlPath, User, VarsFile,
+                         VolumeType, WebsiteSource, first_error, from_cli, kind, project_path, secret_vars_problem)
 
-SECRET, REQUIRED = {"secret": True}, {"required": True}
+SECRET: JsonDict = {"secret": True}
+REQUIRED: JsonDict = {"required": True}
 
 NAMESPACE = PROJECT  # config keys are idr:<key>
 
@@ -54,20 +58,20 @@ class Settings:
     stack: str  # the Pulumi stack, not a key
     # Environment and network
     environment: Environment = Field("", description="Environment name used in host names (<env>-<role>); empty means the stack name.")
-    external_network: cloud_name("the name of the external network") = Field("public", description="Name of the external (provider) network the router connects to and floating IPs come from.")
-    existing_network: cloud_name("a network name", True) = Field("", description="Use this existing network instead of creating one (give existingSubnet too); empty creates network, subnet and router.")
-    existing_subnet: cloud_name("a subnet name", True) = Field("", description="Subnet of existingNetwork; its CIDR must equal subnetCidr.")
+    external_network: ExternalNetwork = Field("public", description="Name of the external (provider) network the router connects to and floating IPs come from.")
+    existing_network: NetworkName = Field("", description="Use this existing network instead of creating one (give existingSubnet too); empty creates network, subnet and router.")
+    existing_subnet: SubnetName = Field("", description="Subnet of existingNetwork; its CIDR must equal subnetCidr.")
     subnet_cidr: Subnet = Field("192.168.1.0/24", description="IPv4 CIDR of the environment's subnet; hosts get fixed addresses in it.")
-    dns_nameservers: Ipv4s = Field([], description="DNS servers handed out on the subnet; empty uses the cloud's default.")
+    dns_nameservers: Ipv4s = Field([], validate_default=True, description="DNS servers handed out on the subnet; empty uses the cloud's default.")
     # Hosts
-    image: cloud_name("a Glance image name") = Field("Rocky-9-GenericCloud", description="Glance image name for every host (Rocky Linux 9).")
-    image_overrides: ImageMap = Field([], description="Per-role image as 'role=image', e.g. 'database=Rocky-9.4'.")
+    image: ImageName = Field("Rocky-9-GenericCloud", description="Glance image name for every host (Rocky Linux 9).")
+    image_overrides: ImageMap = Field([], validate_default=True, description="Per-role image as 'role=image', e.g. 'database=Rocky-9.4'.")
     proxy_flavor: Flavor = Field("m1.large", description="Flavor of <env>-proxy.")
     omeroreadwrite_flavor: Flavor = Field("m1.xlarge", description="Flavor of <env>-omeroreadwrite.")
     database_flavor: Flavor = Field("m1.large", description="Flavor of <env>-database.")
     omeroreadonly_flavor: Flavor = Field("m1.large", description="Flavor of each <env>-omeroreadonly-n.")
     dockermanager_flavor: Flavor = Field("m1.large", description="Flavor of <env>-dockermanager.")
-    omeroreadonly_count: whole(1, 120) = Field(4, description="Number of read-only OMERO servers (1 to 120, and they must fit the subnet).")
+    omeroreadonly_count: ReadonlyCount = Field(4, description="Number of read-only OMERO servers (1 to 120, and they must fit the subnet).")
     availability_zone: AvailabilityZone = Field("", description="Availability zone of servers and volumes; empty lets the cloud choose.")
     # SSH and access
     ssh_user: User = Field("rocky", description="Login user of the image, used by remote commands.")
@@ -75,7 +79,7 @@ class Settings:
     ssh_private_key: Any = Field(None, description="Private key matching sshPublicKey, used by remote commands (secret, required).", json_schema_extra=SECRET | REQUIRED)
     ssh_bastion: Bastion = Field("", description="Address remote commands use to reach the proxy on port 22 (an IP or DNS name); empty means floatingIp.")
     ssh_bastion_host_key: HostKey = Field("", description="The proxy's SSH host public key; when set, the bastion connection is refused if it differs.")
-    ssh_allowed_cidrs: Cidrs = Field(["0.0.0.0/0"], description="IPv4 CIDRs allowed to reach SSH (22) on the proxy.")
+    ssh_allowed_cidrs: Cidrs = Field(["0.0.0.0/0"], validate_default=True, description="IPv4 CIDRs allowed to reach SSH (22) on the proxy.")
     rsync_enabled: bool = Field(False, description="Open rsync (873) on the proxy and serve the public data read-only. Off: production closed it as a security risk.")
     floating_ip: FloatingIp = Field("", description="Floating IP held by the proxy's port; empty holds none. Moving the public IP is a change of this key.")
     # Data volumes
@@ -97,17 +101,17 @@ class Settings:
     server_name: DnsName = Field("idr.openmicroscopy.org", description="Public host name served by nginx.")
     nginx_cache_zones: CacheZones = Field(
         ["thumbnails=10g", "render=40g", "metadata=25g", "api=10g", "static=200m", "default=1g"],
-        description="nginx cache zones as 'name=size' (k, m or g); their total must fit proxyVolumeSize.")
+        validate_default=True, description="nginx cache zones as 'name=size' (k, m or g); their total must fit proxyVolumeSize.")
     nginx_cache_inactive: Duration = Field("180d", description="How long an unused cache entry is kept.")
     nginx_cache_valid: Duration = Field("1d", description="How long a cached 200 answer is fresh.")
-    nginx_public_read_timeout: whole(1, 3600, " seconds") = Field(60, description="Read timeout in seconds of the public servers towards the read-only backends.")
-    nginx_long_read_timeout: whole(1, 86400, " seconds") = Field(900, description="Read timeout in seconds of the cache-buster (9000) and long-request (8009) servers towards omeroreadwrite.")
+    nginx_public_read_timeout: PublicReadTimeout = Field(60, description="Read timeout in seconds of the public servers towards the read-only backends.")
+    nginx_long_read_timeout: LongReadTimeout = Field(900, description="Read timeout in seconds of the cache-buster (9000) and long-request (8009) servers towards omeroreadwrite.")
     tls_certificate: FilePath = Field("/etc/pki/tls/certs/idr.crt", description="Path on the proxy of the TLS certificate chain.")
     tls_certificate_key: FilePath = Field("/etc/pki/tls/private/idr.key", description="Path on the proxy of the TLS private key.")
     tls_certificate_chain: CertificateChain = Field("", description="PEM certificate chain (server certificate first) written to tlsCertificate; empty: a self-signed placeholder, and the stack output tlsSelfSigned says so.")
     tls_private_key: Any = Field(None, description="PEM private key of tlsCertificateChain, written to tlsCertificateKey with mode 0600 (secret; required with tlsCertificateChain).", json_schema_extra=SECRET)
     https_redirect: bool = Field(False, description="Redirect plain HTTP on port 80 to HTTPS (never on 9000 and 8009).")
-    omero_web_port: whole(1, 65535) = Field(80, description="Port of OMERO.web on the OMERO hosts (their own nginx, as IDR's deployment playbooks install it).")
+    omero_web_port: Port = Field(80, description="Port of OMERO.web on the OMERO hosts (their own nginx, as IDR's deployment playbooks install it).")
     session_cookie_name: CookieName = Field("", description="OMERO.web's session cookie; a request carrying it is never cached. Empty means sessionid_<environment>, as IDR's playbooks set it.")
     maintenance: bool = Field(False, description="Serve 503 and a maintenance page on the public ports.")
     jupyter_enabled: bool = Field(False, description="Route /jupyter on the proxy to JupyterHub on the dockermanager.")
@@ -116,7 +120,7 @@ class Settings:
          "^~ /mineotaur 302 /about/mineotaur.html", "^~ /jupyter 302 /about/analysis-environments.html",
          "= /curation-workflow 302 /about/curation-workflow.html",
          "= /submitter-survey 302 https://forms.gle/beR4vqLrgLgRzgSX9"],
-        description="Redirects on the public ports as '<= or ^~> <path> <code> <destination>' (IDR's "
+        validate_default=True, description="Redirects on the public ports as '<= or ^~> <path> <code> <destination>' (IDR's "
                     "nginx_proxy_direct_locations); with jupyterEnabled, /jupyter and /jupyter/ go to JupyterHub instead.")
     nginx_redirect_map: RedirectMap = Field(
         ["/mito/webclient/?show=screen-1 /webclient/?show=screen-1101",
@@ -130,11 +134,11 @@ class Settings:
          "~/pgpc /webclient/?show=screen-1151",
          "/study/idr0083/figure/4i /webclient/img_detail/9822151/?dataset=10201&x=34105&y=84808&zm=25&c=1|318:9927$808080&m=g",
          "/study/idr0083/figure/4r /webclient/img_detail/9822152/?dataset=10201&x=80560&y=77440&zm=66&c=1|495:9204$808080&m=g"],
-        description="Study short URLs as '<request URI or ~regex> <destination>', first match wins, anything else goes "
+        validate_default=True, description="Study short URLs as '<request URI or ~regex> <destination>', first match wins, anything else goes "
                     "to / (IDR's nginx_proxy_redirect_map); consulted only by nginxRedirectLocations.")
     nginx_redirect_locations: RedirectLocations = Field(
         ["= /study/idr0083/figure/4i 301", "= /study/idr0083/figure/4r 301", "~ ^/(mito|tara|pgpc)($|/) 302"],
-        description="Locations answered from nginxRedirectMap as '<modifier> <path or regex> <code>' (IDR's "
+        validate_default=True, description="Locations answered from nginxRedirectMap as '<modifier> <path or regex> <code>' (IDR's "
                     "nginx_proxy_redirect_map_locations).")
     website_source: WebsiteSource = Field(
         "https://github.com/IDR/idr.openmicroscopy.org/releases/download/{ref}/idr.openmicroscopy.org.tar.gz",
@@ -145,26 +149,24 @@ class Settings:
     cache_purge_generation: Generation = Field(0, description="Bump to empty /var/cache/nginx on the proxy once and reload nginx.")
     # Bio-Formats cache regeneration
     bfcache_generation: Generation = Field(0, description="Bump to start one Bio-Formats cache regeneration run; 0 never runs.")
-    bfcache_slots: Slots = Field(["omeroreadwrite=10", "omeroreadonly=1"], description="Parallel jobs per node as 'role=N' for omeroreadwrite and omeroreadonly.")
+    bfcache_slots: Slots = Field(["omeroreadwrite=10", "omeroreadonly=1"], validate_default=True, description="Parallel jobs per node as 'role=N' for omeroreadwrite and omeroreadonly.")
     omero_bin: FilePath = Field("/opt/omero/server/OMERO.server/bin/omero", description="Path of the omero executable on the OMERO servers.")
     omero_cli_render_version: Release = Field("0.8.1", description="Version of omero-cli-render installed on every OMERO node for cache regeneration (production's).")
     # Database
     database_name: PgIdentifier = Field("idr", description="OMERO database name.")
-    statement_timeout_ms: whole(1000, 3_600_000, " ms") = Field(60000, description="statement_timeout of the omeroreadonly database role, in milliseconds.")
+    statement_timeout_ms: StatementTimeout = Field(60000, description="statement_timeout of the omeroreadonly database role, in milliseconds.")
     # Deployment playbooks (IDR/deployment), run on the operator's machine
     deployment_enabled: bool = Field(True, description="Run IDR's deployment playbooks (PostgreSQL, OMERO.server, OMERO.web) as a step of pulumi up; off: install them by other means.")
     deployment_repository: GitUrl = Field("https://github.com/IDR/deployment.git", description="Git URL of IDR/deployment, checked out at deploymentRef by the step (unless deploymentPath is set).")
     deployment_ref: GitRef = Field("", description="Commit (or tag) of deploymentRepository the step checks out; a full commit hash pins it.")
     deployment_path: Checkout = Field("", description="A local checkout of IDR/deployment (absolute or relative to the project); used instead of deploymentRepository and deploymentRef.")
-    deployment_playbooks: Playbooks = Field(["idr-01-install-idr.yml"], description="Playbooks run in order from the checkout's ansible/ directory.")
-    deployment_extra_groups: ExtraGroups = Field([], description="More inventory groups as 'group=role': 'ebi-nfs=omeroreadwrite' puts <env>-omeroreadwrite in <env>-ebi-nfs (IDR's image-data mounts: idr-ebi-nfs.yml, idr-dundee-nfs.yml's <env>-uod-nfs).")
+    deployment_playbooks: Playbooks = Field(["idr-01-install-idr.yml"], validate_default=True, description="Playbooks run in order from the checkout's ansible/ directory.")
+    deployment_extra_groups: ExtraGroups = Field([], validate_default=True, description="More inventory groups as 'group=role': 'ebi-nfs=omeroreadwrite' puts <env>-omeroreadwrite in <env>-ebi-nfs (IDR's image-data mounts: idr-ebi-nfs.yml, idr-dundee-nfs.yml's <env>-uod-nfs).")
     deployment_vars_file: VarsFile = Field("", description="YAML file of extra vars for the playbooks (absolute or relative to the project); empty: none.")
     deployment_secret_vars: Any = Field(None, description="YAML mapping of secret vars for the playbooks, required with deploymentEnabled: omero_server_rootpassword, idr_secret_postgresql_password, idr_secret_postgresql_password_ro (never the roles' default 'omero'), optionally idr_secret_public_password; written to a 0600 temporary file, never printed (secret).", json_schema_extra=SECRET)
     deployment_generation: Generation = Field(0, description="Bump to run the deployment playbooks again (and the steps that follow them).")
     # Releases
     health_check_path: UrlPath = Field("/webclient/?experimenter=-1", description="Path that must answer HTTP 200 on an environment's floating IP before it takes the public IP.")
-    # Derived from the keys above by build_settings.
-    hosts: SkipValidation[tuple[Host, ...]] = ()
 
     @model_validator(mode="after")
     def across(self) -> "Settings":
@@ -219,17 +221,6 @@ class Settings:
                               "or set deploymentPath to a local checkout, or deploymentEnabled to false")
         return self
 
-    def hosts_of(self, role: str) -> tuple[Host, ...]:
-        return tuple(h for h in self.hosts if h.role == role)
-
-    def host(self, role: str) -> Host:
-        (only,) = self.hosts_of(role)
-        return only
-
-    @property
-    def volumes(self) -> tuple[VolumeSpec, ...]:
-        return tuple(h.volume for h in self.hosts if h.volume)
-
 
 @dataclass(frozen=True)
 class Key:
@@ -244,8 +235,15 @@ class Key:
 _HINTS = get_type_hints(Settings, include_extras=True)
 FIELDS: dict[str, FieldInfo] = {to_camel(f.name): FieldInfo.from_annotated_attribute(_HINTS[f.name], f.default)
                                 for f in fields(Settings) if isinstance(f.default, FieldInfo)}
-KEYS: dict[str, Key] = {name: Key(name, kind(f.annotation), f.default, f.description, **(f.json_schema_extra or {}))
-                        for name, f in FIELDS.items()}
+
+
+def _key(name: str, f: FieldInfo) -> Key:
+    flags = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+    return Key(name, kind(f.annotation), f.default, f.description or "",
+               secret=bool(flags.get("secret")), required=bool(flags.get("required")))
+
+
+KEYS: dict[str, Key] = {name: _key(name, f) for name, f in FIELDS.items()}
 _VALIDATOR = TypeAdapter(Settings)
 
 
@@ -271,7 +269,7 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
             raise ConfigError("deploymentSecretVars", "(secret)", f"{problem}: `pulumi config set --secret "
                               "idr:deploymentSecretVars < secret-vars.yml` (README, Deployment playbooks), "
                               "or deploymentEnabled false")
-    return replace(s, ssh_bastion=s.ssh_bastion.strip() or s.floating_ip, hosts=layout.hosts(s),
+    return replace(s, ssh_bastion=s.ssh_bastion.strip() or s.floating_ip,
                    tls_private_key=s.tls_private_key if s.tls_certificate_chain else None)
 
 

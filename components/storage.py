@@ -19,13 +19,15 @@ from .settings import ConfigError, Settings
 class DataVolumeArgs:
     settings: Settings
     host: Host
-    clone_source: Optional[pulumi.StackReference] = None  # cloneFromStack
+    # cloneFromStack's outputs, for a volume still to be cloned from them
+    # (layout.clones_to_create); None otherwise.
+    clone_source: Optional[pulumi.StackReference] = None
 
 
 def _source_from_stack(ref: pulumi.StackReference, role: str, size: int, stack: str) -> pulumi.Output:
     """The source volume ID from the other stack's `dataVolumes` output,
     refusing a clone smaller than its source. Only for a volume still to be
-    created: once it exists, program.py drops its source (identity.settle_clones),
+    created: once it exists, its source is no longer read (layout.clones_to_create),
     so a source that grew, shrank or vanished never fails an update."""
     def pick(volumes):
         if not volumes or role not in volumes:
@@ -43,8 +45,9 @@ class DataVolume(pulumi.ComponentResource):
         super().__init__("idr:storage:DataVolume", name, None, opts)
         s, host = args.settings, args.host
         spec = host.volume
-        source_vol_id = spec.from_volume or None
-        if spec.from_stack:
+        assert spec is not None, f"{host.name} holds no data volume"
+        source_vol_id: pulumi.Input[str] | None = spec.from_volume or None
+        if args.clone_source is not None:
             source_vol_id = _source_from_stack(args.clone_source, spec.role, spec.size, s.clone_from_stack)
         self.volume = openstack.blockstorage.Volume(
             f"{host.name}-data",

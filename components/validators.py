@@ -15,9 +15,10 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, get_origin
+from typing import Annotated, Any, Callable, Iterable, Iterator, Optional, get_origin
 
 import yaml
+from annotated_types import Ge, GroupedMetadata, Le
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -60,13 +61,30 @@ def check(ok: Callable[[Any], Any], allowed: str) -> AfterValidator:
     return AfterValidator(validate)
 
 
-def whole(lo: int, hi: int, unit: str = "") -> Any:
-    return Annotated[int, Field(ge=lo, le=hi), Allowed(f"a whole number from {lo} to {hi}{unit}")]
+@dataclass(frozen=True)
+class Whole(GroupedMetadata):
+    """Annotated marker of a whole number from `lo` to `hi`: pydantic's own
+    bounds, and what is allowed when one fails."""
+    lo: int
+    hi: int
+    unit: str = ""
+
+    def __iter__(self) -> Iterator[object]:
+        yield Ge(self.lo)
+        yield Le(self.hi)
+        yield Allowed(f"a whole number from {self.lo} to {self.hi}{self.unit}")
 
 
-def matching(pattern: str, allowed: str) -> Any:
-    """A string matching `pattern` in full (pydantic's regex: `$` is the very end)."""
-    return Annotated[str, Field(pattern=pattern), Allowed(allowed)]
+def allowed_of(metadata: Iterable[object]) -> Optional[str]:
+    """The Allowed text among a field's metadata (inside a Whole too), if any."""
+    for item in metadata:
+        if isinstance(item, Allowed):
+            return item.text
+        if isinstance(item, GroupedMetadata):
+            found = allowed_of(item)
+            if found is not None:
+                return found
+    return None
 
 
 Stripped = BeforeValidator(str.strip)
@@ -194,11 +212,10 @@ def from_cli(kind: str, raw: Any) -> Any:
 def first_error(error: ValidationError, fields: dict[str, FieldInfo]) -> tuple[str, Any, str]:
     """(key, value, allowed) of the first failing field (`fields` by key, in declaration order)."""
     first = error.errors()[0]
-    key, raised = first["loc"][0], first.get("ctx", {}).get("error")
+    key, raised = str(first["loc"][0]), first.get("ctx", {}).get("error")
     if isinstance(raised, NotAllowed):
         return key, raised.value, raised.allowed
-    allowed = next((m.text for m in fields[key].metadata if isinstance(m, Allowed)),
-                   KIND_ALLOWED[kind(fields[key].annotation)])
+    allowed = allowed_of(fields[key].metadata) or KIND_ALLOWED[kind(fields[key].annotation)]
     return key, first["input"], allowed
 
 
@@ -209,19 +226,21 @@ class CacheZone:
 
     @property
     def bytes(self) -> int:
-        number, unit = _SIZE_RE.match(self.size).groups()
+        match = _SIZE_RE.match(self.size)
+        assert match, self.size  # validated by _zones
+        number, unit = match.groups()
         return int(number) * {"k": 1024, "m": 1024**2, "g": 1024**3}[unit]
 
 
 # --------------------------------------------------------------------------
 # What one key allows. A validator raises NotAllowed(allowed, value).
 
-def cloud_name(what: str, allow_empty: bool = False) -> Any:
+def cloud_name(what: str, allow_empty: bool = False) -> AfterValidator:
     """A name OpenStack looks up (network, image, flavor): not blank, no
     surrounding spaces or control characters (an empty name matches anything)."""
-    return Annotated[str, check(lambda v: (allow_empty and v == "") or (v.strip() == v != "" and not CONTROL.search(v)),
-                                f"{what}: not empty, without leading or trailing spaces or control characters"
-                                + (", or empty" if allow_empty else ""))]
+    return check(lambda v: (allow_empty and v == "") or (v.strip() == v != "" and not CONTROL.search(v)),
+                 f"{what}: not empty, without leading or trailing spaces or control characters"
+                 + (", or empty" if allow_empty else ""))
 
 
 def _private(value: str) -> str:
@@ -374,17 +393,28 @@ def _vars_file(value: str) -> str:
 
 
 # The value types the model's fields name.
-Environment = Annotated[matching(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$", "2 to 32 lower-case letters, digits and dashes, starting "
-                                 "with a letter (it prefixes host names); empty means the stack name"),
+Environment = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"),
+                        Allowed("2 to 32 lower-case letters, digits and dashes, starting with a letter (it prefixes "
+                                "host names); empty means the stack name"),
                         BeforeValidator(lambda v, info: v or info.context["stack"])]
 Subnet = Annotated[str, AfterValidator(ipv4_network), AfterValidator(_private), check(
     lambda v: IPv4Network(v).num_addresses >= READONLY_BASE + 3,
     f"a /25 or larger network: read-only hosts take fixed addresses from .{READONLY_BASE + 1} up")]
 ImageMap = Annotated[dict[str, str], name_map(ROLES, lambda s: s.strip() or None, "image")]
-Flavor = cloud_name("a flavor name")
+Flavor = Annotated[str, cloud_name("a flavor name")]
+ExternalNetwork = Annotated[str, cloud_name("the name of the external network")]
+NetworkName = Annotated[str, cloud_name("a network name", True)]
+SubnetName = Annotated[str, cloud_name("a subnet name", True)]
+ImageName = Annotated[str, cloud_name("a Glance image name")]
+ReadonlyCount = Annotated[int, Whole(1, 120)]
+Port = Annotated[int, Whole(1, 65535)]
+PublicReadTimeout = Annotated[int, Whole(1, 3600, " seconds")]
+LongReadTimeout = Annotated[int, Whole(1, 86400, " seconds")]
+StatementTimeout = Annotated[int, Whole(1000, 3_600_000, " ms")]
 CloudToken = r"^[A-Za-z0-9._:-]*$"  # availability zones, volume types
-User = matching(r"^[a-z_][a-z0-9_-]{0,31}$", "a POSIX login name such as rocky: 1 to 32 lower-case letters, digits, _ and -, "
-                "starting with a letter or _")
+User = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$"),
+                 Allowed("a POSIX login name such as rocky: 1 to 32 lower-case letters, digits, _ and -, "
+                         "starting with a letter or _")]
 # Empty: floatingIp (build_settings), and kept as given to name it if that is empty too.
 Bastion = Annotated[str, AfterValidator(
     lambda v: ip_or_dns_name(v.strip(), "an IP address or DNS host name of the proxy") if v.strip() else v)]
@@ -393,34 +423,44 @@ Bastion = Annotated[str, AfterValidator(
 HostKey = Annotated[str, AfterValidator(lambda v: ssh_public_key(v, host_prefix=True) if v.strip() else "")]
 Cidrs = Annotated[tuple[Annotated[str, AfterValidator(ipv4_network)], ...],
                   required("at least one CIDR (SSH to the bastion is how the program configures hosts)")]
-OpenStackId = Annotated[matching(r"^$|^[0-9a-fA-F-]{8,64}$", "an OpenStack ID (hex digits and dashes)"), Stripped]
-Size, SourceSize, Generation = whole(1, 65536, " (GB)"), whole(0, 65536, " (GB, 0 when unknown)"), whole(0, 10**9)
-StackName = Annotated[matching(r"^$|^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$", "a stack name such as 'prod' or "
-                               "'organization/idr/prod'"), Stripped, AfterValidator(_other_stack)]
+OpenStackId = Annotated[str, Field(pattern=r"^$|^[0-9a-fA-F-]{8,64}$"),
+                        Allowed("an OpenStack ID (hex digits and dashes)"), Stripped]
+Size = Annotated[int, Whole(1, 65536, " (GB)")]
+SourceSize = Annotated[int, Whole(0, 65536, " (GB, 0 when unknown)")]
+Generation = Annotated[int, Whole(0, 10**9)]
+StackName = Annotated[str, Field(pattern=r"^$|^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$"),
+                      Allowed("a stack name such as 'prod' or 'organization/idr/prod'"), Stripped,
+                      AfterValidator(_other_stack)]
 DnsName = Annotated[str, check(is_dns_name, "a DNS host name such as idr.openmicroscopy.org: dot-separated labels of "
                                "letters, digits and dashes, no label empty or starting or ending with a dash")]
-Duration = matching(r"^[1-9][0-9]*(ms|s|m|h|d|w|M|y)$", "an nginx time such as 1d, 12h or 180d")
+Duration = Annotated[str, Field(pattern=r"^[1-9][0-9]*(ms|s|m|h|d|w|M|y)$"),
+                     Allowed("an nginx time such as 1d, 12h or 180d")]
 FilePath = Annotated[str, check(is_file_path, "an absolute path of a file without spaces, quotes, '..', control or shell "
                                 "characters")]
 Slots = Annotated[dict[str, int], name_map(OMERO_ROLES, lambda s: int(s) if s.isdecimal() and 1 <= int(s) <= 64 else None,
                                            "N', N from 1 to 64"), AfterValidator(lambda m: m | {r: 1 for r in OMERO_ROLES if r not in m})]
-GitUrl = Annotated[matching(r"^(https://|ssh://|git@|file://|/)[\x21-\x7e]+$", "a git URL (https://, ssh://, git@host:path, "
-                            "file:// or an absolute path)"), Stripped]
+GitUrl = Annotated[str, Field(pattern=r"^(https://|ssh://|git@|file://|/)[\x21-\x7e]+$"),
+                   Allowed("a git URL (https://, ssh://, git@host:path, file:// or an absolute path)"), Stripped]
 GitRef = Annotated[str, Stripped, check(lambda v: not v or re.fullmatch(r"^(?![-/.])(?!.*\.\.)[A-Za-z0-9_./-]{1,200}(?<![/.])$", v),
                                         "a commit hash or tag name (letters, digits, . _ / -)")]
-UrlPath = matching(r"^/[\x21-\x7e]*$", "a URL path starting with / of printable ASCII, without spaces or control characters "
-                   "(percent-encode them)")
+UrlPath = Annotated[str, Field(pattern=r"^/[\x21-\x7e]*$"),
+                    Allowed("a URL path starting with / of printable ASCII, without spaces or control characters "
+                            "(percent-encode them)")]
 Ipv4s = tuple[Annotated[str, AfterValidator(ipv4)], ...]
 FloatingIp = Annotated[str, AfterValidator(lambda v: ipv4(v.strip(), allow_empty=True))]
-AvailabilityZone = matching(CloudToken, "an availability zone name of letters, digits and . _ : - only, or empty for the "
-                            "cloud's default")
-VolumeType = matching(CloudToken, "a volume type name of letters, digits and . _ : - only, or empty for the cloud's default")
+AvailabilityZone = Annotated[str, Field(pattern=CloudToken),
+                             Allowed("an availability zone name of letters, digits and . _ : - only, or empty for the "
+                                     "cloud's default")]
+VolumeType = Annotated[str, Field(pattern=CloudToken),
+                       Allowed("a volume type name of letters, digits and . _ : - only, or empty for the cloud's "
+                               "default")]
 PublicKey = Annotated[str, AfterValidator(_public_key)]
 CacheZones = Annotated[tuple[CacheZone, ...], BeforeValidator(_zones)]
 CertificateChain = Annotated[str, AfterValidator(_chain)]
 CookieName = Annotated[str, AfterValidator(_cookie)]
-Release = matching(r"^[0-9]+(\.[0-9]+){1,3}$", "a release number such as 0.8.1")
-PgIdentifier = matching(r"^[a-z_][a-z0-9_]{0,62}$", "a PostgreSQL identifier in lower case")
+Release = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+){1,3}$"), Allowed("a release number such as 0.8.1")]
+PgIdentifier = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$"),
+                         Allowed("a PostgreSQL identifier in lower case")]
 Checkout = Annotated[str, Stripped, AfterValidator(_checkout)]
 Playbooks = Annotated[tuple[str, ...], BeforeValidator(_playbooks),
                       required('at least one playbook, e.g. ["idr-01-install-idr.yml"]')]
@@ -556,7 +596,7 @@ def website_kind(source: str) -> str:
 DirectRedirects = Annotated[tuple[DirectRedirect, ...], BeforeValidator(_direct_redirects)]
 RedirectMap = Annotated[tuple[RedirectMapEntry, ...], BeforeValidator(_redirect_map)]
 RedirectLocations = Annotated[tuple[RedirectLocation, ...], BeforeValidator(_redirect_locations)]
-WebsiteSource = Annotated[matching(
-    r"^(https://|file:///|ssh://|git@|/)[\x21-\x7e]+$",
-    "a git repository (https://, ssh://, git@host:path, file:// or an absolute path) or a tarball URL ending in "
-    f"{', '.join(ARCHIVE_SUFFIXES)} (https:// or file://); '{{ref}}' in it is replaced by websiteRef"), Stripped]
+WebsiteSource = Annotated[str, Field(pattern=r"^(https://|file:///|ssh://|git@|/)[\x21-\x7e]+$"),
+                          Allowed("a git repository (https://, ssh://, git@host:path, file:// or an absolute path) "
+                                  f"or a tarball URL ending in {', '.join(ARCHIVE_SUFFIXES)} (https:// or file://); "
+                                  "'{ref}' in it is replaced by websiteRef"), Stripped]

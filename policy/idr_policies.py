@@ -157,7 +157,8 @@ def _describe(rule: PolicyResource, remote: str, ports: tuple[int, int]) -> str:
 
 def proxy_only_groups(resources: list[PolicyResource]) -> set[str]:
     """URNs of the security groups that sit on the proxy's port and on nothing else."""
-    on_proxy, elsewhere = set(), set()
+    on_proxy: set[str] = set()
+    elsewhere: set[str] = set()
     for port in _of_type(resources, PORT):
         urns = {g.urn for g in _refs(port, "securityGroupIds", SEC_GROUP)}
         (on_proxy if is_proxy_port(port) else elsewhere).update(urns)
@@ -284,28 +285,28 @@ MANDATORY = EnforcementLevel.MANDATORY
 
 POLICIES = [
     StackValidationPolicy(
-        name="only-proxy-takes-external-traffic", description=only_proxy_takes_external_traffic.__doc__,
+        name="only-proxy-takes-external-traffic", description=only_proxy_takes_external_traffic.__doc__ or "",
         validate=only_proxy_takes_external_traffic, enforcement_level=MANDATORY, config_schema=_ENV_SCHEMA),
     StackValidationPolicy(
-        name="external-ports-allowed", description=external_ports_allowed.__doc__,
+        name="external-ports-allowed", description=external_ports_allowed.__doc__ or "",
         validate=external_ports_allowed, enforcement_level=MANDATORY,
         config_schema=PolicyConfigSchema(properties={"allowedPorts": _PORTS_SCHEMA, "internalCidrs": _CIDRS_SCHEMA})),
     StackValidationPolicy(
-        name="no-external-admin-ports", description=no_external_admin_ports.__doc__,
+        name="no-external-admin-ports", description=no_external_admin_ports.__doc__ or "",
         validate=no_external_admin_ports, enforcement_level=MANDATORY, config_schema=_ENV_SCHEMA),
     StackValidationPolicy(
-        name="rsync-closed", description=rsync_closed.__doc__,
+        name="rsync-closed", description=rsync_closed.__doc__ or "",
         validate=rsync_closed, enforcement_level=EnforcementLevel.ADVISORY, config_schema=_ENV_SCHEMA),
     ResourceValidationPolicy(
-        name="data-volumes-protected", description=data_volumes_protected.__doc__,
+        name="data-volumes-protected", description=data_volumes_protected.__doc__ or "",
         validate=data_volumes_protected, enforcement_level=MANDATORY),
     StackValidationPolicy(
-        name="floating-ip-only-on-proxy", description=floating_ip_only_on_proxy.__doc__,
+        name="floating-ip-only-on-proxy", description=floating_ip_only_on_proxy.__doc__ or "",
         validate=floating_ip_only_on_proxy, enforcement_level=MANDATORY),
     StackValidationPolicy(
-        name="volume-holders-delete-before-replace", description=volume_holders_delete_before_replace.__doc__,
+        name="volume-holders-delete-before-replace", description=volume_holders_delete_before_replace.__doc__ or "",
         validate=volume_holders_delete_before_replace, enforcement_level=MANDATORY),
     StackValidationPolicy(
-        name="data-holders-protected", description=data_holders_protected.__doc__,
+        name="data-holders-protected", description=data_holders_protected.__doc__ or "",
         validate=data_holders_protected, enforcement_level=MANDATORY),
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import offline
+from components import layout, offline
 from components.bfcache import BfCache, BfCacheArgs
 from components.render import bfcache as render
 from components.render.hostfiles import install_script
@@ -39,7 +39,7 @@ def all_files(s):
     files = (render.keygen_files(s) + render.coordinator_files(s) + render.database_files(s) + render.backup_files()
              + render.forget_files(s))
     for node in render.nodes(s):
-        host = next(h for h in s.hosts if h.name == node.name)
+        host = next(h for h in layout.hosts(s) if h.name == node.name)
         files += render.node_files(s, host)
     return files
 
@@ -77,10 +77,10 @@ def test_every_script_passes_shellcheck_and_the_dispatcher_is_python_3_9(tmp_pat
     for enabled in ("true", "false"):
         s = settings(deploymentEnabled=enabled)
         scripts = [f for f in all_files(s) if f.content.startswith("#!/bin/bash")]
-        scripts.append(render.authorize_script(s, s.host("database"), KEY, render.ids_command()))
+        scripts.append(render.authorize_script(s, layout.host(s, "database"), KEY, render.ids_command()))
         # Generation 0's revoke steps and the coordinator's forget step, as fed to the hosts.
         scripts += [install_script(h.name, [], render.revoke_run(s, h)) for h in render.peers(s)]
-        scripts.append(install_script(s.host("proxy").name, render.forget_files(s),
+        scripts.append(install_script(layout.host(s, "proxy").name, render.forget_files(s),
                                       render.forget_run(s, {h.name: f"id-{h.alias}" for h in render.peers(s)})))
         for i, f in enumerate(scripts):
             text = f if isinstance(f, str) else f.content
@@ -109,7 +109,7 @@ def test_run_step_changes_with_generation_only():
     """HostFiles re-runs when its script changes: a bump re-runs the start
     step; unrelated config (nginx) leaves every bfcache script as it was."""
     def scripts(s):
-        proxy = s.host("proxy")
+        proxy = layout.host(s, "proxy")
         return (install_script(proxy.name, render.coordinator_files(s), render.start_run(s)),
                 install_script(proxy.name, render.keygen_files(s), render.keygen_run()))
     base = scripts(settings())
@@ -144,7 +144,7 @@ def stubs(tmp_path: Path, hostname: str) -> dict:
 
 def test_authorize_installs_the_key_once_and_replaces_an_old_one(tmp_path):
     s = settings()
-    db = s.host("database")
+    db = layout.host(s, "database")
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh/authorized_keys").write_text("ssh-ed25519 AAAAother operator\n")
@@ -245,7 +245,7 @@ def test_render_one_reports_one_csv_line_and_fails_for_retry(tmp_path, output, r
 
 
 def render_one(tmp_path: Path, omero: Path) -> Path:
-    (text,) = [f.content for f in render.node_files(settings(omeroBin=str(omero)), settings().host("omeroreadwrite"))
+    (text,) = [f.content for f in render.node_files(settings(omeroBin=str(omero)), layout.host(settings(), "omeroreadwrite"))
                if f.path.endswith("render-one.sh")]
     return write(tmp_path / "render-one.sh", text)
 
@@ -406,7 +406,7 @@ def test_status_prints_done_total_failures_eta_and_speeds(tmp_path):
 # ------------------------------------------------ the component, mocked
 
 def instance_ids(s) -> dict:
-    return {h.name: f"instance-of-{h.name}" for h in s.hosts}
+    return {h.name: f"instance-of-{h.name}" for h in layout.hosts(s)}
 
 
 def record(s) -> offline.Recording:
@@ -422,7 +422,7 @@ def test_generation_zero_declares_only_the_revoke_step_of_every_node_and_the_dat
     assert set(files) == {f"test-bfcache-revoke-{alias}" for alias in peers}
     assert {r.type for r in rec.resources} == {"idr:bfcache:BfCache", "idr:host:HostFiles", "command:remote:Command"}
     for alias in peers:
-        host = next(h for h in s.hosts if h.alias == alias)
+        host = next(h for h in layout.hosts(s) if h.alias == alias)
         step = files[f"test-bfcache-revoke-{alias}"]
         assert step.inputs["host"] == host.name and step.inputs["files"] == []
         cmd = rec.named(f"test-bfcache-revoke-{alias}", "command:remote:Command")
@@ -483,7 +483,7 @@ def test_a_deployment_generation_bump_reruns_the_steps_that_wait_for_its_softwar
 
 def node_setup(tmp_path: Path, omero: Path, enabled: str) -> Path:
     s = settings(omeroBin=str(omero), deploymentEnabled=enabled, omeroCliRenderVersion="0.8.1")
-    (text,) = [f.content for f in render.node_files(s, s.host("omeroreadwrite")) if f.path.endswith("node-setup.sh")]
+    (text,) = [f.content for f in render.node_files(s, layout.host(s, "omeroreadwrite")) if f.path.endswith("node-setup.sh")]
     return write(tmp_path / "node-setup.sh", text.replace(f"ready_file={render.NODE_READY}",
                                                          f"ready_file={tmp_path}/ready/node-ready"))
 
@@ -626,7 +626,7 @@ def test_jobs_log_in_as_public_with_the_password_the_deployment_wrote(tmp_path):
     playbook = yaml.safe_load((Path(render.__file__).parent.parent / "playbooks/postinstall.yml").read_text())
     assert render.PUBLIC_PASSWORD_FILE in playbook[1]["vars"]["password_file"]
     s = settings()
-    (text,) = [f.content for f in render.node_files(s, s.host("omeroreadwrite")) if f.path.endswith("render-one.sh")]
+    (text,) = [f.content for f in render.node_files(s, layout.host(s, "omeroreadwrite")) if f.path.endswith("render-one.sh")]
     assert render.PUBLIC_PASSWORD_FILE in text and "-w public" not in text
     omero = write(tmp_path / "omero", '#!/bin/sh\nprintf "%s\\n" "$*" >> "$(dirname "$0")/calls"\necho "ok: $*"\n')
     password_file = tmp_path / "public-password"

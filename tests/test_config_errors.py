@@ -10,8 +10,10 @@ import pulumi
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
+from components import layout
 from components.offline import PROJECT_DIR, effective_config, run_stack
-from components.settings import ConfigError, build_settings
+from components.settings import ConfigError
+from tests.settings_factory import settings_for
 
 VOL = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 SNAP = "aaaabbbb-cccc-dddd-eeee-ffff00001111"
@@ -149,25 +151,9 @@ def test_render_cli_prints_one_line_and_no_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _raw(config):
-    return lambda name: config.get(f"idr:{name}")
-
-
-_PROD_CONFIG = {}
-
-
 def _settings(overrides):
-    """build_settings on prod's config with `overrides` (strings; None removes
-    a key). Prod's effective config is read once: hypothesis calls this often."""
-    if not _PROD_CONFIG:
-        _PROD_CONFIG.update(effective_config("prod", {})[0])
-    config = dict(_PROD_CONFIG)
-    for key, value in overrides.items():
-        if value is None:
-            config.pop(f"idr:{key}", None)
-        else:
-            config[f"idr:{key}"] = value
-    return build_settings("prod", _raw(config), lambda name: "secret")
+    """Settings of prod's config with `overrides` (strings; None removes a key)."""
+    return settings_for("prod", overrides)
 
 
 @hsettings(max_examples=150, deadline=None)
@@ -208,7 +194,7 @@ def test_image_overrides_accept_only_known_roles(roles):
     known = {"proxy", "omeroreadonly", "omeroreadwrite", "database", "dockermanager"}
     if set(roles) <= known:
         s = _settings(overrides)
-        assert {h.image for h in s.hosts if h.role in roles} == {"Rocky-9.5"}
+        assert {h.image for h in layout.hosts(s) if h.role in roles} == {"Rocky-9.5"}
     else:
         with pytest.raises(ConfigError, match="a known role"):
             _settings(overrides)
@@ -234,7 +220,7 @@ KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp3
 @pytest.mark.parametrize("stack", ["prod", "newidr"])
 def test_stack_files_and_defaults_still_pass(stack):
     config, _ = effective_config(stack, {})
-    s = build_settings(stack, _raw(config), lambda name: "secret")
+    s = settings_for(stack)
     assert s.ssh_user == "rocky" and s.server_name == "idr.openmicroscopy.org" and s.subnet_cidr == "192.168.1.0/24"
     assert s.ssh_public_key == config["idr:sshPublicKey"].strip()  # unchanged: it is in every server's user data
 
@@ -256,14 +242,14 @@ def test_bastion_host_key_is_normalised_to_type_and_base64_for_pulumi_command(gi
     from components.connection import connection_for
     s = _settings({"sshBastionHostKey": given})
     assert s.ssh_bastion_host_key == ED25519
-    assert connection_for(s, s.host("proxy")).host_key == ED25519
-    assert connection_for(s, s.host("database")).proxy.host_key == ED25519
+    assert connection_for(s, layout.host(s, "proxy")).host_key == ED25519
+    assert connection_for(s, layout.host(s, "database")).proxy.host_key == ED25519
 
 
 def test_no_bastion_host_key_means_none_pinned():
     from components.connection import connection_for
     s = _settings({})
-    assert s.ssh_bastion_host_key == "" and connection_for(s, s.host("proxy")).host_key is None
+    assert s.ssh_bastion_host_key == "" and connection_for(s, layout.host(s, "proxy")).host_key is None
 
 
 @pytest.mark.parametrize("overrides", [

@@ -8,13 +8,15 @@ import subprocess
 
 import pytest
 
+from components import layout
 from components.network import proxy_external_rules
 from components.offline import Recording, run_mocked
 from components.proxy import Proxy, ProxyArgs
 from components.render import nginx as render
 from components.render.hostfiles import install_script
 from components.layout import PROXY_OMERO_PORT_RANGE, PROXY_PUBLIC_TCP_PORTS, SSH_PORT
-from components.settings import ConfigError, build_settings
+from components.settings import ConfigError
+from tests.settings_factory import settings_for
 from tests.tools import tool
 
 BASE = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10",
@@ -22,8 +24,8 @@ BASE = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "ss
 
 
 def settings(secrets: dict | None = None, **raw):
-    values = {**BASE, **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}}
-    return build_settings("prod", values.get, {"sshPrivateKey": "KEY", **(secrets or {})}.get)
+    values = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
+    return settings_for("prod", values, base=BASE, secret={"sshPrivateKey": "KEY", **(secrets or {})}.get)
 
 
 def servers(conf: str) -> dict[str, str]:
@@ -140,12 +142,12 @@ def test_listens_and_upstreams():
     assert s.omero_web_port == 80
     readonly = re.search(r"upstream omeroreadonly \{(.*?)\}", conf, flags=re.S).group(1)
     assert "ip_hash;" in readonly
-    assert re.findall(r"server (\S+);", readonly) == [f"{h.fixed_ip}:80" for h in s.hosts_of("omeroreadonly")]
+    assert re.findall(r"server (\S+);", readonly) == [f"{h.fixed_ip}:80" for h in layout.hosts_of(s, "omeroreadonly")]
     readwrite = re.search(r"upstream omeroreadwrite \{(.*?)\}", conf, flags=re.S).group(1)
-    assert re.findall(r"server (\S+);", readwrite) == [f"{s.host('omeroreadwrite').fixed_ip}:80"]
+    assert re.findall(r"server (\S+);", readwrite) == [f"{layout.host(s, 'omeroreadwrite').fixed_ip}:80"]
     websockets = re.search(r"upstream omeroreadonly_ws \{(.*?)\}", conf, flags=re.S).group(1)
     assert "ip_hash;" in websockets
-    assert re.findall(r"server (\S+);", websockets) == [f"{h.fixed_ip}:4065" for h in s.hosts_of("omeroreadonly")]
+    assert re.findall(r"server (\S+);", websockets) == [f"{h.fixed_ip}:4065" for h in layout.hosts_of(s, "omeroreadonly")]
     assert ":4080" not in conf
     for name in ("http", "https"):
         assert "proxy_pass http://omeroreadonly;" in blocks[name] and "omeroreadwrite" not in blocks[name]
@@ -153,8 +155,8 @@ def test_listens_and_upstreams():
         assert "proxy_pass http://omeroreadwrite;" in blocks[name] and "omeroreadonly" not in blocks[name]
     other = render.idr_conf(settings(omeroreadonlyCount=3, omeroWebPort=8080))
     assert re.findall(r"^    server (\S+?):(\d+);$", other, flags=re.M) == \
-        [(h.fixed_ip, "8080") for h in s.hosts_of("omeroreadonly")] + [(s.host("omeroreadwrite").fixed_ip, "8080")] + \
-        [(h.fixed_ip, "4065") for h in s.hosts_of("omeroreadonly")]
+        [(h.fixed_ip, "8080") for h in layout.hosts_of(s, "omeroreadonly")] + [(layout.host(s, "omeroreadwrite").fixed_ip, "8080")] + \
+        [(h.fixed_ip, "4065") for h in layout.hosts_of(s, "omeroreadonly")]
 
 
 def test_timeouts_and_cache_buster():
@@ -316,7 +318,7 @@ def test_jupyter_only_when_enabled():
         assert set(k for k in locations(servers(off)[name]) if "jupyter" in k) == {"^~ /jupyter"}
     s = settings(jupyterEnabled=True)
     on = render.idr_conf(s)
-    assert f"server {s.host('dockermanager').fixed_ip}:8000;" in on
+    assert f"server {layout.host(s, 'dockermanager').fixed_ip}:8000;" in on
     blocks = servers(on)
     for name in ("http", "https"):
         locs = locations(blocks[name])
@@ -340,10 +342,10 @@ def test_rsync_switch():
     assert "listen 873;" not in main and "idr_rsync" not in main
     s = settings(rsyncEnabled=True)
     main = render.nginx_conf(s)
-    assert main.count("stream {") == 1 and f"server {s.host('omeroreadwrite').fixed_ip}:873;" in main
+    assert main.count("stream {") == 1 and f"server {layout.host(s, 'omeroreadwrite').fixed_ip}:873;" in main
     assert "listen 873;" in main and "nginx-mod-stream" in render.setup_script(s)
     rsyncd = render.rsyncd_conf(s)
-    for line in ("uid = nobody", "read only = yes", "path = /data", f"hosts allow = {s.host('proxy').fixed_ip}",
+    for line in ("uid = nobody", "read only = yes", "path = /data", f"hosts allow = {layout.host(s, 'proxy').fixed_ip}",
                  "hosts deny = *", "use chroot = yes"):
         assert line in rsyncd
 
@@ -379,7 +381,7 @@ def public_listens(*confs: str) -> set[int]:
 @pytest.mark.parametrize("count, pinned", [(3, 3), (22, 20)])
 def test_omero_ports_forward_to_readonly_servers(count, pinned):
     s = settings(omeroreadonlyCount=count)
-    readonly = s.hosts_of("omeroreadonly")
+    readonly = layout.hosts_of(s, "omeroreadonly")
     assert len(readonly) == count
     main = render.nginx_conf(s)
     block = stream_block(main)
@@ -401,7 +403,7 @@ def test_omero_ports_forward_to_readonly_servers(count, pinned):
         assert "here omeroreadonly-21, omeroreadonly-22." in block
     assert "here " not in block or unpinned
     # Nothing but read-only servers behind the OMERO ports.
-    others = [h.fixed_ip for h in s.hosts if h.role != "omeroreadonly"]
+    others = [h.fixed_ip for h in layout.hosts(s) if h.role != "omeroreadonly"]
     assert not any(f"{ip}:" in block for ip in others)
 
 

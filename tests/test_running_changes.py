@@ -16,6 +16,7 @@ from components.changes import CHANGES
 from components.network import proxy_external_rules, rule_name
 from components.offline import IdrMocks, run_stack
 from components.settings import KEYS, ConfigError
+from tests.settings_factory import settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = "openstack:compute/instance:Instance"
@@ -136,25 +137,22 @@ def test_guard_names_this_stack_when_it_holds_the_ip_under_another_name():
     deployed as another environment (the identity check normally stops first)."""
     from pulumi.runtime import mocks as pulumi_mocks
     from components import floatingip
-    from components.offline import effective_config, reset_runtime
-    from components.settings import build_settings
-    config, _ = effective_config("prod", {"environment": "prod2"})
-    s = build_settings("prod", lambda k: config.get(f"idr:{k}"), lambda k: "secret")
+    from components.offline import reset_runtime
+    s = settings_for("prod", {"environment": "prod2"})
     reset_runtime()
     pulumi_mocks.set_mocks(IdrMocks({"203.0.113.10": "prod-proxy"}), project="idr", stack="prod", preview=False)
     try:
-        identity.remember(identity.deployed_from({"environment": "prod"}))
+        deployed = identity.deployed_from({"environment": "prod"})
         with pytest.raises(floatingip.FloatingIpHeld) as error:
-            floatingip.check_floating_ip(s)
+            floatingip.check_floating_ip(s, deployed.environment)
         assert "this stack's own proxy, deployed as environment prod" in str(error.value)
         assert "pulumi config set idr:environment prod -s prod" in str(error.value)
         assert "operations.swap --from prod" not in str(error.value)
-        identity.remember(identity.deployed_from({"environment": "other"}))
+        deployed = identity.deployed_from({"environment": "other"})
         with pytest.raises(floatingip.FloatingIpHeld) as error:
-            floatingip.check_floating_ip(s)
+            floatingip.check_floating_ip(s, deployed.environment)
         assert "python -m operations.swap --from prod --to prod" in str(error.value)
     finally:
-        identity.remember(identity.deployed_from({}))
         reset_runtime()
 
 
@@ -200,10 +198,7 @@ def test_rules_alias_the_positional_names_of_existing_stacks(first):
     """Before, rule i of a group was `<group>-<i>` in the order the program
     lists them: each rule carries exactly that name as an alias, so the first
     update with content names renames in place (no delete, no create)."""
-    from components.settings import build_settings
-    from components.offline import effective_config
-    config, _ = effective_config("prod", {"rsyncEnabled": "true", "sshAllowedCidrs": '["198.51.100.0/24", "192.0.2.7/32"]'})
-    s = build_settings("prod", lambda k: config.get(f"idr:{k}"), lambda k: "secret")
+    s = settings_for("prod", {"rsyncEnabled": "true", "sshAllowedCidrs": '["198.51.100.0/24", "192.0.2.7/32"]'})
     run = run_stack("prod", {"rsyncEnabled": "true", "sshAllowedCidrs": '["198.51.100.0/24", "192.0.2.7/32"]'})
     for group, rules in (("prod-proxy-external", proxy_external_rules(s)),):
         for i, rule in enumerate(rules):

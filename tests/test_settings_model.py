@@ -5,19 +5,18 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from annotated_types import GroupedMetadata
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 
-from components.offline import effective_config
-from components.settings import FIELDS, KEYS, ConfigError, Settings, build_settings
-from components.validators import Allowed
-
-_PROD = effective_config("prod", {})[0]
+from components import layout
+from components.settings import FIELDS, KEYS, ConfigError, Settings
+from components.validators import allowed_of
+from tests.settings_factory import settings_for
 
 
 def settings(secret=lambda name: "secret", **overrides):
-    config = {**_PROD, **{f"idr:{k}": v for k, v in overrides.items()}}
-    return build_settings("prod", lambda name: config.get(f"idr:{name}"), secret)
+    return settings_for("prod", overrides, secret=secret)
 
 
 def test_keys_are_the_models_fields_in_declaration_order():
@@ -27,10 +26,21 @@ def test_keys_are_the_models_fields_in_declaration_order():
     assert [k for k, key in KEYS.items() if key.secret] == ["sshPrivateKey", "tlsPrivateKey", "deploymentSecretVars"]
 
 
+def _flat(metadata):
+    """A field's metadata with grouped markers (validators.Whole) expanded."""
+    for m in metadata:
+        if isinstance(m, GroupedMetadata):
+            yield from _flat(m)
+        else:
+            yield m
+
+
 def test_every_pydantic_constraint_carries_what_is_allowed():
-    for name, field in FIELDS.items():
-        if any(type(m).__name__ in ("Ge", "Le") or getattr(m, "pattern", None) for m in field.metadata):
-            assert any(isinstance(m, Allowed) for m in field.metadata), name
+    constrained = [name for name, field in FIELDS.items() if any(
+        type(m).__name__ in ("Ge", "Le") or getattr(m, "pattern", None) for m in _flat(field.metadata))]
+    assert "omeroreadonlyCount" in constrained and "sshUser" in constrained
+    for name in constrained:
+        assert allowed_of(FIELDS[name].metadata), name
 
 
 @pytest.mark.parametrize("key,value,allowed", [
@@ -68,12 +78,22 @@ def test_whole_numbers_are_decimal_digits_only(text):
         settings(omeroreadonlyCount=text)
 
 
-def test_settings_stays_a_dataclass_that_replace_does_not_validate_again():
-    """components/identity.py narrows a Settings with dataclasses.replace."""
-    s = settings()
-    narrowed = dataclasses.replace(s, hosts=s.hosts[:1], clone_from_stack="")
-    assert narrowed.hosts == s.hosts[:1] and narrowed.nginx_cache_zones == s.nginx_cache_zones
-    assert narrowed.bfcache_slots == s.bfcache_slots == {"omeroreadwrite": 10, "omeroreadonly": 1}
+def test_settings_hold_config_only():
+    """Every field but the stack is an idr: key; the hosts are computed from
+    them (components/layout.py), never stored beside them."""
+    assert [f.name for f in dataclasses.fields(Settings) if not isinstance(f.default, FieldInfo)] == ["stack"]
+    s = settings(omeroreadonlyCount="2")
+    assert [h.name for h in layout.hosts(s)] == ["prod-proxy", "prod-omeroreadwrite", "prod-database",
+                                                 "prod-omeroreadonly-1", "prod-omeroreadonly-2", "prod-dockermanager"]
+    assert layout.host(s, "database").fixed_ip == "192.168.1.12"
+    assert [v.role for v in layout.volumes(s)] == ["proxy", "omeroreadwrite", "database"]
+
+
+def test_clones_to_create_leave_out_the_volumes_that_exist():
+    s = settings(cloneFromStack="organization/idr/other", databaseVolumeFromSnapshot="0123abcd-ef")
+    assert layout.clones_to_create(s, {}) == {"proxy", "omeroreadwrite"}
+    assert layout.clones_to_create(s, {"proxy": 100}) == {"omeroreadwrite"}
+    assert layout.clones_to_create(settings(), {}) == frozenset()
 
 
 def test_secrets_are_passed_through_untouched():

@@ -25,6 +25,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Mapping
 
+from .. import layout
 from ..layout import DATA_VOLUME_MOUNTS, Host
 from . import HostFile, render_template
 
@@ -86,24 +87,24 @@ class Node:
 
 def nodes(settings) -> list[Node]:
     """The read-write host first, then every read-only host, from settings."""
-    hosts = list(settings.hosts_of(FAST_ROLE)) + list(settings.hosts_of(SLOW_ROLE))
+    hosts = list(layout.hosts_of(settings, FAST_ROLE)) + list(layout.hosts_of(settings, SLOW_ROLE))
     return [Node(h.name, h.role, h.fixed_ip, settings.bfcache_slots[h.role]) for h in hosts]
 
 
 def peers(settings) -> list[Host]:
     """Every host the coordinator logs in to: the nodes, then the database."""
-    return (list(settings.hosts_of(FAST_ROLE)) + list(settings.hosts_of(SLOW_ROLE))
-            + [settings.host("database")])
+    return (list(layout.hosts_of(settings, FAST_ROLE)) + list(layout.hosts_of(settings, SLOW_ROLE))
+            + [layout.host(settings, "database")])
 
 
 def key_comment(settings) -> str:
     """The comment of the coordinator's key pair (ssh-keygen -C)."""
-    return f"idr-bfcache@{settings.host('proxy').name}"
+    return f"idr-bfcache@{layout.host(settings, 'proxy').name}"
 
 
 def authorized_comment(settings) -> str:
     """The comment of the coordinator's lines in authorized_keys."""
-    return f"{AUTHORIZED_MARKER}@{settings.host('proxy').name}"
+    return f"{AUTHORIZED_MARKER}@{layout.host(settings, 'proxy').name}"
 
 
 def first_image_sql() -> str:
@@ -130,7 +131,7 @@ def waiting_line(what: str, hosts: str) -> str:
 
 def keygen_files(settings) -> list[HostFile]:
     text = render_template(
-        "bfcache/keygen.sh.j2", coordinator=settings.host("proxy").name,
+        "bfcache/keygen.sh.j2", coordinator=layout.host(settings, "proxy").name,
         generation=settings.bfcache_generation, key_dir=KEY_DIR, comment=key_comment(settings))
     return [HostFile(f"{LIBEXEC}/keygen.sh", text, "0755")]
 
@@ -147,12 +148,12 @@ def public_key_of(stdout: str | None) -> str:
 
 def coordinator_files(settings) -> list[HostFile]:
     every = nodes(settings)
-    database = settings.host("database")
+    database = layout.host(settings, "database")
     paths = dict(state_dir=STATE_DIR, nodes_file=f"{CONF_DIR}/nodes", node_info=f"{CONF_DIR}/node-info",
                  ssh_config=f"{CONF_DIR}/ssh_config", control_dir=CONTROL_DIR,
                  dispatch=f"{LIBEXEC}/dispatch.py", ssh_wrapper=f"{LIBEXEC}/ssh.sh", run_script=f"{LIBEXEC}/run.sh")
     run = render_template(
-        "bfcache/run.sh.j2", coordinator=settings.host("proxy").name, **paths,
+        "bfcache/run.sh.j2", coordinator=layout.host(settings, "proxy").name, **paths,
         database_login=f"{settings.ssh_user}@{database.fixed_ip}", database=database.name,
         render_one=f"{LIBEXEC}/render-one.sh", node_ready=NODE_READY, ready=ready_marker(settings),
         waiting_omero=waiting_line("omero", "%s"), waiting_psql=waiting_line("psql", database.name),
@@ -180,7 +181,7 @@ def start_run(settings) -> str:
 
 def forget_files(settings) -> list[HostFile]:
     return [HostFile(f"{LIBEXEC}/forget-hosts.sh", render_template(
-        "bfcache/forget-hosts.sh.j2", coordinator=settings.host("proxy").name, key_dir=KEY_DIR,
+        "bfcache/forget-hosts.sh.j2", coordinator=layout.host(settings, "proxy").name, key_dir=KEY_DIR,
         known_hosts=KNOWN_HOSTS, record=INSTANCE_RECORD, port=str(SSH_PORT)), "0755")]
 
 
@@ -203,7 +204,7 @@ def authorize_script(settings, host, public_key: str, forced_command: str = "") 
     the database host). Re-running replaces an older coordinator key."""
     fields = public_key.split()
     key = " ".join(fields[:2]) if len(fields) >= 2 and fields[0] == "ssh-ed25519" else ""
-    options = [f'from="{settings.host("proxy").fixed_ip}"']
+    options = [f'from="{layout.host(settings, "proxy").fixed_ip}"']
     if forced_command:
         options = [f'command="{forced_command}"', "restrict"] + options
     line = f"{','.join(options)} {key} {authorized_comment(settings)}" if key else ""
@@ -236,7 +237,7 @@ def node_run() -> str:
 
 
 def database_files(settings) -> list[HostFile]:
-    database = settings.host("database")
+    database = layout.host(settings, "database")
     return [
         HostFile(SQL_PATH, first_image_sql()),
         HostFile(SUBSET_SQL_PATH, subset_sql()),

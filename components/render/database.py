@@ -1,6 +1,7 @@
 """Files for <env>-database: the omeroreadonly role's statement timeout."""
 from __future__ import annotations
 
+from .. import layout
 from . import HostFile, render_template
 from ..settings import Settings
 
@@ -15,7 +16,7 @@ def statement_timeout_sql(settings: Settings) -> str:
 
 
 def apply_script(settings: Settings) -> str:
-    return render_template("database/apply-sql.sh.j2", host=settings.host("database").name, script=APPLY_SCRIPT,
+    return render_template("database/apply-sql.sh.j2", host=layout.host(settings, "database").name, script=APPLY_SCRIPT,
                            wait_for_software=not settings.deployment_enabled)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import layout
 from . import render_template
 from .database import READONLY_ROLE
 from ..settings import Settings
@@ -89,5 +90,5 @@ def triggers(settings: Settings) -> list[str]:
     instance IDs: what is deployed, and the hosts (names and addresses, never
     the bastion address: a swap moves it without changing a host). Hosts
     that have this deployment already are skipped by the step itself."""
-    hosts = ",".join(f"{h.name}={h.fixed_ip}" for h in settings.hosts)
+    hosts = ",".join(f"{h.name}={h.fixed_ip}" for h in layout.hosts(settings))
     return [*what_is_deployed(settings), hosts]

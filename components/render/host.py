@@ -2,6 +2,7 @@
 the data-volume mount script."""
 from __future__ import annotations
 
+from .. import layout
 from . import HostFile, render_template
 from ..layout import Host
 from ..settings import Settings
@@ -18,7 +19,7 @@ def cloud_config(settings: Settings, host: Host) -> str:
 
 def hosts_block(settings: Settings) -> str:
     """`<ip> <env>-<role>[-n] <role>[-n]` for every host of the environment."""
-    return render_template("hosts/hosts.block.j2", hosts=settings.hosts)
+    return render_template("hosts/hosts.block.j2", hosts=layout.hosts(settings))
 
 
 def hosts_files(settings: Settings) -> tuple[list[HostFile], str]:

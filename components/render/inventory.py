@@ -14,6 +14,7 @@ inventories agree.
 """
 from __future__ import annotations
 
+from .. import layout
 from . import render_template
 from ..layout import Host
 from ..settings import Settings
@@ -39,7 +40,7 @@ def host_groups(settings: Settings, host: Host) -> list[str]:
 def groups(settings: Settings) -> dict[str, list[Host]]:
     """Group name -> its hosts, in a stable order (first seen)."""
     out: dict[str, list[Host]] = {}
-    for host in settings.hosts:
+    for host in layout.hosts(settings):
         for group in host_groups(settings, host):
             out.setdefault(group, []).append(host)
     return out
@@ -48,4 +49,4 @@ def groups(settings: Settings) -> dict[str, list[Host]]:
 def inventory(settings: Settings) -> str:
     return render_template("inventory/inventory.yaml.j2", environment=settings.environment,
                            ssh_user=settings.ssh_user, bastion=settings.ssh_bastion,
-                           hosts=settings.hosts, groups=groups(settings))
+                           hosts=layout.hosts(settings), groups=groups(settings))

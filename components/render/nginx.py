@@ -12,6 +12,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 
+from .. import layout
 from ..layout import DATA_VOLUME_MOUNTS, PROXY_OMERO_PORT_RANGE, PROXY_OWN_LOCATIONS
 from ..settings import Settings
 from . import HostFile, render_template
@@ -123,7 +124,7 @@ def pinned_ports(settings: Settings) -> list[dict]:
     {"port", "alias", "backend"}."""
     return [
         {"port": PINNED_FIRST + h.index - 1, "alias": h.alias, "backend": f"{h.fixed_ip}:{PINNED_BACKEND_PORT}"}
-        for h in settings.hosts_of("omeroreadonly") if h.index <= PINNED_MAX
+        for h in layout.hosts_of(settings, "omeroreadonly") if h.index <= PINNED_MAX
     ]
 
 
@@ -159,20 +160,20 @@ def _context(settings: Settings) -> dict:
         "cached_regex": cached_regex,
         "mapr_regex": MAPR.regex,
         "cache_dir": CACHE_DIR,
-        "readonly": [f"{h.fixed_ip}:{web_port}" for h in settings.hosts_of("omeroreadonly")],
-        "readonly_ws": [f"{h.fixed_ip}:{OMERO_WEBSOCKET_PORT}" for h in settings.hosts_of("omeroreadonly")],
+        "readonly": [f"{h.fixed_ip}:{web_port}" for h in layout.hosts_of(settings, "omeroreadonly")],
+        "readonly_ws": [f"{h.fixed_ip}:{OMERO_WEBSOCKET_PORT}" for h in layout.hosts_of(settings, "omeroreadonly")],
         "websocket_path": OMERO_WEBSOCKET_PATH,
         "websocket_timeout": WEBSOCKET_TIMEOUT,
-        "readwrite": f"{settings.host('omeroreadwrite').fixed_ip}:{web_port}",
-        "jupyterhub": f"{settings.host('dockermanager').fixed_ip}:{JUPYTERHUB_PORT}",
-        "rsync_backend": f"{settings.host('omeroreadwrite').fixed_ip}:{RSYNC_PORT}",
+        "readwrite": f"{layout.host(settings, 'omeroreadwrite').fixed_ip}:{web_port}",
+        "jupyterhub": f"{layout.host(settings, 'dockermanager').fixed_ip}:{JUPYTERHUB_PORT}",
+        "rsync_backend": f"{layout.host(settings, 'omeroreadwrite').fixed_ip}:{RSYNC_PORT}",
         "rsync_port": RSYNC_PORT,
         "omero_ports": OMERO_PORTS,
         "omero_upstreams": {
-            port: [f"{h.fixed_ip}:{port}" for h in settings.hosts_of("omeroreadonly")] for port in OMERO_PORTS
+            port: [f"{h.fixed_ip}:{port}" for h in layout.hosts_of(settings, "omeroreadonly")] for port in OMERO_PORTS
         },
         "pinned": pinned_ports(settings),
-        "unpinned": [h.alias for h in settings.hosts_of("omeroreadonly") if h.index > PINNED_MAX],
+        "unpinned": [h.alias for h in layout.hosts_of(settings, "omeroreadonly") if h.index > PINNED_MAX],
         "pinned_first": PINNED_FIRST,
         "pinned_max": PINNED_MAX,
         "pinned_backend_port": PINNED_BACKEND_PORT,
@@ -274,7 +275,7 @@ def tls_script(settings: Settings, private_key: str) -> str:
         raise ValueError("no idr:tlsCertificateChain: the proxy uses a self-signed certificate")
     return render_template(
         "nginx/tls-install.sh.j2",
-        host=settings.host("proxy").name,
+        host=layout.host(settings, "proxy").name,
         cert=settings.tls_certificate,
         key=settings.tls_certificate_key,
         chain_b64=_b64(settings.tls_certificate_chain),
@@ -301,7 +302,7 @@ def rsyncd_conf(settings: Settings) -> str:
         "rsync/rsyncd.conf.j2",
         module=RSYNC_MODULE,
         path=RSYNC_PATH,
-        proxy_ip=settings.host("proxy").fixed_ip,
+        proxy_ip=layout.host(settings, "proxy").fixed_ip,
     )
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from components import layout
 from components.render import nginx as render
 from components.settings import build_settings
 from tests.tools import tool
@@ -315,7 +316,7 @@ def omero_stubs(settings, ports=render.OMERO_PORTS) -> tuple[dict, list]:
     """One OmeroStub per read-only server and OMERO port, server n on
     127.0.0.(20+n). -> (backends by host name for rewrite(), every stub)."""
     backends, stubs = {}, []
-    for h in settings.hosts_of("omeroreadonly"):
+    for h in layout.hosts_of(settings, "omeroreadonly"):
         for port in ports:
             stub = OmeroStub(f"{h.alias}:{port}", host=f"127.0.0.{20 + h.index}")
             backends.setdefault(h.name, {})[port] = stub.address
@@ -396,7 +397,7 @@ def rewrite(text: str, settings, tmp: Path, ports: Ports | None, backends: dict,
     if ports is not None:
         text = re.sub(r"listen (\S+?)([ ;])", listen, text)
     # Backends by role, or by host name (which wins) for one server of a role.
-    for host in settings.hosts:
+    for host in layout.hosts(settings):
         targets = {**backends.get(host.role, {}), **backends.get(host.name, {})}
         for port, target in targets.items():
             text = text.replace(f"server {host.fixed_ip}:{port};", f"server {target};")

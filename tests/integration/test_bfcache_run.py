@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import pytest
 
+from components import layout
 from components.render import bfcache as render
 from tests.integration import sshd
 from tests.test_bfcache_render import settings
@@ -125,7 +126,7 @@ echo "done $id $node" >> {root}/calls.log
     s = settings(sshUser="root", omeroreadonlyCount=2, omeroBin=str(omero),
                  bfcacheSlots='["omeroreadwrite=3", "omeroreadonly=1"]')
     files = {f.path: f.content for f in render.coordinator_files(s)}
-    for f in render.node_files(s, s.host("omeroreadwrite")):
+    for f in render.node_files(s, layout.host(s, "omeroreadwrite")):
         files[f.path] = f.content
 
     def local(text: str) -> str:

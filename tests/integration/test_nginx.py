@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from components import layout
 from components.render import nginx as render
 
 from tests.integration.nginx_fixtures import (
@@ -316,7 +317,7 @@ def rsync_daemon(tmp_path):
     text = render.rsyncd_conf(settings)
     assert f"path = {render.RSYNC_PATH}\n" in text
     text = (text.replace(f"path = {render.RSYNC_PATH}\n", f"path = {data}\n")
-            .replace(f"hosts allow = {settings.host('proxy').fixed_ip}", "hosts allow = 127.0.0.1")
+            .replace(f"hosts allow = {layout.host(settings, 'proxy').fixed_ip}", "hosts allow = 127.0.0.1")
             .replace("gid = nobody", "gid = nogroup")   # Debian's name for RHEL's nobody group
             .replace("/var/log/rsyncd.log", str(tmp_path / "rsyncd.log"))
             .replace("/run/rsyncd.pid", str(tmp_path / "rsyncd.pid"))
@@ -398,7 +399,7 @@ def omero_proxy(proxy_factory):
 
 def test_omero_ports_reach_readonly_and_stick_to_one_server(omero_proxy):
     nginx = omero_proxy.nginx
-    readonly = {h.alias for h in omero_proxy.settings.hosts_of("omeroreadonly")}
+    readonly = {h.alias for h in layout.hosts_of(omero_proxy.settings, "omeroreadonly")}
     for port in render.OMERO_PORTS:
         reached = {}
         for k in range(40):                        # 40 client addresses, 3 connections each
@@ -414,7 +415,7 @@ def test_omero_ports_reach_readonly_and_stick_to_one_server(omero_proxy):
 
 def test_omero_pinned_ports_reach_exactly_their_server(omero_proxy):
     nginx = omero_proxy.nginx
-    hosts = omero_proxy.settings.hosts_of("omeroreadonly")
+    hosts = layout.hosts_of(omero_proxy.settings, "omeroreadonly")
     assert sorted(nginx.ports.stream) == [4063, 4064, 14060, 14061, 14062]
     for h in hosts:
         for k in range(5):
@@ -444,9 +445,9 @@ def test_backends_on_omero_web_port_substituted_by_stubs(proxy_factory):
         proxy = proxy_factory(**raw)
         s = proxy.settings
         rendered = render.idr_conf(s)
-        for h in s.hosts_of("omeroreadonly") + (s.host("omeroreadwrite"),):
+        for h in layout.hosts_of(s, "omeroreadonly") + (layout.host(s, "omeroreadwrite"),):
             assert f"    server {h.fixed_ip}:{port};\n" in rendered
-        for h in s.hosts_of("omeroreadonly"):
+        for h in layout.hosts_of(s, "omeroreadonly"):
             assert f"    server {h.fixed_ip}:{render.OMERO_WEBSOCKET_PORT};\n" in rendered
         # The test copy: exactly those upstreams, now the stubs.
         served = proxy.nginx.files[render.IDR_CONF].read_text()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from components import layout
 from components.render import nginx as render
 
 from tests.integration.nginx_fixtures import (
@@ -79,7 +80,7 @@ def run_tls_step(proxy: ProxyUnderTest, settings) -> subprocess.CompletedProcess
     script = render.tls_script(settings, settings.tls_private_key)
     nginx, pid = proxy.nginx, proxy.nginx.proc.pid if proxy.nginx.proc else None
     edits = {
-        f"expected={shlex.quote(settings.host('proxy').name)}\n": "expected=$(hostname -s)\n",
+        f"expected={shlex.quote(layout.host(settings, 'proxy').name)}\n": "expected=$(hostname -s)\n",
         "if ! nginx -t; then": f"if ! {shlex.join(nginx.cmd('-t'))}; then",
         "if systemctl is-active --quiet nginx; then": f"if {'kill -0 ' + str(pid) if pid else 'false'}; then",
         "systemctl reload nginx": f"kill -HUP {pid}",
