@@ -172,8 +172,7 @@ def test_the_engine_keeps_an_association_that_commands_depend_on(tmp_path, monke
 
 
 def hand_procedure() -> str:
-    readme = (PROJECT_DIR / "README.md").read_text()
-    section = readme[readme.index("### Moving the public IP by hand"):]
+    section = (PROJECT_DIR / "docs/operations/move-public-ip-by-hand.md").read_text()
     return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
 
 
