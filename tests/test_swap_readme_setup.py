@@ -177,7 +177,7 @@ def hand_procedure() -> str:
 
 
 def test_the_hand_procedure_works_as_written(tmp_path, monkeypatch, named, capsys):
-    """Every command of README "Moving the public IP by hand", in order, as
+    """Every command of docs/operations/move-public-ip-by-hand.md, in order, as
     one script (placeholders filled in), on the README's set-up."""
     world = deployed(tmp_path, monkeypatch, named)
     script = hand_procedure()
