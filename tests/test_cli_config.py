@@ -159,7 +159,8 @@ def readme_setup_commands() -> list[str]:
     operator types, in order (scripts/setup aside: no CLI in it)."""
     creating = [line for line in readme_block("## Creating the stacks").splitlines()
                 if line.strip() and not line.startswith("scripts/setup")]
-    release = README[README.index("### New release"):README.index("3. Test the new environment")]
+    new_release = (PROJECT_DIR / "docs/operations/new-release.md").read_text()
+    release = new_release[:new_release.index("3. Test the new environment")]
     step2 = [line.strip() for line in release.splitlines() if line.strip().startswith("pulumi ")]
     assert len(creating) == 11 and len(step2) == 3, (creating, step2)
     return creating + step2

@@ -54,8 +54,13 @@ def test_stack_file_check_has_teeth(tmp_path):
     assert any("--path 'idr:sshAllowedCidrs[0]'" in p for p in problems)
 
 
+def docs_text() -> str:
+    """The README and every page under docs/ (runbooks, design, reference)."""
+    return "\n".join(p.read_text() for p in [PROJECT_DIR / "README.md", *sorted((PROJECT_DIR / "docs").rglob("*.md"))])
+
+
 def test_readme_documents_every_key():
-    readme = (PROJECT_DIR / "README.md").read_text()
+    readme = docs_text()
     missing = [name for name in KEYS if f"`idr:{name}`" not in readme]
     assert missing == []
 
@@ -63,7 +68,7 @@ def test_readme_documents_every_key():
 def test_readme_names_only_keys_that_exist():
     """Every idr:<key> the README mentions (in commands and prose) is a real key."""
     import re
-    readme = (PROJECT_DIR / "README.md").read_text()
+    readme = docs_text()
     # Component type tokens in URNs (idr:server:Server, ...) are not keys.
     named = set(re.findall(r"idr:([A-Za-z]+)\b(?!:)", readme))
     assert len(named) > 40
@@ -73,7 +78,7 @@ def test_readme_names_only_keys_that_exist():
 def test_readme_paths_on_hosts_are_rendered(rendered_every_feature):
     """Every host path the README tells operators to use is a file the program puts there."""
     import re
-    readme = (PROJECT_DIR / "README.md").read_text()
+    readme = docs_text()
     paths = set(re.findall(r"(/usr/local/[\w./-]+\w)", readme))
     assert paths, "the README names the operator scripts"
     tree = rendered_every_feature
@@ -82,14 +87,30 @@ def test_readme_paths_on_hosts_are_rendered(rendered_every_feature):
     assert missing == []
 
 
-def test_pulumi_yaml_and_readme_table_are_generated_from_settings():
-    """Pulumi.yaml's config block and the README's config table are what
-    scripts/gen-pulumi-yaml writes from settings.KEYS."""
+def test_pulumi_yaml_and_reference_tables_are_generated_from_settings():
+    """Pulumi.yaml's config block and docs/reference/ are what scripts/gen-pulumi-yaml
+    and scripts/gen-docs write from settings.KEYS and changes.CHANGES."""
     import subprocess
     import sys
-    result = subprocess.run([sys.executable, str(PROJECT_DIR / "scripts/gen-pulumi-yaml"), "--check"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    for script in ("gen-pulumi-yaml", "gen-docs"):
+        result = subprocess.run([sys.executable, str(PROJECT_DIR / "scripts" / script), "--check"],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_gen_docs_finds_and_rewrites_a_stale_table(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    shutil.copytree(PROJECT_DIR / "docs" / "reference", tmp_path / "reference")
+    stale = tmp_path / "reference" / "changes.md"
+    stale.write_text(stale.read_text().replace("| refused |", "| in place |", 1))
+    gen = [sys.executable, str(PROJECT_DIR / "scripts/gen-docs"), "--docs", str(tmp_path)]
+    result = subprocess.run([*gen, "--check"], capture_output=True, text=True)
+    assert result.returncode == 1 and "reference/changes.md out of date" in result.stderr
+    assert "config.md" not in result.stderr
+    subprocess.run(gen, check=True)
+    assert stale.read_text() == (PROJECT_DIR / "docs/reference/changes.md").read_text()
 
 
 def test_readme_commands_are_the_scripts_ci_runs():

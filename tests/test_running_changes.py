@@ -261,9 +261,9 @@ def test_data_holders_and_the_network_under_them_are_protected(first):
 # ----------------------------------------------- 8. the table of every key
 
 def readme_effects() -> dict[str, str] | None:
-    """The README's table, when it has the section; else None."""
-    text = (ROOT / "README.md").read_text()
-    m = re.search(r"^## What a config change does to a running environment\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    """The table of docs/reference/changes.md, when it has the section; else None."""
+    text = (ROOT / "docs/reference/changes.md").read_text()
+    m = re.search(r"^# What a config change does to a running environment\n(.*?)(?=^## |\Z)", text, re.M | re.S)
     if not m:
         return None
     return {k: e.strip() for k, e in re.findall(r"^\| `idr:(\w+)` \| ([^|]+) \|", m.group(1), re.M)}

@@ -240,7 +240,7 @@ def test_documented_commands_exist():
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent
-    doc = (root / "README.md").read_text()
+    doc = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))])
     used = re.findall(r"python -m operations\.(\w+)([^`\n]*)", doc)
     assert {m for m, _ in used} == {"swap", "backup", "retire", "smoke"}
     helps = {}

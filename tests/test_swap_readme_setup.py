@@ -172,13 +172,12 @@ def test_the_engine_keeps_an_association_that_commands_depend_on(tmp_path, monke
 
 
 def hand_procedure() -> str:
-    readme = (PROJECT_DIR / "README.md").read_text()
-    section = readme[readme.index("### Moving the public IP by hand"):]
+    section = (PROJECT_DIR / "docs/operations/move-public-ip-by-hand.md").read_text()
     return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
 
 
 def test_the_hand_procedure_works_as_written(tmp_path, monkeypatch, named, capsys):
-    """Every command of README "Moving the public IP by hand", in order, as
+    """Every command of docs/operations/move-public-ip-by-hand.md, in order, as
     one script (placeholders filled in), on the README's set-up."""
     world = deployed(tmp_path, monkeypatch, named)
     script = hand_procedure()
