@@ -16,7 +16,8 @@
 # Shipped verbatim (components/files/bfcache); settings from node.conf.
 set -uo pipefail
 # shellcheck source=/dev/null
-. "${BFCACHE_NODE_CONF:-/etc/idr-bfcache/node.conf}"   # omero_bin job_timeout attempts public_password_file
+. "${BFCACHE_NODE_CONF:-/etc/idr-bfcache/node.conf}"
+: "${omero_bin:?}" "${job_timeout:?}" "${attempts:?}" "${public_password_file:?}"   # set by node.conf
 node=${BFCACHE_NODE:-${PARALLEL_SSHHOST:-${HOSTNAME%%.*}}}
 # The public user's password as the deployment step configured it; without
 # that file, OMERO.web's default.
