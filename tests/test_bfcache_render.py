@@ -7,6 +7,7 @@ import ast
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -618,3 +619,19 @@ def test_jobs_log_in_as_public_with_the_password_the_deployment_wrote(tmp_path):
         out = subprocess.run([str(script), "42"], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert (tmp_path / "calls").read_text() == f"render -s localhost -u public -w {expected} test --force Image:42\n"
+
+
+def test_a_hung_omero_is_stopped_after_job_timeout_and_the_lane_goes_on(tmp_path):
+    """The lane's watchdog (no `timeout` per image): an omero running longer
+    than job_timeout_seconds is stopped, its image fails, the next runs."""
+    omero = write(tmp_path / "omero", f'#!/bin/bash\ncase "${{!#}}" in Image:1) exec sleep 30 ;; esac\necho "ok: x"\n')
+    script = render_one(tmp_path, omero)
+    conf = tmp_path / "node.conf"
+    conf.write_text(conf.read_text().replace(f"job_timeout_seconds={render.JOB_TIMEOUT_SECONDS}\n",
+                                             "job_timeout_seconds=1\n").replace("attempts=3\n", "attempts=1\n"))
+    t0 = time.monotonic()
+    out = subprocess.run([str(script), "1", "2"], capture_output=True, text=True, timeout=25,
+                         env={**os.environ, "BFCACHE_NODE": "n1"})
+    assert [line.split(",")[:3] for line in out.stdout.splitlines()] == [["1", "n1", "fail"], ["2", "n1", "ok"]]
+    assert out.returncode == 1 and "ran longer than 1 s: stopped" in out.stderr
+    assert time.monotonic() - t0 < 10

@@ -71,7 +71,7 @@ ATTEMPTS = 3           # tries per image (render-one.sh)
 # post-install (components/playbooks/postinstall.yml, same default path).
 PUBLIC_PASSWORD_FILE = "/etc/idr/omero-public-password"
 KEEP_GENERATIONS = 3   # generation state directories kept on the coordinator
-JOB_TIMEOUT = "6h"     # one image; a hung job must not hold a slot forever
+JOB_TIMEOUT_SECONDS = 6 * 3600   # one image; a hung omero must not hold a lane forever
 # sshd's default MaxSessions: sessions one shared connection may carry. A
 # node with more slots gets one more connection per MAX_SESSIONS slots.
 MAX_SESSIONS = 10
@@ -248,7 +248,7 @@ def revoke_run(settings, host) -> str:
 def node_conf(settings, host) -> str:
     return shell_conf(f"# Bio-Formats cache jobs on {host.name}: read by render-one.sh. "
                       "Rendered by components/render/bfcache.py.\n",
-                      dict(omero_bin=settings.omero_bin, job_timeout=JOB_TIMEOUT, attempts=ATTEMPTS,
+                      dict(omero_bin=settings.omero_bin, job_timeout_seconds=JOB_TIMEOUT_SECONDS, attempts=ATTEMPTS,
                            public_password_file=PUBLIC_PASSWORD_FILE))
 
 

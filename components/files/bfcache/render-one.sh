@@ -8,16 +8,17 @@
 # even if the job is killed later:
 #   image,node,status,seconds,images-in-its-fileset
 # Exits 1 if an image failed. omero reads nothing (stdin may be the lane's
-# images). Per image only `timeout` and omero are started: `timeout` because
-# a hung omero would otherwise hold its lane for the rest of a five-day run
-# (one fork and exec, ~1 ms); omero's output goes to one file per lane, read
-# back with bash's own `read`, and is capped (ulimit -f: an omero writing
-# more than 4 MB is stopped, a fail).
+# images). Per image only omero is started: its output goes to one file per
+# lane, read back with bash's own `read`, and is capped (ulimit -f: an omero
+# writing more than 4 MB is stopped, a fail). A hung omero must not hold its
+# lane for the rest of a five-day run: one watchdog per lane (not a
+# `timeout` per image) stops an omero running longer than job_timeout
+# seconds (TERM, KILL a minute later), and ends with its lane.
 # Shipped verbatim (components/files/bfcache); settings from node.conf.
 set -uo pipefail
 # shellcheck source=/dev/null
 . "${BFCACHE_NODE_CONF:-/etc/idr-bfcache/node.conf}"
-: "${omero_bin:?}" "${job_timeout:?}" "${attempts:?}" "${public_password_file:?}"   # set by node.conf
+: "${omero_bin:?}" "${job_timeout_seconds:?}" "${attempts:?}" "${public_password_file:?}"   # set by node.conf
 node=${BFCACHE_NODE:-${PARALLEL_SSHHOST:-${HOSTNAME%%.*}}}
 # The public user's password as the deployment step configured it; without
 # that file, OMERO.web's default.
@@ -44,7 +45,29 @@ for item in "${items[@]}"; do
 done
 
 out=$(mktemp "${TMPDIR:-/tmp}/bfcache-render-one.XXXXXX") || exit 2
-trap 'rm -f "$out"' EXIT
+watch=$out.running     # "PID START" of the omero running now
+lane=$$
+every=$((job_timeout_seconds < 60 ? job_timeout_seconds : 60))
+mkfifo -m 0600 "$out.tick" || exit 2
+(
+    # The watchdog: checks once a minute (or job_timeout); ends with its
+    # lane. It waits with `read -t` on a FIFO nobody writes: no child
+    # process that could outlive it (or hold the lane's output open).
+    exec 3<> "$out.tick" > /dev/null
+    while :; do
+        read -r -t "$every" -u 3 _
+        # The lane was killed (its trap did not run): clear up after it.
+        kill -0 "$lane" 2> /dev/null || { rm -f "$out" "$watch" "$out.tick"; exit 0; }
+        read -r pid since < "$watch" 2> /dev/null || continue
+        if [ $((EPOCHSECONDS - since)) -ge "$job_timeout_seconds" ] && kill -TERM "$pid" 2> /dev/null; then
+            echo "render-one: omero $pid ran longer than $job_timeout_seconds s: stopped" >&2
+            read -r -t "$every" -u 3 _
+            kill -KILL "$pid" 2> /dev/null
+        fi
+    done
+) < /dev/null &
+watchdog=$!
+trap 'kill "$watchdog" 2> /dev/null; rm -f "$out" "$watch" "$out.tick"' EXIT
 ulimit -f 4096
 
 next() {
@@ -71,8 +94,9 @@ while next; do
     start=${EPOCHREALTIME/[.,]/}
     attempt=1
     while :; do
-        timeout -k 60 "$job_timeout" "$omero_bin" render -s localhost -u public -w "$password" \
-            test --force "Image:$id" < /dev/null > "$out" 2>&1
+        "$omero_bin" render -s localhost -u public -w "$password" test --force "Image:$id" < /dev/null > "$out" 2>&1 &
+        printf '%s %s\n' "$!" "$EPOCHSECONDS" > "$watch"
+        wait "$!"
         rc=$?
         status='' tail1='' tail2='' tail3=''
         while IFS= read -r line || [ -n "$line" ]; do
