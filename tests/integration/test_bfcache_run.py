@@ -1,9 +1,11 @@
-"""The regeneration run for real: GNU parallel on the rendered run.sh,
-ssh.sh and dispatch.py drives three OMERO "nodes" (sshd on 127.0.0.2-4, one
-fast, two ten times slower) and fetches the ID list from a "database" (sshd
-on 127.0.0.5 with the forced command). A stand-in `omero` sleeps per image
-cost (milliseconds) and prints the plugin's `ok:`/`fail:` lines. Only paths,
-addresses and the port are rewritten.
+"""The regeneration run for real: the shipped run.sh and dispatch.py drive
+three OMERO "nodes" (sshd on 127.0.0.2-4, one fast, two ten times slower)
+over real SSH control masters and fetch the ID list from a "database" (sshd
+on 127.0.0.5 with the forced command); the nodes run the shipped
+render-one.sh. A stand-in `omero` sleeps per image cost (milliseconds) and
+prints the plugin's `ok:`/`fail:` lines. Only the rendered config's paths,
+addresses and the port are rewritten. The metrics file is checked with
+promtool.
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def subset_images() -> list[int]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    tool("parallel")
+    tool("promtool")
     root = Path(tempfile.mkdtemp(prefix="idr-bfcache-run-"))
     root.chmod(0o755)
     client_key = sshd.keygen(root / "key")
