@@ -438,7 +438,10 @@ class Bench:
             if results.exists() and len(results.read_text().splitlines()) >= 0.4 * len(self.jobs):
                 break
             time.sleep(0.01)
-        for pid in tree_of(p.pid) | set(masters_of(root)):
+        # Its session (every process the run started) and any master that
+        # left it (the stand-in's -f masters, as OpenSSH's, call setsid).
+        subprocess.run(["pkill", "-KILL", "-s", str(p.pid)])
+        for pid in masters_of(root):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -453,22 +456,6 @@ class Bench:
                    left=leftover(root) - left_by_kill)
         kill_leftovers(root)
         return out
-
-
-def tree_of(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        out.add(p)
-        todo += children.get(p, [])
-    return out
 
 
 def masters_of(root: Path) -> list[int]:

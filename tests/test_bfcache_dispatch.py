@@ -7,6 +7,7 @@ shows deterministically."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,50 @@ def test_measured_speeds_decide_who_takes_the_largest_and_what_a_slow_node_may_t
     empty = state()
     empty.remaining = 0
     assert choose("rw", empty).source == "drained"
+
+
+def test_lanes_share_a_master_up_to_max_sessions_and_more_lanes_open_more_masters_at_once(tmp_path):
+    """Run's own masters and lanes over a stand-in `ssh` (a master creates its
+    ControlPath and waits; a lane reads its images and answers nothing):
+    12 lanes of a node with MaxSessions 10 are two masters, opened together,
+    each lane on the master of its group; closing ends every one of them."""
+    ssh = tmp_path / "ssh"
+    ssh.write_text(f"""#!/bin/bash
+echo "$$ $*" >> {tmp_path}/calls
+for a; do case "$a" in ControlPath=*) cp=${{a#ControlPath=}} ;; esac; done
+case " $* " in
+    *" -N "*) echo "start $EPOCHREALTIME" >> {tmp_path}/masters; sleep 0.2
+              echo "up $EPOCHREALTIME" >> {tmp_path}/masters; echo $$ > "$cp"; exec sleep 30 ;;
+    *) exec cat > /dev/null ;;
+esac
+""")
+    ssh.chmod(0o755)
+    (tmp_path / "nodes").write_text("10.0.0.1 rw omeroreadwrite omeroreadwrite 1 12\n10.0.0.2 ro omeroreadonly-1 omeroreadonly 10 1\n")
+    conf = dispatch.Config(state_dir=str(tmp_path), control_dir=str(tmp_path / "cm"), ssh_config="cfg",
+                           nodes_file=str(tmp_path / "nodes"), ssh_user="rocky", database_login="rocky@db",
+                           render_one="/x/render-one.sh", max_sessions=10, metrics_file=str(tmp_path / "m.prom"),
+                           ssh=str(ssh))
+    (tmp_path / "cm").mkdir()
+    d = run_dir(tmp_path, [(i, 1) for i in range(1, 200)])
+    run = dispatch.Run(conf, str(d), retry=False)
+    run.state = dispatch.load(str(d), retry=False)
+    run.results_fd = os.open(str(d / "results.csv"), os.O_WRONLY | os.O_APPEND)
+    run.refresh_nodes(time.time())
+    while run.tend_masters(time.time()):
+        time.sleep(0.005)
+    assert sorted(run.masters) == [("10.0.0.1", 0), ("10.0.0.1", 1), ("10.0.0.2", 0)]
+    # Opened at once: every master's login started before the first one was up.
+    events = [line.split() for line in (tmp_path / "masters").read_text().splitlines()]
+    starts, ups = [float(t) for e, t in events if e == "start"], [float(t) for e, t in events if e == "up"]
+    assert len(starts) == len(ups) == 3 and max(starts) < min(ups)
+    groups = sorted((lane.node.alias, lane.number, lane.master.group) for lane in run.lanes)
+    assert groups == [("omeroreadonly-1", 0, 0)] + [("omeroreadwrite", n, n // 10) for n in range(12)]
+    lane = next(lane for lane in run.lanes if lane.number == 11)
+    assert lane.queue                      # work handed out as soon as the lane started
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert sum("ControlMaster=yes" in c for c in calls) == 3
+    assert all("ControlMaster=no" in c and "BFCACHE_BATCH=- /x/render-one.sh" in c
+               for c in calls if "render-one" in c)
+    procs = [m.proc for m in run.masters.values()] + [lane.proc for lane in run.lanes]
+    run.close()
+    assert all(p.poll() is not None for p in procs)

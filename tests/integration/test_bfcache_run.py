@@ -197,23 +197,6 @@ def dispatched(state: Path) -> list[tuple[str, str, list[tuple[int, int]], float
     return out
 
 
-def tree(pid: int) -> set[int]:
-    """`pid` and every process descended from it (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        out.add(p)
-        todo += children.get(p, [])
-    return out
-
-
 def ssh_processes(root: Path) -> list[str]:
     """Live ssh clients of the coordinator (its config file is on their command line)."""
     out = []
@@ -272,13 +255,10 @@ def test_a_killed_run_repeats_no_finished_image_retries_failures_and_finishes(cl
         assert first.poll() is None, first.stdout.read().decode()
         assert time.time() < deadline, "the first run did not get going"
         time.sleep(0.02)
-    # SIGKILL of every coordinator process (the run's whole tree: shell,
-    # dispatcher, lanes' and masters' ssh), as an OOM kill or `kill -9` would.
-    for pid in tree(first.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    # SIGKILL of every coordinator process (the run's whole session: shell,
+    # dispatcher, lanes' and masters' ssh, whatever their process group), as
+    # `systemctl kill -s KILL` of the unit would.
+    subprocess.run(["pkill", "-KILL", "-s", str(first.pid)], check=True)
     first.wait()
     time.sleep(0.5)  # remote jobs notice their session went away and stop
     # The killed masters left their sockets: stale, to be replaced, not reused.
