@@ -354,7 +354,9 @@ class Bench:
         first = {}
         for a, _, node, _, _ in calls:
             first[node] = min(first.get(node, a), a)
-        start = max(first.values()) - t0 if len(first) == len(self.nodes) else float("nan")
+        # Every node that got an image (the fit rule may leave a slow node
+        # without one, when nothing it could take would end in time).
+        start = max(first.values()) - t0
         gaps, by_lane = [], {}
         for c in calls:
             if c[2] == self.fast and c[3]:
@@ -362,7 +364,7 @@ class Bench:
         for lane in by_lane.values():
             lane.sort()
             gaps += [b[0] - a[1] for a, b in zip(lane, lane[1:])]
-        return dict(wall=wall, ratio=wall / self.bound, start=start,
+        return dict(wall=wall, ratio=wall / self.bound, start=start, nodes=len(first),
                     overhead=statistics.mean(gaps) if gaps else float("nan"),
                     overhead_median=statistics.median(gaps) if gaps else float("nan"),
                     end=t_end - max(b for _, b, *_ in calls), images=len(calls),
@@ -538,17 +540,20 @@ def main() -> None:
             b = Bench(shape, label, unit, seconds, args.seed, trees, omero)
             rows.append((b, {"page": b.page(), "before": b.ours("before"), "after": b.ours("after")}))
     print(f"{'shape':6} {'unit':>9} {'bound s':>7} {'run':6} {'wall s':>7} {'/bound':>6} {'start s':>7} "
-          f"{'ovh/img ms':>10} {'(median)':>8} {'end s':>6} {'hs':>3} {'left':>4} {'resumed hs':>10} {'left':>4}")
+          f"{'nodes':>5} {'ovh/img ms':>10} {'(median)':>8} {'end s':>6} {'hs':>3} {'left':>4} {'resumed hs':>10} {'left':>4}")
     for b, runs in rows:
         for name, f in runs.items():
             resumed = (f"{f['resumed_handshakes']:10d} {f['resumed_left']:4d}" if "resumed_handshakes" in f
                        else f"{'':10} {'':4}")
             print(f"{b.shape:6} {b.label + ' %.1fms' % (b.unit * 1000):>9} {b.bound:7.2f} {name:6} {f['wall']:7.2f} "
-                  f"{f['ratio']:6.3f} {f['start']:7.3f} {f['overhead'] * 1000:10.2f} {f['overhead_median'] * 1000:8.2f} "
+                  f"{f['ratio']:6.3f} {f['start']:7.3f} {f['nodes']:5d} {f['overhead'] * 1000:10.2f} {f['overhead_median'] * 1000:8.2f} "
                   f"{f['end']:6.3f} {f['handshakes']:3d} {f['left']:4d} {resumed}")
     for b, _ in rows:
         print(f"{b.shape} {b.label}: {len(b.sizes)} filesets, {sum(b.sizes)} images, bound = max(longest image "
               f"{b.longest:.2f} s, work/throughput {b.balanced:.2f} s)")
+    print("start: run start to the first image on each of `nodes` nodes (those that got one); ovh/img: a lane's gap "
+          "between one omero's end and the next's start, fast node (the page: job runtime minus the omero call); "
+          "end: last omero end to the run's exit")
     print("hs: handshakes (the ID list's included: ours fetch it once per run); left: background ssh left after the "
           "run; resumed: the rerun after a SIGKILL of every process of a run at ~40%")
     print(f"GNU parallel alone (no handshake, trivial jobs): a job on every node {parallel_startup():.3f} s after "
