@@ -4,7 +4,7 @@ handshake: the page's invocation, this project's run before this branch
 bound, on two workload shapes at two time units. Run by hand, one command
 prints every figure (about 3 minutes on an idle machine):
 
-    .venv/bin/python benchmarks/bfcache_balance.py [--seconds-prod 10] [--seconds-stress 5] [--before main]
+    .venv/bin/python benchmarks/bfcache_balance.py [--seconds-prod 6] [--seconds-stress 4] [--before main]
 
 Model (stated, not measured): one omeroreadwrite node with 10 slots and four
 omeroreadonly nodes with 1 slot each, each ten times slower per image and
@@ -513,8 +513,8 @@ def parallel_startup() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds-prod", type=float, default=10.0, help="lower bound of each prod-unit workload (s)")
-    ap.add_argument("--seconds-stress", type=float, default=5.0, help="lower bound of each 8 ms workload (s)")
+    ap.add_argument("--seconds-prod", type=float, default=6.0, help="lower bound of each prod-unit workload (s)")
+    ap.add_argument("--seconds-stress", type=float, default=4.0, help="lower bound of each 8 ms workload (s)")
     ap.add_argument("--before", default="main", help="git revision whose tree is the before (default main)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--shape", choices=sorted(SHAPES), action="append")

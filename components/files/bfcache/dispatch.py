@@ -531,7 +531,6 @@ class Run:
                 continue
             if not master.ready and master.proc is None and master.check is None:
                 continue        # failed: started again at its retry_at
-            was = master.ready
             ok = master.poll()
             if ok is None:
                 connecting = True
@@ -540,12 +539,11 @@ class Run:
                 self.log("no connection to %s (%s); no work for it for %d s" % (node.name, address, DOWN_SECONDS))
                 master.proc = None
                 master.retry_at = now + DOWN_SECONDS
-            elif not was or not self.lanes_of(master):
+            elif self.down.get(address, 0) <= now:
+                # Its lanes, and again any that ended (a lost session) once
+                # the node is no longer down.
                 self.start_lanes(node, master)
         return connecting
-
-    def lanes_of(self, master: Master) -> List[Lane]:
-        return [lane for lane in self.lanes if lane.master is master]
 
     def start_lanes(self, node: Node, master: Master) -> None:
         if self.state is None or self.state.remaining <= 0:
