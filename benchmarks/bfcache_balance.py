@@ -194,30 +194,30 @@ OMERO_C = r"""
 #include <time.h>
 #include <unistd.h>
 
-static long parent(long p) {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%ld/stat", p);
+/* /proc/<p>/<name> into buf (NULs as spaces); its length, or -1. */
+static long proc_file(long p, const char *name, char *buf, size_t size) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/%s", p, name);
     FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    if (!f) return -1;
+    size_t n = fread(buf, 1, size - 1, f);
     fclose(f);
+    for (size_t i = 0; i < n; i++) if (!buf[i]) buf[i] = ' ';
     buf[n] = 0;
-    char *e = strrchr(buf, ')');
+    return (long)n;
+}
+
+static long parent(long p) {
+    char buf[1024];
     long pp = 0;
+    char *e = proc_file(p, "stat", buf, sizeof buf) < 0 ? NULL : strrchr(buf, ')');
     if (e) sscanf(e + 2, "%*c %ld", &pp);
     return pp;
 }
 
 static int render_one(long p) {
-    char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/%ld/cmdline", p);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    for (size_t i = 0; i < n; i++) if (!buf[i]) buf[i] = ' ';
-    buf[n] = 0;
-    return strstr(buf, "render-one") != NULL;
+    char buf[4096];
+    return proc_file(p, "cmdline", buf, sizeof buf) > 0 && strstr(buf, "render-one") != NULL;
 }
 
 int main(int argc, char **argv) {
