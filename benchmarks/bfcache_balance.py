@@ -1,232 +1,567 @@
-"""Cache regeneration wall time on unequal nodes: the page's invocation vs
-this project's run vs the lower bound, on two workload shapes. Run by hand:
+"""Cache regeneration wall time on unequal nodes, with a 0.1 s SSH
+handshake: the page's invocation, this project's run before this branch
+(main's tree, rendered from git at run time) and now, against the lower
+bound, on two workload shapes at two time units. Run by hand, one command
+prints every figure (about 3 minutes on an idle machine):
 
-    .venv/bin/python benchmarks/bfcache_balance.py [--job-seconds 1.2 | --unit-ms MS] [--seed 1] [--shape plates|work]
+    .venv/bin/python benchmarks/bfcache_balance.py [--seconds-prod 6] [--seconds-stress 4] [--before main]
 
-Time scale: by default the unit is chosen so that the mean job on the fast
-node of the work shape takes --job-seconds, 1.2 s as on production's
-omeroreadwrite (production measured read-only nodes at 10-15 s per job
-against 1.2 s); read-only jobs then take ~12 s, as there. A smaller
---unit-ms (e.g. 8: jobs ~4x shorter than production's) stresses the
-per-image overhead, which is then a larger share of each job.
-
-Model (stated, not measured): one omeroreadwrite node with 10 cores and
-four omeroreadonly nodes, each ten times slower per job and with one core's
-worth of throughput (more jobs at once queue on it: a lock). The image of a
-fileset with n images takes (BASE + n) units on the fast node. Shapes:
-- plates: a few big plates dominate (four of 1200-3000 images among 396
-  small filesets); the bound is the longest job.
-- work:   total work dominates (400 filesets, most of 1-60 images, eight
-  plates of 96-384); the bound is work / throughput, and per-job overhead
-  is what separates a run from it.
-
-Both runs are real GNU parallel; `ssh` is replaced by a local stand-in (the
-integration test covers real sshd and connection sharing), `omero` by a
-sleep of the image's time.
-- page:  parallel --sshloginfile nodes -a ids.txt -j10 'omero render ... test --force'
-         (IDs in fileset order, as the page's query returns them)
-- ours:  the rendered run.sh, dispatch.py and render-one.sh (slots from the
-         config defaults: 10 and 1; node speeds learned, starting from 10x)
-- bound: max(longest image on the fast node, total work / total throughput)
-Per-job overhead, measured: a job's wall time minus the time of its images
-(ours: jobs.csv; the page: its joblog's JobRuntime minus the image's sleep).
+Model (stated, not measured): one omeroreadwrite node with 10 slots and four
+omeroreadonly nodes with 1 slot each, each ten times slower per image and
+with one core's worth of throughput (more jobs at once queue on a lock). The
+image of a fileset with n images takes (BASE + n) units on the fast node.
+`ssh` is a stand-in: a new connection costs a 0.1 s handshake (counted), a
+session through a live control master none; masters and stale sockets
+behave as OpenSSH's do (a ControlMaster=yes over a stale socket cannot
+listen: it leaves an idle background ssh and its sessions connect on their
+own). `omero` is a sleep of the image's time that logs when it ran.
+Units:
+- prod:   the unit at which the mean fast-node image of the work shape takes
+          1.2 s, as production's omeroreadwrite (read-only nodes ~12 s);
+- stress: 8 ms (images ~4x shorter): per-image overhead weighs more.
+Shapes, sized so that the lower bound is about --seconds-prod/--seconds-stress:
+- plates: a few big plates dominate; the bound is the longest image;
+- work:   the number of filesets dominates; the bound is work / throughput.
+Runs:
+- page:   parallel --sshloginfile nodes -a ids -j10 'omero render ... test --force'
+- before: run.sh of the tree at --before (default main), rendered from git
+- after:  run.sh of this tree
+- bound:  max(longest image on the fast node, total work / total throughput)
+Figures: wall / bound; start-up (run start to the first image on every
+node); per-image overhead (a lane's gap between one omero's end and the
+next's start, fast node; the page: its job's runtime minus the omero call);
+the end (last omero end to the run's exit); handshakes (new connections) and
+background ssh processes left, for a fresh run and for a rerun after a
+SIGKILL of every process of the run midway. Last, GNU parallel's own start-up
+(no handshake, trivial jobs): what the dispatcher saves by owning its lanes.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from components import layout  # noqa: E402
-from components.render import bfcache as render  # noqa: E402
-from components.settings import build_settings  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 BASE = 5          # per-image fixed time in units (omero's start-up)
 SLOWDOWN = 10
+HANDSHAKE = 0.1
 ENV = {"PATH": "/usr/bin:/bin", "SHELL": "/bin/bash", "LC_ALL": "C"}
+MASTER_TAG = "bfcache-bench-master"
+
+# Renders a tree's regeneration files (its own components/) as JSON: run in
+# that tree, so the before is main's code exactly as it is in git.
+RENDER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from components.render import bfcache as render
+from components.settings import build_settings
+raw = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY bench", "sshBastion": "203.0.113.10",
+       "sshUser": "root", "bfcacheGeneration": "1", "deploymentEnabled": "false", "omeroBin": "/opt/bench/omero"}
+s = build_settings("bench", raw.get, lambda k: "KEY" if k == "sshPrivateKey" else None)
+from components import layout
+# The layout's function, or (a tree before the settings redesign) Settings' method.
+host = (lambda role: layout.host(s, role)) if hasattr(layout, "host") else s.host
+files = render.coordinator_files(s) + render.node_files(s, host("omeroreadwrite"))
+print(json.dumps({"files": {f.path: f.content for f in files},
+                  "paths": [render.LIBEXEC, render.CONF_DIR, render.CONTROL_DIR, render.STATE_DIR, render.KEY_DIR,
+                            getattr(render, "METRICS_FILE", "/nonexistent")],
+                  "nodes": [[n.address, n.role, n.slots] for n in render.nodes(s)],
+                  "database": host("database").fixed_ip}))
+"""
 
 
-def plates_workload(rng: random.Random) -> list[int]:
-    sizes = [1 + min(300, int(rng.expovariate(1 / 12))) for _ in range(396)]
+def plates_workload(rng: random.Random, seconds: float, unit: float) -> list[int]:
+    k = max(0.02, (seconds / unit - BASE) / 3000)
+    sizes = [1 + min(int(300 * k), int(rng.expovariate(1 / 12))) for _ in range(max(10, round(396 * k)))]
     for plate in (3000, 2400, 1800, 1200):
-        sizes.insert(rng.randrange(len(sizes) + 1), plate)
+        sizes.insert(rng.randrange(len(sizes) + 1), max(1, round(plate * k)))
     return sizes
 
 
-def work_workload(rng: random.Random) -> list[int]:
-    sizes = [rng.randint(1, 60) if rng.random() < 0.8 else rng.randint(1, 12) for _ in range(392)]
-    for _ in range(8):
-        sizes.insert(rng.randrange(len(sizes) + 1), rng.randint(96, 384))
+def work_workload(rng: random.Random, seconds: float, unit: float) -> list[int]:
+    throughput = 10 + 4 / SLOWDOWN
+    n = max(20, round(seconds * throughput / (35.5 * unit)))
+    # Plates no longer than half the bound: the number of filesets dominates.
+    scale = min(1.0, (seconds / 2 / unit - BASE) / 384)
+    sizes = [rng.randint(1, 60) if rng.random() < 0.8 else rng.randint(1, 12) for _ in range(n - max(2, n // 50))]
+    for _ in range(max(2, n // 50)):
+        sizes.insert(rng.randrange(len(sizes) + 1), max(1, round(rng.randint(96, 384) * scale)))
     return sizes
 
 
 SHAPES = {"plates": plates_workload, "work": work_workload}
 
 
-def workload(shape: str, seed: int) -> list[tuple[int, int]]:
-    """(image ID, images in fileset) in fileset (import) order."""
-    out, image = [], 1
-    for n in SHAPES[shape](random.Random(seed)):
-        out.append((image, n))
-        image += n
-    return out
-
-
-def settings():
-    raw = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY bench", "sshBastion": "203.0.113.10",
-           "sshUser": "root", "bfcacheGeneration": "1", "deploymentEnabled": "false"}
-    return build_settings("bench", raw.get, lambda k: "KEY" if k == "sshPrivateKey" else None)
+def prod_unit(seed: int) -> float:
+    """Seconds per unit at which the mean fast-node image of the (full-size)
+    work shape takes 1.2 s."""
+    rng = random.Random(seed)
+    sizes = [rng.randint(1, 60) if rng.random() < 0.8 else rng.randint(1, 12) for _ in range(392)]
+    sizes += [rng.randint(96, 384) for _ in range(8)]
+    return 1.2 / (sum(BASE + n for n in sizes) / len(sizes))
 
 
 def write(path: Path, text: str, mode=0o755) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(mode)
     return path
 
 
-def stand_ins(root: Path, jobs: list[tuple[int, int]], unit_ms: float, fast: str, database: str) -> None:
-    # Each image's sleep, precomputed so the stand-in costs one read.
-    for kind, factor in (("fast", 1), ("slow", SLOWDOWN)):
-        d = root / kind
-        d.mkdir()
-        for i, n in jobs:
-            (d / str(i)).write_text(f"{(BASE + n) * unit_ms * factor / 1000:.4f}\n")
-    # ssh: run the remote command here, as that host; the database host
-    # answers with the ID list (its forced command); a shared connection
-    # (-O, -fN) is a no-op.
-    write(root / "ssh", f"""#!/bin/bash
-while [ $# -gt 0 ]; do case "$1" in -O) exit 0;; -l|-i|-o|-p|-F|-S) shift 2;; -*) shift;; *) break;; esac; done
-host=${{1#*@}}; shift; [ "${{1:-}}" = "--" ] && shift
+SSH = r"""#!/bin/bash
+# Stand-in ssh: a new connection costs a handshake; a session through a live
+# master none. Masters: a process whose pid is in the ControlPath file.
+cp='' master=auto op='' fork='' noexec=''
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -O) op=$2; shift 2 ;;
+        -o) case "$2" in
+                ControlPath=*) cp=${2#ControlPath=} ;;
+                ControlMaster=*) master=${2#ControlMaster=} ;;
+            esac
+            shift 2 ;;
+        -S) cp=$2; shift 2 ;;
+        -F | -l | -i | -p) shift 2 ;;
+        -M) master=yes; shift ;;
+        -f) fork=1; shift ;;
+        -N) noexec=1; shift ;;
+        -fN | -Nf) fork=1 noexec=1; shift ;;
+        --) shift; break ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+host=${1#*@}; shift
+[ "${1:-}" = -- ] && shift
+[ "$cp" = none ] && cp=''
+cp=${cp//%C/$host}
+live() {
+    # The master named in the file runs (not a zombie: its argv is the tag).
+    local argv=()
+    [ -n "$cp" ] && [ -s "$cp" ] && read -r pid < "$cp" && [ -n "$pid" ] || return 1
+    mapfile -d '' -t argv < "/proc/$pid/cmdline" 2> /dev/null
+    [ "${argv[0]:-}" = @TAG@ ]
+}
+case "$op" in
+    check) live; exit ;;
+    exit) if live; then kill "$pid"; fi; rm -f "$cp"; exit 0 ;;
+esac
+if ! live; then
+    [ "${BENCH_HANDSHAKE:-1}" = 0 ] || sleep @HANDSHAKE@
+    echo "$host" >> @ROOT@/handshakes
+    if [ -n "$cp" ] && [ "$master" != no ]; then
+        if [ -e "$cp" ] && [ "$master" = yes ]; then
+            # OpenSSH: a stale socket is only unlinked by ControlMaster=auto;
+            # `yes` cannot listen and stays an idle connection.
+            if [ -n "$noexec" ]; then
+                if [ -n "$fork" ]; then setsid -f bash -c 'exec -a @TAG@ sleep 100000' < /dev/null > /dev/null 2>&1; exit 0; fi
+                exec -a @TAG@ sleep 100000
+            fi
+        else
+            [ "$master" = auto ] && rm -f "$cp"
+            if [ -n "$noexec" ] && [ -z "$fork" ]; then
+                echo $$ > "$cp"
+                exec -a @TAG@ sleep 100000
+            fi
+            # A master in the background (-f, or auto with ControlPersist).
+            setsid -f bash -c 'echo $$ > "$1"; exec -a @TAG@ sleep 100000' _ "$cp" < /dev/null > /dev/null 2>&1
+            [ -n "$noexec" ] && exit 0
+        fi
+    fi
+fi
 [ $# -gt 0 ] || exit 0
-if [ "$host" = {database} ]; then exec sort -t'|' -k2,2nr -k1,1n {root}/ids.txt; fi
+if [ "$host" = @DATABASE@ ]; then exec cat @ROOT@/ids-sorted.txt; fi
 export BENCH_NODE=$host
 exec bash -c "$*"
-""")
-    write(root / "omero", f"""#!/bin/bash
-id=${{!#}}; id=${{id#Image:}}
-if [ "$BENCH_NODE" = {fast} ]; then
-    read -r secs < {root}/fast/$id
+"""
+
+# The stand-in omero, in C when a compiler is there: its process start is
+# then ~0.3 ms, so the gap between two images on a lane is what the run
+# itself spends (a bash stand-in's own start, ~1-3 ms, would count too).
+OMERO_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+/* /proc/<p>/<name> into buf (NULs as spaces); its length, or -1. */
+static long proc_file(long p, const char *name, char *buf, size_t size) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/%s", p, name);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, size - 1, f);
+    fclose(f);
+    for (size_t i = 0; i < n; i++) if (!buf[i]) buf[i] = ' ';
+    buf[n] = 0;
+    return (long)n;
+}
+
+static long parent(long p) {
+    char buf[1024];
+    long pp = 0;
+    char *e = proc_file(p, "stat", buf, sizeof buf) < 0 ? NULL : strrchr(buf, ')');
+    if (e) sscanf(e + 2, "%*c %ld", &pp);
+    return pp;
+}
+
+static int render_one(long p) {
+    char buf[4096];
+    return proc_file(p, "cmdline", buf, sizeof buf) > 0 && strstr(buf, "render-one") != NULL;
+}
+
+int main(int argc, char **argv) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_REALTIME, &t0);
+    const char *root = getenv("BENCH_ROOT"), *node = getenv("BENCH_NODE"), *fast = getenv("BENCH_FAST");
+    const char *id = argv[argc - 1];
+    if (!strncmp(id, "Image:", 6)) id += 6;
+    long lane = 0, p = getppid();
+    for (int k = 0; k < 8 && p > 1; k++) {
+        if (render_one(p)) lane = p;
+        else if (lane) break;
+        p = parent(p);
+    }
+    int is_fast = !strcmp(node, fast);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s/%s", root, is_fast ? "fast" : "slow", id);
+    double secs = 0;
+    FILE *f = fopen(path, "r");
+    if (!f || fscanf(f, "%lf", &secs) != 1) return 2;
+    fclose(f);
+    int lock = -1;
+    if (!is_fast) {
+        /* A slow node: one image at a time however many are sent. */
+        snprintf(path, sizeof path, "%s/lock-%s", root, node);
+        lock = open(path, O_CREAT | O_WRONLY, 0644);
+        flock(lock, LOCK_EX);
+    }
+    struct timespec d = {(time_t)secs, (long)((secs - (time_t)secs) * 1e9)};
+    nanosleep(&d, NULL);
+    if (lock >= 0) close(lock);
+    printf("ok: Pixel:%s %.4f\n", id, secs);
+    fflush(stdout);
+    clock_gettime(CLOCK_REALTIME, &t1);
+    char line[256];
+    int n = snprintf(line, sizeof line, "%ld.%06ld %ld.%06ld %s %ld %s\n", (long)t0.tv_sec, t0.tv_nsec / 1000,
+                     (long)t1.tv_sec, t1.tv_nsec / 1000, node, lane, id);
+    snprintf(path, sizeof path, "%s/omero.log", root);
+    int log = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
+    return write(log, line, n) == n ? 0 : 1;
+}
+"""
+
+OMERO_SH = r"""#!/bin/bash
+t0=$EPOCHREALTIME
+id=${!#}; id=${id#Image:}
+# The lane: the topmost render-one.sh above (its $(...) subshells too), with
+# bash builtins only (the page: none).
+lane=0 p=$PPID n=0
+while [ "$p" -gt 1 ] && [ "$n" -lt 8 ]; do
+    mapfile -d '' -t argv < /proc/$p/cmdline 2>/dev/null
+    case "${argv[*]}" in
+        *render-one*) lane=$p ;;
+        *) [ "$lane" = 0 ] || break ;;
+    esac
+    read -r _ _ _ p _ < /proc/$p/stat 2>/dev/null || break
+    n=$((n + 1))
+done
+if [ "$BENCH_NODE" = "$BENCH_FAST" ]; then
+    read -r secs < "$BENCH_ROOT/fast/$id"
     sleep "$secs"
 else
-    # A slow node: ten times slower, one job at a time however many are sent.
-    read -r secs < {root}/slow/$id
-    exec 9> "{root}/lock-$BENCH_NODE"
+    read -r secs < "$BENCH_ROOT/slow/$id"
+    exec 9> "$BENCH_ROOT/lock-$BENCH_NODE"
     flock 9
     sleep "$secs"
 fi
 echo "ok: Pixel:$id $secs"
-""")
+echo "$t0 $EPOCHREALTIME $BENCH_NODE $lane $id" >> "$BENCH_ROOT/omero.log"
+"""
 
 
-def run_page(root: Path, nodes, jobs) -> tuple[float, float]:
-    write(root / "page-nodes", "".join(f"root@{n.address}\n" for n in nodes), 0o644)
-    write(root / "page-ids", "".join(f"{i}\n" for i, _ in jobs), 0o644)
-    t0 = time.monotonic()
-    subprocess.run(["parallel", "--sshloginfile", str(root / "page-nodes"), "--ssh", str(root / "ssh"),
-                    "-a", str(root / "page-ids"), "--results", str(root / "out.csv"), "-j10",
-                    "--joblog", str(root / "page-joblog"),
-                    f"{root}/omero render -s localhost -u public -w public test --force"],
-                   check=True, stdout=subprocess.DEVNULL, cwd=root, env={**ENV, "HOME": str(root)})
-    wall = time.monotonic() - t0
-    # Overhead: JobRuntime minus the image's own sleep (slow nodes also
-    # wait for their lock: counted on the fast node only).
-    fast = nodes[0].address
-    over = []
-    for line in (root / "page-joblog").read_text().splitlines()[1:]:
-        f = line.split("\t")
-        if f[1].endswith(fast):
-            image = f[-1].split("Image:")[-1] if "Image:" in f[-1] else f[-1].split()[-1]
-            over.append(float(f[3]) - float((root / "fast" / image).read_text()))
-    return wall, sum(over) / len(over) if over else float("nan")
+def omero_standin(directory: Path) -> tuple[Path, str]:
+    """The stand-in omero: compiled C if `cc` is there, else bash."""
+    source = write(directory / "omero.c", OMERO_C, 0o644)
+    binary = directory / "omero"
+    if subprocess.run(["cc", "-O2", "-o", str(binary), str(source)], capture_output=True).returncode == 0:
+        return binary, "C"
+    return write(binary, OMERO_SH), "bash"
 
 
-def run_ours(root: Path, s) -> tuple[float, float, int, int]:
-    files = {f.path: f.content for f in render.coordinator_files(s)}
-    (render_one,) = [f.content for f in render.node_files(s, layout.host(s, "omeroreadwrite"))
-                     if f.path.endswith("render-one.sh")]
-    write(root / "render-one.sh", render_one.replace(s.omero_bin, f"{root}/omero"))
+class Bench:
+    def __init__(self, shape: str, label: str, unit: float, seconds: float, seed: int, trees: dict, omero: Path):
+        self.shape, self.label, self.unit, self.trees, self.omero = shape, label, unit, trees, omero
+        self.sizes = SHAPES[shape](random.Random(seed), seconds, unit)
+        self.jobs, image = [], 1
+        for n in self.sizes:
+            self.jobs.append((image, n))
+            image += n
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"bfcache-bench-{shape}-{label}-"))
+        any_tree = next(iter(trees.values()))
+        self.nodes = any_tree["nodes"]
+        self.fast = self.nodes[0][0]
+        self.database = any_tree["database"]
+        lanes = sum(s for a, r, s in self.nodes if r == "omeroreadwrite")
+        slow = sum(1 for a, r, s in self.nodes if r != "omeroreadwrite")
+        self.throughput = lanes + slow / SLOWDOWN
+        work = sum(BASE + n for n in self.sizes)
+        self.longest = (BASE + max(self.sizes)) * unit
+        self.balanced = work * unit / self.throughput
+        self.bound = max(self.longest, self.balanced)
 
-    def local(text: str) -> str:
-        for path, name in ((f"{render.LIBEXEC}/render-one.sh", "render-one.sh"),
-                           (f"{render.LIBEXEC}/dispatch.py", "dispatch.py"),
-                           (f"{render.LIBEXEC}/ssh.sh", "ssh.sh"), (f"{render.CONF_DIR}/", "conf-"), (render.CONTROL_DIR, "cm"),
-                           (render.STATE_DIR, "state"), (f"{render.KEY_DIR}/", "key-")):
-            text = text.replace(path, f"{root}/{name}")
-        return text
+    def root(self, name: str) -> Path:
+        root = self.tmp / name
+        root.mkdir()
+        for kind, factor in (("fast", 1), ("slow", SLOWDOWN)):
+            d = root / kind
+            d.mkdir()
+            for i, n in self.jobs:
+                (d / str(i)).write_text(f"{(BASE + n) * self.unit * factor:.4f}\n")
+        write(root / "ids-sorted.txt", "".join(f"{i}|{n}\n" for i, n in sorted(self.jobs, key=lambda r: (-r[1], r[0]))),
+              0o644)
+        tag = f"{MASTER_TAG}-{root.name}-{os.getpid()}"
+        write(root / "ssh", SSH.replace("@ROOT@", str(root)).replace("@DATABASE@", self.database)
+              .replace("@HANDSHAKE@", str(HANDSHAKE)).replace("@TAG@", tag))
+        os.symlink(self.omero, root / "omero")
+        (root / "handshakes").touch()
+        (root / "omero.log").touch()
+        return root
 
-    for path, name in ((f"{render.LIBEXEC}/run.sh", "run.sh"), (f"{render.LIBEXEC}/dispatch.py", "dispatch.py"),
-                       (f"{render.LIBEXEC}/ssh.sh", "ssh.sh"),
-                       (f"{render.CONF_DIR}/nodes", "conf-nodes"), (f"{render.CONF_DIR}/node-info", "conf-node-info"),
-                       (f"{render.CONF_DIR}/ssh_config", "conf-ssh_config")):
-        write(root / name, local(files[path]))
-    (root / "state").mkdir()
-    t0 = time.monotonic()
-    subprocess.run([str(root / "run.sh"), "1"], check=True, stdout=subprocess.DEVNULL, cwd=root,
-                   env={**ENV, "HOME": str(root), "PATH": f"{root}:{ENV['PATH']}"})
-    wall = time.monotonic() - t0
-    jobs = [line.split(",") for line in (root / "state/1/jobs.csv").read_text().splitlines()]
-    ran = [j for j in jobs if int(j[3]) > 0]
-    overhead = sum(float(j[4]) - float(j[5]) for j in ran) / len(ran)
-    images = sum(int(j[3]) for j in ran)
-    return wall, overhead, len(ran), images
+    def env(self, root: Path) -> dict:
+        return {**ENV, "HOME": str(root), "PATH": f"{root}:{ENV['PATH']}", "BENCH_ROOT": str(root),
+                "BENCH_FAST": self.fast}
+
+    def calls(self, root: Path) -> list[tuple[float, float, str, int, int]]:
+        out = []
+        for line in (root / "omero.log").read_text().splitlines():
+            a, b, node, lane, image = line.split()
+            out.append((float(a), float(b), node, int(lane), int(image)))
+        return out
+
+    def figures(self, root: Path, t0: float, t_end: float, wall: float) -> dict:
+        calls = self.calls(root)
+        first = {}
+        for a, _, node, _, _ in calls:
+            first[node] = min(first.get(node, a), a)
+        # Every node that got an image (the fit rule may leave a slow node
+        # without one, when nothing it could take would end in time).
+        start = max(first.values()) - t0
+        gaps, by_lane = [], {}
+        for c in calls:
+            if c[2] == self.fast and c[3]:
+                by_lane.setdefault(c[3], []).append(c)
+        for lane in by_lane.values():
+            lane.sort()
+            gaps += [b[0] - a[1] for a, b in zip(lane, lane[1:])]
+        return dict(wall=wall, ratio=wall / self.bound, start=start, nodes=len(first),
+                    overhead=statistics.mean(gaps) if gaps else float("nan"),
+                    overhead_median=statistics.median(gaps) if gaps else float("nan"),
+                    end=t_end - max(b for _, b, *_ in calls), images=len(calls),
+                    handshakes=len((root / "handshakes").read_text().split()), left=leftover(root))
+
+    # -- the page
+    def page(self) -> dict:
+        root = self.root("page")
+        write(root / "page-nodes", "".join(f"root@{a}\n" for a, _, _ in self.nodes), 0o644)
+        write(root / "page-ids", "".join(f"{i}\n" for i, _ in self.jobs), 0o644)
+        t0 = time.time()
+        subprocess.run(["parallel", "--sshloginfile", str(root / "page-nodes"), "--ssh", str(root / "ssh"),
+                        "-a", str(root / "page-ids"), "-j10", "--joblog", str(root / "page-joblog"),
+                        f"{root}/omero render -s localhost -u public -w public test --force"],
+                       check=True, stdout=subprocess.DEVNULL, cwd=root, env=self.env(root))
+        t_end = time.time()
+        f = self.figures(root, t0, t_end, t_end - t0)
+        # Per image: the job's runtime minus its omero call (fast node).
+        spent = {image: b - a for a, b, node, _, image in self.calls(root) if node == self.fast}
+        over = []
+        for line in (root / "page-joblog").read_text().splitlines()[1:]:
+            fields = line.split("\t")
+            image = int(fields[-1].split()[-1].split("Image:")[-1])
+            if image in spent:
+                over.append(float(fields[3]) - spent[image])
+        f["overhead"] = statistics.mean(over) if over else float("nan")
+        f["overhead_median"] = statistics.median(over) if over else float("nan")
+        return f
+
+    # -- this project's run, of one tree
+    def install(self, root: Path, tree: dict) -> Path:
+        libexec, conf_dir, control_dir, state_dir, key_dir, metrics = tree["paths"]
+
+        def local(text: str) -> str:
+            for path, name in ((metrics, "metrics/idr_bfcache.prom"), (f"{libexec}/", ""), (f"{conf_dir}/", "conf-"),
+                               (control_dir, "cm"), (state_dir, "state"), (f"{key_dir}/", "key-"),
+                               ("/opt/bench/omero", "omero")):
+                text = text.replace(path, f"{root}/{name}")
+            return text
+
+        for path, content in tree["files"].items():
+            if path.startswith(f"{libexec}/") or path.startswith(f"{conf_dir}/"):
+                target = Path(local(path))
+                if target.parent == root and not target.name.endswith("node-setup.sh"):
+                    write(target, local(content))
+        (root / "state").mkdir()
+        (root / "cm").mkdir(mode=0o700)
+        return root / "run.sh"
+
+    def ours(self, name: str) -> dict:
+        root = self.root(name)
+        run = self.install(root, self.trees[name])
+        t0 = time.time()
+        subprocess.run([str(run), "1"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root,
+                       env=self.env(root))
+        t_end = time.time()
+        f = self.figures(root, t0, t_end, t_end - t0)
+        f.update({f"resumed_{k}": v for k, v in self.resumed(name).items()})
+        kill_leftovers(root)
+        return f
+
+    def resumed(self, name: str) -> dict:
+        """Killed (SIGKILL of every process of the run) once about 40% of
+        the images have results, then run again: that rerun's handshakes and
+        what ssh it leaves."""
+        root = self.root(name + "-resumed")
+        run = self.install(root, self.trees[name])
+        p = subprocess.Popen([str(run), "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root,
+                             env=self.env(root), start_new_session=True)
+        results = root / "state/1/results.csv"
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            if results.exists() and len(results.read_text().splitlines()) >= 0.4 * len(self.jobs):
+                break
+            time.sleep(0.01)
+        # Its session (every process the run started) and any master that
+        # left it (the stand-in's -f masters, as OpenSSH's, call setsid).
+        subprocess.run(["pkill", "-KILL", "-s", str(p.pid)])
+        for pid in masters_of(root):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.wait()
+        time.sleep(0.2)
+        before = len((root / "handshakes").read_text().split())
+        left_by_kill = leftover(root)
+        subprocess.run([str(run), "1"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root,
+                       env=self.env(root))
+        out = dict(handshakes=len((root / "handshakes").read_text().split()) - before,
+                   left=leftover(root) - left_by_kill)
+        kill_leftovers(root)
+        return out
 
 
-def bench(shape: str, seed: int, unit_ms: float) -> dict:
-    s = settings()
-    nodes = render.nodes(s)
-    fast = layout.host(s, "omeroreadwrite").fixed_ip
-    root = Path(tempfile.mkdtemp(prefix=f"bfcache-bench-{shape}-"))
-    jobs = workload(shape, seed)
-    write(root / "ids.txt", "".join(f"{i}|{n}\n" for i, n in jobs), 0o644)
-    stand_ins(root, jobs, unit_ms, fast, layout.host(s, "database").fixed_ip)
-    u = unit_ms / 1000
-    lanes = s.bfcache_slots["omeroreadwrite"]
-    slow_nodes = len([n for n in nodes if n.role == "omeroreadonly"])
-    throughput = lanes + slow_nodes / SLOWDOWN
-    work = sum(BASE + n for _, n in jobs)
-    longest = (BASE + max(n for _, n in jobs)) * u
-    bound = max(longest, work * u / throughput)
-    page, page_overhead = run_page(root, nodes, jobs)
-    ours, overhead, n_jobs, n_images = run_ours(root, s)
-    return dict(shape=shape, filesets=len(jobs), images=sum(n for _, n in jobs), bound=bound, longest=longest,
-                mean_job=work * u / len(jobs),
-                balanced=work * u / throughput, page=page, page_overhead=page_overhead, ours=ours,
-                overhead=overhead, jobs=n_jobs, job_images=n_images)
+def masters_of(root: Path) -> list[int]:
+    """Stand-in ssh masters of `root` still alive (their argv[0] is the tag)."""
+    tag = f"{MASTER_TAG}-{root.name}-{os.getpid()}".encode()
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().split(b"\0")[0] == tag:
+                out.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+def leftover(root: Path) -> int:
+    return len(masters_of(root))
+
+
+def kill_leftovers(root: Path) -> None:
+    for pid in masters_of(root):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def render_tree(tree: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", RENDER, str(tree)], capture_output=True, text=True, check=True,
+                         cwd=tree)
+    return json.loads(out.stdout)
+
+
+def parallel_startup() -> float:
+    """GNU parallel alone: its start to a job running on every one of five
+    nodes (10 + 4 x 1 slots), no handshake, trivial jobs."""
+    root = Path(tempfile.mkdtemp(prefix="bfcache-bench-parallel-"))
+    write(root / "ssh", SSH.replace("@ROOT@", str(root)).replace("@DATABASE@", "none").replace("@HANDSHAKE@", "0")
+          .replace("@TAG@", "x"))
+    (root / "handshakes").touch()
+    write(root / "nodes", "10/root@n0\n1/root@n1\n1/root@n2\n1/root@n3\n1/root@n4\n", 0o644)
+    t0 = time.time()
+    subprocess.run(["parallel", "--sshloginfile", str(root / "nodes"), "--ssh", str(root / "ssh"), "-N0",
+                    "-a", "/dev/stdin", f'echo "$BENCH_NODE $EPOCHREALTIME" >> {root}/log'],
+                   input="\n".join("0" * 14) + "\n", text=True, check=True, stdout=subprocess.DEVNULL,
+                   env={**ENV, "HOME": str(root), "BENCH_HANDSHAKE": "0"})
+    first = {}
+    for line in (root / "log").read_text().splitlines():
+        node, t = line.split()
+        first[node] = min(first.get(node, float(t)), float(t))
+    return max(first.values()) - t0 if len(first) == 5 else float("nan")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--job-seconds", type=float, default=1.2,
-                    help="mean fast-node job of the work shape (production: 1.2 s); sets the unit")
-    ap.add_argument("--unit-ms", type=float, help="the unit itself, instead of --job-seconds")
+    ap.add_argument("--seconds-prod", type=float, default=6.0, help="lower bound of each prod-unit workload (s)")
+    ap.add_argument("--seconds-stress", type=float, default=4.0, help="lower bound of each 8 ms workload (s)")
+    ap.add_argument("--before", default="main", help="git revision whose tree is the before (default main)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--shape", choices=sorted(SHAPES), action="append")
+    ap.add_argument("--unit", choices=["prod", "stress"], action="append")
     args = ap.parse_args()
-    shapes = args.shape or ["plates", "work"]
-    if args.unit_ms is None:
-        work = workload("work", args.seed)
-        args.unit_ms = args.job_seconds * 1000 / (sum(BASE + n for _, n in work) / len(work))
-    print(f"nodes: 1 x omeroreadwrite (10 slots), 4 x omeroreadonly ({SLOWDOWN}x slower, 1 slot, one job at a "
-          f"time); unit {args.unit_ms:.2f} ms, seed {args.seed}")
-    rows = [bench(shape, args.seed, args.unit_ms) for shape in shapes]
-    # Overhead: page per job (= per image); ours per job (a lane's session:
-    # its start, and every gap between two of its images) and per image.
-    print(f"{'shape':7} {'bound s':>8} {'page s':>8} {'page/b':>6} {'ours s':>8} {'ours/b':>6} "
-          f"{'page ovh/job':>12} {'ours jobs':>9} {'img/job':>7} {'ovh/job':>8} {'ovh/img':>8}")
-    for r in rows:
-        print(f"{r['shape']:7} {r['bound']:8.2f} {r['page']:8.2f} {r['page'] / r['bound']:6.2f} {r['ours']:8.2f} "
-              f"{r['ours'] / r['bound']:6.3f} {r['page_overhead'] * 1000:9.1f} ms {r['jobs']:9d} "
-              f"{r['job_images'] / r['jobs']:7.1f} {r['overhead'] * 1000:5.0f} ms "
-              f"{r['overhead'] * r['jobs'] / r['job_images'] * 1000:5.1f} ms")
-    for r in rows:
-        print(f"{r['shape']}: {r['filesets']} filesets, {r['images']} images, mean fast-node job {r['mean_job']:.2f} s; "
-              f"bound = max(longest image {r['longest']:.2f} s, work/throughput {r['balanced']:.2f} s)")
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="bfcache-bench-before-") as before_dir:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "components"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", before_dir], input=archive, check=True)
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.before], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        trees = {"before": render_tree(Path(before_dir)), "after": render_tree(ROOT)}
+    omero, omero_kind = omero_standin(Path(tempfile.mkdtemp(prefix="bfcache-bench-omero-")))
+    units = {"prod": (prod_unit(args.seed), args.seconds_prod), "stress": (0.008, args.seconds_stress)}
+    print(f"nodes: 1 x omeroreadwrite (10 slots), 4 x omeroreadonly ({SLOWDOWN}x slower, 1 slot, one image at a "
+          f"time); ssh handshake {HANDSHAKE} s per new connection; before = {args.before} ({commit}), after = "
+          f"this tree; seed {args.seed}; omero stand-in in {omero_kind}")
+    rows = []
+    for shape in args.shape or ["plates", "work"]:
+        for label in args.unit or ["prod", "stress"]:
+            unit, seconds = units[label]
+            b = Bench(shape, label, unit, seconds, args.seed, trees, omero)
+            rows.append((b, {"page": b.page(), "before": b.ours("before"), "after": b.ours("after")}))
+    print(f"{'shape':6} {'unit':>9} {'bound s':>7} {'run':6} {'wall s':>7} {'/bound':>6} {'start s':>7} "
+          f"{'nodes':>5} {'ovh/img ms':>10} {'(median)':>8} {'end s':>6} {'hs':>3} {'left':>4} {'resumed hs':>10} {'left':>4}")
+    for b, runs in rows:
+        for name, f in runs.items():
+            resumed = (f"{f['resumed_handshakes']:10d} {f['resumed_left']:4d}" if "resumed_handshakes" in f
+                       else f"{'':10} {'':4}")
+            print(f"{b.shape:6} {b.label + ' %.1fms' % (b.unit * 1000):>9} {b.bound:7.2f} {name:6} {f['wall']:7.2f} "
+                  f"{f['ratio']:6.3f} {f['start']:7.3f} {f['nodes']:5d} {f['overhead'] * 1000:10.2f} {f['overhead_median'] * 1000:8.2f} "
+                  f"{f['end']:6.3f} {f['handshakes']:3d} {f['left']:4d} {resumed}")
+    for b, _ in rows:
+        print(f"{b.shape} {b.label}: {len(b.sizes)} filesets, {sum(b.sizes)} images, bound = max(longest image "
+              f"{b.longest:.2f} s, work/throughput {b.balanced:.2f} s)")
+    print("start: run start to the first image on each of `nodes` nodes (those that got one); ovh/img: a lane's gap "
+          "between one omero's end and the next's start, fast node (the page: job runtime minus the omero call); "
+          "end: last omero end to the run's exit")
+    print("hs: handshakes (the ID list's included: ours fetch it once per run); left: background ssh left after the "
+          "run; resumed: the rerun after a SIGKILL of every process of a run at ~40%")
+    print(f"GNU parallel alone (no handshake, trivial jobs): a job on every node {parallel_startup():.3f} s after "
+          f"its start")
+    print(f"benchmark took {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

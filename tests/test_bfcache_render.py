@@ -4,11 +4,10 @@ under Pulumi mocks."""
 from __future__ import annotations
 
 import ast
-import importlib.util
-import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -63,12 +62,30 @@ def test_nodes_are_readwrite_and_every_readonly_host_with_slots_from_config():
         ("test-omeroreadonly-3", "192.168.1.103", 2)]
     (nodes_file,) = [f for f in render.coordinator_files(s) if f.path.endswith("/nodes")]
     lines = [l for l in nodes_file.content.splitlines() if not l.startswith("#")]
-    assert lines == ["12/rocky@192.168.1.11"] + [f"2/rocky@192.168.1.10{n}" for n in (1, 2, 3)]
-    # The dispatcher's starting values: omeroreadonly ten times slower.
-    (info,) = [f for f in render.coordinator_files(s) if f.path.endswith("/node-info")]
-    assert [l for l in info.content.splitlines() if not l.startswith("#")] == [
-        "192.168.1.11 test-omeroreadwrite omeroreadwrite 1"] + [
-        f"192.168.1.10{n} test-omeroreadonly-{n} omeroreadonly {render.SLOWDOWN}" for n in (1, 2, 3)]
+    # address name alias role starting-time-per-image slots: the dispatcher's
+    # starting values, omeroreadonly ten times slower.
+    assert lines == ["192.168.1.11 test-omeroreadwrite omeroreadwrite omeroreadwrite 1 12"] + [
+        f"192.168.1.10{n} test-omeroreadonly-{n} omeroreadonly-{n} omeroreadonly {render.SLOWDOWN} 2" for n in (1, 2, 3)]
+
+
+def test_the_programs_ship_verbatim_and_only_their_config_is_rendered():
+    """Every program is the file in components/files/bfcache, identical for
+    any settings; what differs between environments is the config."""
+    def shipped(s):
+        files = render.coordinator_files(s) + render.node_files(s, layout.host(s, "omeroreadwrite"))
+        # node-setup.sh is a rendered step script (its host, the version), not a shipped program.
+        return {f.path: f.content for f in files
+                if not f.path.startswith(render.CONF_DIR) and not f.path.endswith("/node-setup.sh")}
+    a, b = shipped(settings()), shipped(settings(bfcacheSlots='["omeroreadwrite=20", "omeroreadonly=3"]',
+                                                 omeroBin="/x/omero", sshUser="root", omeroreadonlyCount=1))
+    assert a == b
+    assert {p.rsplit("/", 1)[1] for p in a} == {p.name for p in render.FILES.iterdir() if p.suffix != ".pyc"
+                                                and p.name != "__pycache__"}
+    for path, text in a.items():
+        assert text == (render.FILES / path.rsplit("/", 1)[1]).read_text()
+    # idr-bfcache-start takes exactly the subset kinds the ID query knows.
+    start = (render.FILES / "idr-bfcache-start").read_text()
+    assert " | ".join(f"--{k}" for k in render.SUBSET_KINDS) + ")" in start
 
 
 def test_every_script_passes_shellcheck_and_the_dispatcher_is_python_3_9(tmp_path):
@@ -90,6 +107,13 @@ def test_every_script_passes_shellcheck_and_the_dispatcher_is_python_3_9(tmp_pat
     assert result.returncode == 0, result.stdout
     (dispatch,) = [f for f in all_files(settings()) if f.path.endswith("dispatch.py")]
     ast.parse(dispatch.content, feature_version=(3, 9))   # Rocky Linux 9's python3
+    # The config files are sourced by bash: checked as scripts too.
+    confs = [f for f in all_files(settings()) if f.path in (render.CONF, render.NODE_CONF)]
+    assert len(confs) >= 2
+    conf_paths = [str(write(tmp_path / f"conf-{i}.sh", "#!/bin/bash\n" + f.content)) for i, f in enumerate(confs)]
+    # Assignments only (SC2034: used by the programs that source them).
+    result = subprocess.run([shellcheck, "-s", "bash", "-e", "SC2034", *conf_paths], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
 
 
 def test_sql_is_plain_and_orders_by_cost():
@@ -244,10 +268,13 @@ def test_render_one_reports_one_csv_line_and_fails_for_retry(tmp_path, output, r
     assert subprocess.run([str(script), "42;rm"], capture_output=True).returncode == 2
 
 
-def render_one(tmp_path: Path, omero: Path) -> Path:
-    (text,) = [f.content for f in render.node_files(settings(omeroBin=str(omero)), layout.host(settings(), "omeroreadwrite"))
-               if f.path.endswith("render-one.sh")]
-    return write(tmp_path / "render-one.sh", text)
+def render_one(tmp_path: Path, omero: Path, password_file: str = render.PUBLIC_PASSWORD_FILE) -> Path:
+    """render-one.sh as shipped, reading its rendered node.conf from tmp_path."""
+    s = settings(omeroBin=str(omero))
+    files = {f.path: f.content for f in render.node_files(s, layout.host(s, "omeroreadwrite"))}
+    write(tmp_path / "node.conf", files[render.NODE_CONF].replace(render.PUBLIC_PASSWORD_FILE, password_file), 0o644)
+    return write(tmp_path / "render-one.sh", files[f"{render.LIBEXEC}/render-one.sh"].replace(
+        render.NODE_CONF, str(tmp_path / "node.conf")))
 
 
 def test_render_one_takes_a_lane_of_images_on_stdin_one_line_each_as_it_finishes(tmp_path):
@@ -275,10 +302,15 @@ def test_render_one_takes_a_lane_of_images_on_stdin_one_line_each_as_it_finishes
 
 
 def coordinator_script(tmp_path: Path, name: str, s=None) -> Path:
-    (text,) = [f.content for f in render.coordinator_files(s or settings()) if f.path.endswith(name)]
-    text = text.replace(f"state_dir={render.STATE_DIR}", f"state_dir={tmp_path}/state")
+    """A coordinator program as shipped, reading its rendered bfcache.conf
+    from tmp_path (state there; run.sh a stand-in)."""
+    files = {f.path: f.content for f in render.coordinator_files(s or settings())}
+    (text,) = [content for path, content in files.items() if path.endswith(name)]
+    conf = files[render.CONF].replace(f"state_dir={render.STATE_DIR}\n", f"state_dir={tmp_path}/state\n")
     # run.sh stands in: it logs its arguments; `--check` answers $READY.
-    text = text.replace(f"run={render.LIBEXEC}/run.sh", f"run={tmp_path}/run.sh")
+    conf = conf.replace(f"run_script={render.LIBEXEC}/run.sh\n", f"run_script={tmp_path}/run.sh\n")
+    write(tmp_path / "bfcache.conf", conf, 0o644)
+    text = text.replace(render.CONF, str(tmp_path / "bfcache.conf"))
     write(tmp_path / "run.sh", f'#!/bin/bash\necho "run.sh $*" >> {tmp_path}/run.log\n'
                                f'[ "$1" = --check ] && {{ [ "${{READY:-0}}" = 1 ] && echo "waiting for omero on n1: ..."; '
                                f'exit "${{READY:-0}}"; }}\nexit 0\n')
@@ -565,58 +597,6 @@ def test_node_setup_installs_exactly_the_pinned_omero_cli_render_and_marks_the_n
     assert installed() == "0.8.1"
 
 
-# ----------------------------------------------- the dispatcher's choices
-
-def dispatcher(tmp_path: Path, nodes: dict, plan: list[tuple[int, int]]):
-    """The rendered dispatch.py as a module, on a scratch node list and plan."""
-    (text,) = [f.content for f in render.coordinator_files(settings()) if f.path.endswith("dispatch.py")]
-    path = write(tmp_path / "dispatch_under_test.py", text)
-    spec = importlib.util.spec_from_file_location("dispatch_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    (tmp_path / "plan").write_text("".join("%012d|%08d\n" % r for r in plan))
-    (tmp_path / "taken").write_bytes(b"\0" * len(plan))
-    every = {a: (a, prior, lanes) for a, (prior, lanes) in nodes.items()}
-    state = {"head": 0, "total": len(plan), "remaining": len(plan),
-             "left": float(sum(module.cost(i) for _, i in plan)), "speed": {}, "overhead": (0.0, 0)}
-    return module, every, state
-
-
-def test_measured_speeds_decide_who_takes_the_largest_and_what_a_slow_node_may_take(tmp_path):
-    plan = [(1, 400), (2, 200), (3, 100)] + [(10 + i, 60 - i) for i in range(60)]
-    nodes = {"rw": (1, 10), "ro1": (10, 1), "ro2": (10, 1)}
-    module, every, state = dispatcher(tmp_path, nodes, plan)
-
-    def choose(node, state):
-        with open(tmp_path / "plan", "rb") as p, open(tmp_path / "taken", "r+b") as t:
-            return module.choose(state, p, t, node, every, {}, 0.0)
-
-    # Starting values: the fast node takes the largest; a slow one the largest
-    # it finishes before the rest is done (the plates stay with the fast node).
-    assert choose("rw", json.loads(json.dumps(state)))[1][0] == (1, 400)
-    fresh = json.loads(json.dumps(state))
-    source, batch, *_ = choose("ro1", fresh)
-    assert source == "fit" and batch[0][1] < 100
-    first_fit = batch[0][1]
-    # Measured: ro1 is 4x slower than assumed, ro2 as assumed; rw's lanes 1 s a unit.
-    measured = json.loads(json.dumps(state))
-    measured["speed"] = {"rw": (1000.0, 1000.0), "ro1": (4000.0, 100.0), "ro2": (1000.0, 100.0)}
-    _, slow1, *_ = choose("ro1", json.loads(json.dumps(measured)))
-    _, slow2, *_ = choose("ro2", json.loads(json.dumps(measured)))
-    assert slow1[0][1] < slow2[0][1] <= first_fit
-    assert module.speeds(measured, every)["ro1"] > 3 * module.speeds(measured, every)["ro2"]
-    # Measured the other way round: a read-only node faster per lane than
-    # omeroreadwrite takes the largest filesets.
-    swapped = json.loads(json.dumps(state))
-    swapped["speed"] = {"rw": (3000.0, 1000.0), "ro1": (100.0, 100.0)}
-    (tmp_path / "taken").write_bytes(b"\0" * len(plan))
-    assert choose("ro1", swapped)[:2] == ("head", [(1, 400)])
-    # Everything handed out: drained.
-    empty = json.loads(json.dumps(state))
-    empty["remaining"] = 0
-    assert choose("rw", empty)[0] == "drained"
-
-
 # ---------------------------------------- the public user's password
 
 def test_jobs_log_in_as_public_with_the_password_the_deployment_wrote(tmp_path):
@@ -626,12 +606,12 @@ def test_jobs_log_in_as_public_with_the_password_the_deployment_wrote(tmp_path):
     playbook = yaml.safe_load((Path(render.__file__).parent.parent / "playbooks/postinstall.yml").read_text())
     assert render.PUBLIC_PASSWORD_FILE in playbook[1]["vars"]["password_file"]
     s = settings()
-    (text,) = [f.content for f in render.node_files(s, layout.host(s, "omeroreadwrite")) if f.path.endswith("render-one.sh")]
-    assert render.PUBLIC_PASSWORD_FILE in text and "-w public" not in text
+    files = {f.path: f.content for f in render.node_files(s, layout.host(s, "omeroreadwrite"))}
+    assert f"public_password_file={render.PUBLIC_PASSWORD_FILE}\n" in files[render.NODE_CONF]
+    assert "-w public" not in files[f"{render.LIBEXEC}/render-one.sh"]
     omero = write(tmp_path / "omero", '#!/bin/sh\nprintf "%s\\n" "$*" >> "$(dirname "$0")/calls"\necho "ok: $*"\n')
     password_file = tmp_path / "public-password"
-    script = write(tmp_path / "render-one.sh", text.replace(s.omero_bin, str(omero))
-                   .replace(render.PUBLIC_PASSWORD_FILE, str(password_file)))
+    script = render_one(tmp_path, omero, str(password_file))
     for content, expected in ((None, "public"), ("s3cret pass\n", "s3cret pass")):
         if content is not None:
             password_file.write_text(content)
@@ -639,3 +619,19 @@ def test_jobs_log_in_as_public_with_the_password_the_deployment_wrote(tmp_path):
         out = subprocess.run([str(script), "42"], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert (tmp_path / "calls").read_text() == f"render -s localhost -u public -w {expected} test --force Image:42\n"
+
+
+def test_a_hung_omero_is_stopped_after_job_timeout_and_the_lane_goes_on(tmp_path):
+    """The lane's watchdog (no `timeout` per image): an omero running longer
+    than job_timeout_seconds is stopped, its image fails, the next runs."""
+    omero = write(tmp_path / "omero", f'#!/bin/bash\ncase "${{!#}}" in Image:1) exec sleep 30 ;; esac\necho "ok: x"\n')
+    script = render_one(tmp_path, omero)
+    conf = tmp_path / "node.conf"
+    conf.write_text(conf.read_text().replace(f"job_timeout_seconds={render.JOB_TIMEOUT_SECONDS}\n",
+                                             "job_timeout_seconds=1\n").replace("attempts=3\n", "attempts=1\n"))
+    t0 = time.monotonic()
+    out = subprocess.run([str(script), "1", "2"], capture_output=True, text=True, timeout=25,
+                         env={**os.environ, "BFCACHE_NODE": "n1"})
+    assert [line.split(",")[:3] for line in out.stdout.splitlines()] == [["1", "n1", "fail"], ["2", "n1", "ok"]]
+    assert out.returncode == 1 and "ran longer than 1 s: stopped" in out.stderr
+    assert time.monotonic() - t0 < 10

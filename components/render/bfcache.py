@@ -14,15 +14,20 @@ line carries (AUTHORIZED_MARKER).
 
 A run is a generation (a number, started by `pulumi up`) or a named subset
 (started by an operator with idr-bfcache-start); each has its own state
-directory under STATE_DIR. GNU parallel provides the lanes (job slots per
-node); the coordinator's dispatcher (dispatch.py, parallel's --ssh command)
-chooses each job's images when the job starts, from the node speeds it has
-measured, and records every image's result as it arrives.
+directory under STATE_DIR. The coordinator's dispatcher (dispatch.py) runs
+the lanes (slots per node, sessions over shared connections), chooses each
+lane's images from the node speeds it has measured, and records every
+image's result as it arrives.
+
+The programs are real files shipped verbatim (components/files/bfcache);
+only their config is rendered here: bfcache.conf and the nodes file on the
+coordinator, node.conf on each node.
 """
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from .. import layout
@@ -39,6 +44,12 @@ KNOWN_HOSTS = f"{KEY_DIR}/known_hosts"
 # host -> instance ID the coordinator last saw (forget-hosts.sh).
 INSTANCE_RECORD = f"{KEY_DIR}/instance-ids"
 SSH_PORT = 22
+# The programs, shipped as they are.
+FILES = Path(__file__).resolve().parent.parent / "files" / "bfcache"
+CONF = f"{CONF_DIR}/bfcache.conf"
+NODE_CONF = f"{CONF_DIR}/node.conf"
+# node_exporter's textfile collector (the metrics contract with issue 21).
+METRICS_FILE = "/var/lib/node_exporter/textfile/idr_bfcache.prom"
 # The comment of every authorized_keys line of the coordinator's key
 # (`idr-bfcache-coordinator@<env>-proxy`): a new key replaces, and revoking
 # removes, exactly those lines. LEGACY_MARKER begins the comment earlier
@@ -56,12 +67,12 @@ NODE_READY = f"{STATE_DIR}/node-ready"
 CACHE_DIR = f"{DATA_VOLUME_MOUNTS['omeroreadwrite']}/BioFormatsCache"
 
 SLOWDOWN = 10          # starting value: omeroreadonly vs omeroreadwrite time per image (production)
-ATTEMPTS = 3           # tries per image within one job (render-one.sh)
+ATTEMPTS = 3           # tries per image (render-one.sh)
 # The OMERO public user's password, written by the deployment step's
 # post-install (components/playbooks/postinstall.yml, same default path).
 PUBLIC_PASSWORD_FILE = "/etc/idr/omero-public-password"
 KEEP_GENERATIONS = 3   # generation state directories kept on the coordinator
-JOB_TIMEOUT = "6h"     # one image; a hung job must not hold a slot forever
+JOB_TIMEOUT_SECONDS = 6 * 3600   # one image; a hung omero must not hold a lane forever
 # sshd's default MaxSessions: sessions one shared connection may carry. A
 # node with more slots gets one more connection per MAX_SESSIONS slots.
 MAX_SESSIONS = 10
@@ -78,6 +89,7 @@ class Node:
     role: str
     address: str
     slots: int
+    alias: str = ""
 
     @property
     def prior(self) -> int:
@@ -88,7 +100,7 @@ class Node:
 def nodes(settings) -> list[Node]:
     """The read-write host first, then every read-only host, from settings."""
     hosts = list(layout.hosts_of(settings, FAST_ROLE)) + list(layout.hosts_of(settings, SLOW_ROLE))
-    return [Node(h.name, h.role, h.fixed_ip, settings.bfcache_slots[h.role]) for h in hosts]
+    return [Node(h.name, h.role, h.fixed_ip, settings.bfcache_slots[h.role], h.alias) for h in hosts]
 
 
 def peers(settings) -> list[Host]:
@@ -146,32 +158,47 @@ def public_key_of(stdout: str | None) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def coordinator_files(settings) -> list[HostFile]:
-    every = nodes(settings)
+def shell_conf(header: str, values: Mapping[str, object]) -> str:
+    """A config file both bash (sourced) and dispatch.py read: `key=value`,
+    each value shell-quoted."""
+    return header + "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in values.items())
+
+
+def shipped(name: str, path: str) -> HostFile:
+    return HostFile(path, (FILES / name).read_text(), "0755")
+
+
+def nodes_text(settings) -> str:
+    return ("# address name alias role starting-time-per-image (relative to omeroreadwrite) slots.\n"
+            "# Re-read by a running dispatcher: a changed node list applies to a running regeneration.\n"
+            + "".join(f"{n.address} {n.name} {n.alias} {n.role} {n.prior} {n.slots}\n" for n in nodes(settings)))
+
+
+def coordinator_conf(settings) -> str:
     database = layout.host(settings, "database")
-    paths = dict(state_dir=STATE_DIR, nodes_file=f"{CONF_DIR}/nodes", node_info=f"{CONF_DIR}/node-info",
-                 ssh_config=f"{CONF_DIR}/ssh_config", control_dir=CONTROL_DIR,
-                 dispatch=f"{LIBEXEC}/dispatch.py", ssh_wrapper=f"{LIBEXEC}/ssh.sh", run_script=f"{LIBEXEC}/run.sh")
-    run = render_template(
-        "bfcache/run.sh.j2", coordinator=layout.host(settings, "proxy").name, **paths,
-        database_login=f"{settings.ssh_user}@{database.fixed_ip}", database=database.name,
-        render_one=f"{LIBEXEC}/render-one.sh", node_ready=NODE_READY, ready=ready_marker(settings),
-        waiting_omero=waiting_line("omero", "%s"), waiting_psql=waiting_line("psql", database.name),
-        max_sessions=MAX_SESSIONS, keep_generations=KEEP_GENERATIONS)
+    return shell_conf(
+        f"# Bio-Formats cache regeneration on {layout.host(settings, 'proxy').name}: read by run.sh, start.sh,\n"
+        "# idr-bfcache-start, idr-bfcache-status and dispatch.py. Rendered by components/render/bfcache.py.\n",
+        dict(state_dir=STATE_DIR, control_dir=CONTROL_DIR, nodes_file=f"{CONF_DIR}/nodes",
+             ssh_config=f"{CONF_DIR}/ssh_config", ssh_user=settings.ssh_user,
+             database_login=f"{settings.ssh_user}@{database.fixed_ip}",
+             dispatch=f"{LIBEXEC}/dispatch.py", run_script=f"{LIBEXEC}/run.sh", render_one=f"{LIBEXEC}/render-one.sh",
+             node_ready=NODE_READY, ready=ready_marker(settings), max_sessions=MAX_SESSIONS,
+             keep_generations=KEEP_GENERATIONS, metrics_file=METRICS_FILE,
+             waiting_omero=waiting_line("omero", "%s"), waiting_psql=waiting_line("psql", database.name)))
+
+
+def coordinator_files(settings) -> list[HostFile]:
     return [
-        HostFile(f"{CONF_DIR}/nodes", render_template("bfcache/nodes.j2", nodes=every, user=settings.ssh_user)),
-        HostFile(f"{CONF_DIR}/node-info", render_template("bfcache/node-info.j2", nodes=every)),
+        HostFile(CONF, coordinator_conf(settings)),
+        HostFile(f"{CONF_DIR}/nodes", nodes_text(settings)),
         HostFile(f"{CONF_DIR}/ssh_config", render_template(
             "bfcache/ssh_config.j2", key=f"{KEY_DIR}/id_ed25519", known_hosts=KNOWN_HOSTS)),
-        HostFile(f"{LIBEXEC}/dispatch.py", render_template(
-            "bfcache/dispatch.py.j2", max_sessions=MAX_SESSIONS, render_one=f"{LIBEXEC}/render-one.sh",
-            **paths), "0755"),
-        HostFile(f"{LIBEXEC}/ssh.sh", render_template(
-            "bfcache/ssh.sh.j2", dispatch=paths["dispatch"], max_sessions=MAX_SESSIONS), "0755"),
-        HostFile(f"{LIBEXEC}/run.sh", run, "0755"),
-        HostFile(f"{LIBEXEC}/start.sh", render_template("bfcache/start.sh.j2", **paths), "0755"),
-        HostFile(START_BIN, render_template("bfcache/bfcache-start.sh.j2", kinds=SUBSET_KINDS, **paths), "0755"),
-        HostFile(STATUS_BIN, render_template("bfcache/status.sh.j2", state_dir=STATE_DIR), "0755"),
+        shipped("dispatch.py", f"{LIBEXEC}/dispatch.py"),
+        shipped("run.sh", f"{LIBEXEC}/run.sh"),
+        shipped("start.sh", f"{LIBEXEC}/start.sh"),
+        shipped("idr-bfcache-start", START_BIN),
+        shipped("idr-bfcache-status", STATUS_BIN),
     ]
 
 
@@ -219,11 +246,17 @@ def revoke_run(settings, host) -> str:
     return render_template("bfcache/revoke.sh.j2", host=host.name, user=settings.ssh_user, **_markers())
 
 
+def node_conf(settings, host) -> str:
+    return shell_conf(f"# Bio-Formats cache jobs on {host.name}: read by render-one.sh. "
+                      "Rendered by components/render/bfcache.py.\n",
+                      dict(omero_bin=settings.omero_bin, job_timeout_seconds=JOB_TIMEOUT_SECONDS, attempts=ATTEMPTS,
+                           public_password_file=PUBLIC_PASSWORD_FILE))
+
+
 def node_files(settings, host) -> list[HostFile]:
     return [
-        HostFile(f"{LIBEXEC}/render-one.sh", render_template(
-            "bfcache/render-one.sh.j2", omero_bin=settings.omero_bin, job_timeout=JOB_TIMEOUT,
-            attempts=ATTEMPTS, public_password_file=PUBLIC_PASSWORD_FILE), "0755"),
+        HostFile(NODE_CONF, node_conf(settings, host)),
+        shipped("render-one.sh", f"{LIBEXEC}/render-one.sh"),
         HostFile(f"{LIBEXEC}/node-setup.sh", render_template(
             "bfcache/node-setup.sh.j2", host=host.name, user=settings.ssh_user,
             omero_bin=settings.omero_bin, generation=settings.bfcache_generation,

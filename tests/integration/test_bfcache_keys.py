@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from components import layout
 from components.render import bfcache as render
 from components.render.hostfiles import install_script
 from tests.integration import sshd
@@ -48,7 +49,7 @@ def s():
 
 def host_of(address: str):
     fixed = {v: k for k, v in ADDRESSES.items()}[address]
-    return next(h for h in s().hosts if h.fixed_ip == fixed)
+    return next(h for h in layout.hosts(s()) if h.fixed_ip == fixed)
 
 
 def local(text: str) -> str:

@@ -1,9 +1,11 @@
-"""The regeneration run for real: GNU parallel on the rendered run.sh,
-ssh.sh and dispatch.py drives three OMERO "nodes" (sshd on 127.0.0.2-4, one
-fast, two ten times slower) and fetches the ID list from a "database" (sshd
-on 127.0.0.5 with the forced command). A stand-in `omero` sleeps per image
-cost (milliseconds) and prints the plugin's `ok:`/`fail:` lines. Only paths,
-addresses and the port are rewritten.
+"""The regeneration run for real: the shipped run.sh and dispatch.py drive
+three OMERO "nodes" (sshd on 127.0.0.2-4, one fast, two ten times slower)
+over real SSH control masters and fetch the ID list from a "database" (sshd
+on 127.0.0.5 with the forced command); the nodes run the shipped
+render-one.sh. A stand-in `omero` sleeps per image cost (milliseconds) and
+prints the plugin's `ok:`/`fail:` lines. Only the rendered config's paths,
+addresses and the port are rewritten. The metrics file is checked with
+promtool.
 """
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ def subset_images() -> list[int]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    tool("parallel")
+    tool("promtool")
     root = Path(tempfile.mkdtemp(prefix="idr-bfcache-run-"))
     root.chmod(0o755)
     client_key = sshd.keygen(root / "key")
@@ -105,11 +107,12 @@ def cluster():
 
 
 def install(root: Path, port: int):
-    """Render the coordinator and node files for this stand-in environment."""
+    """The shipped programs as they are, with this stand-in environment's
+    config: the rendered config files with paths and addresses rewritten."""
     omero = write(root / "omero", f"""#!/bin/bash
 # Stand-in for `omero render ... test --force Image:ID`: cost x the node's factor, in ms.
 id=${{!#}}; id=${{id#Image:}}
-node=$PARALLEL_SSHHOST
+node=$BFCACHE_NODE
 echo "start $id $node" >> {root}/calls.log
 ms=$(awk -v id="$id" -F'|' '$1 == id {{ print $2 }}' {root}/ids.txt)
 factor=10; [ "$node" = {FAST} ] && factor=1
@@ -132,26 +135,30 @@ echo "done $id $node" >> {root}/calls.log
     def local(text: str) -> str:
         for public, loopback in ADDRESSES.items():
             text = text.replace(public, loopback)
-        for path, name in ((f"{render.LIBEXEC}/render-one.sh", "render-one.sh"),
-                           (f"{render.LIBEXEC}/dispatch.py", "dispatch.py"), (f"{render.LIBEXEC}/ssh.sh", "ssh.sh"),
-                           (f"{render.KEY_DIR}/id_ed25519", "key"), (f"{render.KEY_DIR}/known_hosts", "known_hosts"),
-                           (f"{render.CONF_DIR}/", "conf-"), (render.CONTROL_DIR, "cm"), (render.NODE_READY, "node-ready"),
-                           (render.STATE_DIR, "state")):
+        for path, name in ((render.METRICS_FILE, "textfile/idr_bfcache.prom"),
+                           (f"{render.LIBEXEC}/", ""), (f"{render.KEY_DIR}/id_ed25519", "key"),
+                           (f"{render.KEY_DIR}/known_hosts", "known_hosts"), (render.CONF, "conf-bfcache.conf"),
+                           (render.NODE_CONF, "node.conf"), (f"{render.CONF_DIR}/", "conf-"),
+                           (render.CONTROL_DIR, "cm"), (render.NODE_READY, "node-ready"), (render.STATE_DIR, "state")):
             text = text.replace(path, f"{root}/{name}")
         return text
 
-    for path in (f"{render.CONF_DIR}/nodes", f"{render.CONF_DIR}/node-info"):
-        write(root / f"conf-{Path(path).name}", local(files[path]), 0o644)
+    # Config: rendered, then localised. Programs: exactly as shipped (only
+    # render-one's default node.conf path points here: sshd passes no env).
+    write(root / "conf-bfcache.conf", local(files[render.CONF]), 0o644)
+    write(root / "conf-nodes", local(files[f"{render.CONF_DIR}/nodes"]), 0o644)
+    write(root / "node.conf", local(files[render.NODE_CONF]), 0o644)
     write(root / "conf-ssh_config", local(files[f"{render.CONF_DIR}/ssh_config"]) + f"    Port {port}\n", 0o644)
-    for name in ("run.sh", "ssh.sh", "dispatch.py"):
-        write(root / name, local(files[f"{render.LIBEXEC}/{name}"]))
-    write(root / "status", local(files[render.STATUS_BIN]))
-    write(root / "render-one.sh", files[f"{render.LIBEXEC}/render-one.sh"])
+    for name in ("run.sh", "dispatch.py"):
+        assert files[f"{render.LIBEXEC}/{name}"] == (render.FILES / name).read_text()
+        write(root / name, files[f"{render.LIBEXEC}/{name}"])
+    write(root / "status", files[render.STATUS_BIN])
+    write(root / "render-one.sh", files[f"{render.LIBEXEC}/render-one.sh"].replace(render.NODE_CONF, str(root / "node.conf")))
     return s
 
 
 def env(root: Path) -> dict:
-    return {**os.environ, "HOME": str(root), "PATH": PATH}   # parallel keeps its own files under ~/.parallel
+    return {**os.environ, "HOME": str(root), "PATH": PATH, "BFCACHE_CONF": str(root / "conf-bfcache.conf")}
 
 
 def run(root: Path, *args, timeout=120) -> subprocess.CompletedProcess:
@@ -191,6 +198,51 @@ def dispatched(state: Path) -> list[tuple[str, str, list[tuple[int, int]], float
     return out
 
 
+def ssh_processes(root: Path) -> list[str]:
+    """Live ssh clients of the coordinator (its config file is on their command line)."""
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if words and words[0].endswith(b"ssh") and str(root / "conf-ssh_config").encode() in words:
+            out.append(b" ".join(words).decode())
+    return out
+
+
+def metrics(root: Path) -> dict[str, float]:
+    """The textfile the dispatcher wrote, checked by promtool, as {series: value}."""
+    path = root / "textfile" / "idr_bfcache.prom"
+    check = subprocess.run([tool("promtool"), "check", "metrics"], input=path.read_text(), capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in path.read_text().splitlines() if line and not line.startswith("#")}
+
+
+ALIASES = {FAST: "omeroreadwrite", SLOW1: "omeroreadonly-1", SLOW2: "omeroreadonly-2"}
+
+
+def assert_metrics_match_results(root: Path, run_name: str, ids: list[int], running: float):
+    m = metrics(root)
+    rows = results(root / "state" / run_name)
+    label = f'run="{run_name}"'
+    last = {int(r[0]): r[2] for r in rows}
+    done = {i for i in ids if last.get(i) in ("ok", "fill", "miss")}
+    assert m[f"idr_bfcache_running{{{label}}}"] == running
+    assert m[f"idr_bfcache_images_planned{{{label}}}"] == len(ids)
+    assert m[f"idr_bfcache_images_left{{{label}}}"] == len(ids) - len(done)
+    for node, alias in ALIASES.items():
+        series = f'{{{label},node="{alias}"}}'
+        assert m[f"idr_bfcache_images_done_total{series}"] == sum(1 for r in rows if r[1] == node and r[2] == "ok")
+        assert m[f"idr_bfcache_images_failed_total{series}"] == sum(
+            1 for r in rows if r[1] == node and r[2] in ("fail", "cancel"))
+        assert m[f"idr_bfcache_last_result_timestamp_seconds{series}"] <= time.time()
+    assert m[f"idr_bfcache_start_timestamp_seconds{{{label}}}"] == int((root / "state" / run_name / "started").read_text())
+    return m
+
+
 def test_a_killed_run_repeats_no_finished_image_retries_failures_and_finishes(cluster):
     root, _ = cluster
     ids = list(costs())
@@ -204,9 +256,17 @@ def test_a_killed_run_repeats_no_finished_image_retries_failures_and_finishes(cl
         assert first.poll() is None, first.stdout.read().decode()
         assert time.time() < deadline, "the first run did not get going"
         time.sleep(0.02)
-    os.killpg(first.pid, signal.SIGKILL)
+    # SIGKILL of every coordinator process (the run's whole session: shell,
+    # dispatcher, lanes' and masters' ssh, whatever their process group), as
+    # `systemctl kill -s KILL` of the unit would.
+    subprocess.run(["pkill", "-KILL", "-s", str(first.pid)], check=True)
     first.wait()
     time.sleep(0.5)  # remote jobs notice their session went away and stop
+    # The killed masters left their sockets: stale, to be replaced, not reused.
+    stale = [p for p in (root / "cm").iterdir() if p.is_socket()]
+    assert stale and not ssh_processes(root)
+    # What the killed run's metrics say: still running (the stalled alert's case).
+    assert metrics(root)['idr_bfcache_running{run="1"}'] == 1
     done_first = {int(r[0]) for r in results(state) if r[2] == "ok"}
     calls_first = len(calls(root))
     # In flight: handed to a lane, no result yet.
@@ -214,8 +274,14 @@ def test_a_killed_run_repeats_no_finished_image_retries_failures_and_finishes(cl
     assert not (state / "finished").exists()
     assert 10 <= len(done_first) < len(ids)
 
+    logins = handshakes(root)
     second = run(root, "1")
     assert second.returncode == 0, second.stdout
+    # The rerun opened one connection per node, as a fresh run does (the
+    # ID list was fetched by the first run), and left no ssh behind.
+    assert handshakes(root) - logins == Counter({FAST: 1, SLOW1: 1, SLOW2: 1})
+    assert not ssh_processes(root)
+    assert_metrics_match_results(root, "1", ids, running=0)
     assert (state / "finished").exists()
     assert "finished with 1 failed image" in second.stdout
 
@@ -247,11 +313,12 @@ def test_a_killed_run_repeats_no_finished_image_retries_failures_and_finishes(cl
     assert {r[1] for r in rows} == set(NODES)
     # The largest filesets went to the fast node (it is the fastest per lane).
     assert {last[i][1] for i in ids[:4]} == {FAST}
-    # A lane is one job for many images: far fewer ssh sessions than images.
+    # A lane is one session for many images: far fewer ssh sessions than images.
     lanes = [line.split(",") for line in (state / "jobs.csv").read_text().splitlines()]
     assert max(int(j[3]) for j in lanes) >= 5
 
-    status = subprocess.run([str(root / "status"), "1"], capture_output=True, text=True, check=True).stdout
+    status = subprocess.run([str(root / "status"), "1"], capture_output=True, text=True, check=True,
+                            env=env(root)).stdout
     assert f"done: {len(ids) - 1}/{len(ids)}" in status
     assert "failed: 1" in status and f"image {BROKEN}: fail" in status
     assert f"speed: {FAST} " in status
@@ -266,7 +333,9 @@ def test_a_killed_run_repeats_no_finished_image_retries_failures_and_finishes(cl
 def test_b_one_ssh_handshake_per_node_for_a_whole_run(cluster):
     root, _ = cluster
     before = handshakes(root)
+    t0 = time.time()
     out = run(root, "2")
+    wall = time.time() - t0
     assert out.returncode == 0, out.stdout
     after = handshakes(root)
     rows = results(root / "state" / "2")
@@ -278,6 +347,27 @@ def test_b_one_ssh_handshake_per_node_for_a_whole_run(cluster):
     assert sum(per_node.values()) == len(costs())
     # The shared connections are closed at the end of the run.
     assert not [p for p in (root / "cm").iterdir() if re.search(r"-[0-9]+$", p.name) and p.is_socket()]
+    assert not ssh_processes(root)
+    m = assert_metrics_match_results(root, "2", list(costs()), running=0)
+    assert m['idr_bfcache_estimated_end_timestamp_seconds{run="2"}'] <= time.time()
+    assert sum(m[f'idr_bfcache_rate_images_per_second{{run="2",node="{a}"}}'] for a in ALIASES.values()) > 0
+    assert wall < 60
+
+
+def test_b2_a_live_master_of_an_earlier_run_is_reused_and_closed(cluster):
+    """A master that survived (its run was killed, the master not): checked
+    with `ssh -O check`, used, and closed at the end; no new handshake."""
+    root, _ = cluster
+    cm = root / "cm" / f"{FAST}-0"
+    subprocess.run(["ssh", "-F", str(root / "conf-ssh_config"), "-o", f"ControlPath={cm}", "-o", "ControlMaster=yes",
+                    "-fN", f"root@{FAST}"], check=True, env=env(root), stdin=subprocess.DEVNULL)
+    assert ssh_processes(root)
+    before = handshakes(root)
+    out = run(root, "4")
+    assert out.returncode == 0, out.stdout
+    assert handshakes(root) - before == Counter({SLOW1: 1, SLOW2: 1, DB: 1})
+    assert {r[1] for r in results(root / "state" / "4")} >= {FAST}
+    assert not ssh_processes(root) and not cm.exists()
 
 
 def test_c_retry_failures_runs_exactly_the_failed_images_in_the_same_results(cluster):
@@ -294,7 +384,8 @@ def test_c_retry_failures_runs_exactly_the_failed_images_in_the_same_results(clu
     assert started == [BROKEN]
     new = results(state)[rows_before:]
     assert [(int(r[0]), r[2]) for r in new] == [(BROKEN, "ok")]
-    status = subprocess.run([str(root / "status"), "1"], capture_output=True, text=True, check=True).stdout
+    status = subprocess.run([str(root / "status"), "1"], capture_output=True, text=True, check=True,
+                            env=env(root)).stdout
     assert f"done: {len(costs())}/{len(costs())}" in status and "failed: 0" in status
     # Nothing left to retry: the same command runs nothing.
     calls_before = len(calls(root))
@@ -316,7 +407,8 @@ def test_d_a_subset_run_touches_exactly_its_images_with_its_own_state(cluster):
         assert touched == set(subset_images())
         assert [int(line.split("|")[0]) for line in (state / "ids.txt").read_text().split()] == subset_images()
         assert {int(r[0]) for r in results(state)} == set(subset_images())
-        status = subprocess.run([str(root / "status"), name], capture_output=True, text=True, check=True).stdout
+        status = subprocess.run([str(root / "status"), name], capture_output=True, text=True, check=True,
+                            env=env(root)).stdout
         kind = subset.split()[0]
         assert f"run {name} (subset: {kind}): finished" in status
         assert f"done: {len(subset_images())}/{len(subset_images())}" in status
@@ -372,7 +464,7 @@ def test_e_learned_speeds_change_what_a_slowed_node_takes(cluster):
         (root / f"factor-{SLOW1}").unlink()
         (root / "ids.txt").write_text(shared)
     assert out.returncode == 0, out.stdout
-    assert "pass 1: 93 images" in out.stdout and "pass 2" not in out.stdout   # one plan for the whole run
+    assert "run 3: 93 images" in out.stdout   # one plan for the whole run
     state = root / "state" / "3"
     rows = results(state)
     assert sorted(int(r[0]) for r in rows) == sorted(ids) and {r[2] for r in rows} == {"ok"}
