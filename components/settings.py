@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 from . import PROJECT, layout
 from .layout import DATA_VOLUME_MOUNTS, JUPYTER_LOCATIONS, PROXY_OWN_LOCATIONS, READONLY_BASE, VOLUME_KEYS, Host, VolumeSpec
-from .validators import (AvailabilityZone, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName,
+from .validators import (AlertReceiver, AvailabilityZone, SlackChannel, alert_secret_problem, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName,
                          DirectRedirects, DnsName, Duration, Environment, ExtraGroups, FilePath, Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap,
                          Ipv4s, NotAllowed, OpenStackId, PgIdentifier, Playbooks, PublicKey, RedirectLocations, RedirectMap,
                          Release, Size, Slots, SourceSize, StackName, Subnet, UrlPath, User, VarsFile, VolumeType, WebsiteSource, cloud_name, first_error,
@@ -161,6 +161,13 @@ class Settings:
     deployment_vars_file: VarsFile = Field("", description="YAML file of extra vars for the playbooks (absolute or relative to the project); empty: none.")
     deployment_secret_vars: Any = Field(None, description="YAML mapping of secret vars for the playbooks, required with deploymentEnabled: omero_server_rootpassword, idr_secret_postgresql_password, idr_secret_postgresql_password_ro (never the roles' default 'omero'), optionally idr_secret_public_password; written to a 0600 temporary file, never printed (secret).", json_schema_extra=SECRET)
     deployment_generation: Generation = Field(0, description="Bump to run the deployment playbooks again (and the steps that follow them).")
+    # Monitoring (IDR's <env>-management host: Prometheus, Alertmanager, Grafana)
+    monitoring_enabled: bool = Field(False, description="Add <env>-management (internal only) with Prometheus, Alertmanager, a blackbox exporter and Grafana, exporters on every host, /grafana/ and /prometheus/federate on the proxy (docs/operations/monitoring.md).")
+    management_flavor: Flavor = Field("m1.medium", description="Flavor of <env>-management (with monitoringEnabled).")
+    management_volume_size: Size = Field(100, description="Size in GB of the management data volume (/data: metrics, alerts, dashboards). Never shrinks; never cloned from another stack.")
+    management_volume_from_snapshot: OpenStackId = Field("", description="Create the management data volume from this snapshot ID of its own (a release starts empty otherwise).")
+    alert_receiver: AlertReceiver = Field("", description="Where Alertmanager sends alerts: slack (idr_secret_management_slack_webhook in deploymentSecretVars), webhook (idr_secret_alert_webhook_url in deploymentSecretVars), or empty: logged only.")
+    alert_slack_channel: SlackChannel = Field("#idr-notify", description="Slack channel of the alerts with alertReceiver slack.")
     # Releases
     health_check_path: UrlPath = Field("/webclient/?experimenter=-1", description="Path that must answer HTTP 200 on an environment's floating IP before it takes the public IP.")
     # Derived from the keys above by build_settings.
@@ -271,6 +278,9 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
             raise ConfigError("deploymentSecretVars", "(secret)", f"{problem}: `pulumi config set --secret "
                               "idr:deploymentSecretVars < secret-vars.yml` (README, Deployment playbooks), "
                               "or deploymentEnabled false")
+        problem = alert_secret_problem(s.alert_receiver, raw("deploymentSecretVars")) if s.monitoring_enabled else None
+        if problem:
+            raise ConfigError("deploymentSecretVars", "(secret)", f"{problem}: docs/operations/monitoring.md, Alerts")
     return replace(s, ssh_bastion=s.ssh_bastion.strip() or s.floating_ip, hosts=layout.hosts(s),
                    tls_private_key=s.tls_private_key if s.tls_certificate_chain else None)
 
