@@ -40,6 +40,8 @@ SSH_PORT = 22
 PROXY_OWN_LOCATIONS = ("= /about", "^~ /about/", "^~ /connection/", "= /omero-ws",
                        "^~ /.well-known/acme-challenge/", "= /maintenance.html")
 JUPYTER_LOCATIONS = ("= /jupyter", "^~ /jupyter/")
+# Grafana and Prometheus's federation, only with idr:monitoringEnabled.
+MONITORING_LOCATIONS = ("= /grafana", "^~ /grafana/", "= /grafana/api/ds/query", "^~ /prometheus/federate")
 
 
 @dataclass(frozen=True)

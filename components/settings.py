@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 
 from . import PROJECT, layout
-from .layout import DATA_VOLUME_MOUNTS, JUPYTER_LOCATIONS, PROXY_OWN_LOCATIONS, READONLY_BASE, VOLUME_KEYS, Host, VolumeSpec
+from .layout import DATA_VOLUME_MOUNTS, JUPYTER_LOCATIONS, MONITORING_LOCATIONS, PROXY_OWN_LOCATIONS, READONLY_BASE, VOLUME_KEYS, Host, VolumeSpec
 from .validators import (AlertReceiver, AvailabilityZone, SlackChannel, alert_secret_problem, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName,
                          DirectRedirects, DnsName, Duration, Environment, ExtraGroups, FilePath, Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap,
                          Ipv4s, NotAllowed, OpenStackId, PgIdentifier, Playbooks, PublicKey, RedirectLocations, RedirectMap,
@@ -206,6 +206,8 @@ class Settings:
         own = {loc: "the proxy's own" for loc in PROXY_OWN_LOCATIONS}
         if self.jupyter_enabled:
             own |= {loc: "JupyterHub's (jupyterEnabled)" for loc in JUPYTER_LOCATIONS}
+        if self.monitoring_enabled:
+            own |= {loc: "monitoring's (monitoringEnabled)" for loc in MONITORING_LOCATIONS}
         for key, entries in (("nginxDirectRedirects", self.nginx_direct_redirects),
                              ("nginxRedirectLocations", self.nginx_redirect_locations)):
             for entry in entries:
