@@ -45,7 +45,7 @@ def program_vars(s: Settings) -> str:
     if monitoring.enabled(s):
         # Exporters' flags, scrape jobs, probes, receivers (render/monitoring.py).
         values |= monitoring.program_vars(s)
-    return monitoring.dump_vars(values)
+    return yaml.safe_dump(values, sort_keys=False)
 
 
 # IDR's playbook that installs the monitoring stack and every host's exporters

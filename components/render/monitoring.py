@@ -71,18 +71,6 @@ BACKUP_MAX_AGE_DAYS = 7         # operations.backup's --keep-daily default
 DATA_MOUNTS = (*DATA_VOLUME_MOUNTS.values(), MANAGEMENT_MOUNT)
 
 
-class _Unsafe(str):
-    """Text Ansible must not template (Go templates of Alertmanager and
-    Grafana use `{{ }}` too)."""
-
-
-class _VarsDumper(yaml.SafeDumper):
-    pass
-
-
-_VarsDumper.add_representer(_Unsafe, lambda d, v: d.represent_scalar("!unsafe", str(v)))
-
-
 def enabled(settings: Settings) -> bool:
     return settings.monitoring_enabled
 
@@ -123,7 +111,7 @@ def program_vars(settings: Settings) -> dict[str, Any]:
         # IDR's play requires its Slack secret; the program's Alertmanager
         # config (monitoring.yml) replaces the role's and uses it only with
         # idr:alertReceiver slack.
-        "prometheus_alertmanager_slack_webhook": _Unsafe("{{ idr_secret_management_slack_webhook | default('') }}"),
+        "prometheus_alertmanager_slack_webhook": "{{ idr_secret_management_slack_webhook | default('') }}",
         "prometheus_http_2xx_external_targets": probe_targets(s),
         "prometheus_custom_targets": scrape_jobs(s),
         "idr_monitoring": {
@@ -136,10 +124,6 @@ def program_vars(settings: Settings) -> dict[str, Any]:
             "root_url": f"https://{s.server_name}/grafana/",
         },
     }
-
-
-def dump_vars(values: dict[str, Any]) -> str:
-    return yaml.dump(values, Dumper=_VarsDumper, sort_keys=False)
 
 
 # ---------------------------------------------------------------- alert rules
