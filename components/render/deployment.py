@@ -98,7 +98,11 @@ def what_is_deployed(settings: Settings) -> list[str]:
     vars_digest = (hashlib.sha256(project_path(s.deployment_vars_file).read_text().encode()).hexdigest()
                    if s.deployment_vars_file else "")
     groups = ",".join(f"{g}={r}" for g, r in s.deployment_extra_groups)
-    return [source, vars_digest, tree_digest(PLAYBOOKS), groups, str(s.deployment_generation)]
+    deployed = [source, vars_digest, tree_digest(PLAYBOOKS), groups, str(s.deployment_generation)]
+    if monitoring.enabled(s):
+        # Alertmanager's receivers are written by the playbooks (monitoring.yml).
+        deployed.append(f"alertReceiver={s.alert_receiver} alertSlackChannel={s.alert_slack_channel}")
+    return deployed
 
 
 def triggers(settings: Settings) -> list[str]:
