@@ -131,9 +131,9 @@ CHANGES: dict[str, Change] = {
     "deploymentExtraGroups": Change({"deploymentExtraGroups": '["ebi-nfs=omeroreadwrite"]'}, IN_PLACE,
                                     "instance metadata; the playbooks run again"),
     "deploymentGeneration": Change({"deploymentGeneration": "1"}, IN_PLACE, "the playbooks run again"),
-    "monitoringEnabled": Change({"monitoringEnabled": "false"}, REFUSED,
-                                "off: <env>-management and its volume are protected; on (from off) adds exactly "
-                                "them, and the playbooks run again (docs/operations/monitoring.md)"),
+    "monitoringEnabled": Change({"monitoringEnabled": "false"}, ADDS_REMOVES,
+                                "on adds <env>-management and its volume, and the playbooks run again; off: they are "
+                                "protected, pulumi stops until unprotected (docs/operations/monitoring.md)"),
     "managementFlavor": Change({"managementFlavor": "m1.large"}, ONE_SERVER, "resize of the management host"),
     "managementVolumeSize": Change({"managementVolumeSize": "200"}, IN_PLACE, "as omeroreadwriteVolumeSize"),
     "managementVolumeFromSnapshot": Change({"managementVolumeFromSnapshot": "aaaabbbb-cccc-dddd"}, IGNORED,

@@ -164,11 +164,6 @@ def check(s: Settings, deployed: Deployed) -> None:
         raise ConfigError(key, now[key], f"{was!r}, the value this stack was deployed with: the change would "
                           f"{harm}. To keep the running environment: {undo}. Otherwise {_safe_way(s)}")
     _check_subnet_from_hosts(s, deployed)
-    if not s.monitoring_enabled and any(h.get("role") == "management" for h in deployed.outputs.get("hosts") or []):
-        raise ConfigError("monitoringEnabled", False, f"True, the value this stack was deployed with: the change would "
-                          f"delete {s.environment}-management and its data volume (protected; metrics and alerts would "
-                          f"stop). To keep the running environment: `pulumi config set idr:monitoringEnabled true -s "
-                          f"{s.stack}`; to retire them on purpose: docs/operations/monitoring.md. Otherwise {_safe_way(s)}")
     for role, size in deployed.volume_sizes.items():
         spec = next((h.volume for h in s.hosts if h.volume and h.volume.role == role), None)
         if spec is not None and spec.size < size:
