@@ -406,3 +406,19 @@ def test_mtail_program_compiles_and_knows_nginx_url_families(tmp_path):
     found = [(m.group(1).replace("\\/", "/"), m.group(2))
              for m in re.finditer(r'\$path =~ /(.+?)/ \{\n\s+idr_nginx_requests_total\["([\w-]+)"\]', program)]
     assert found == [(f.regex, f.name) for f in (*nginx.CACHED_FAMILIES, nginx.MAPR)]
+
+
+def test_proxy_units_pass_systemd_analyze_verify(tmp_path):
+    """The two units as systemd reads them, the binaries' paths moved into
+    tmp (mtail: Debian's; node_exporter: an executable standing in)."""
+    node = tmp_path / "node_exporter"
+    node.write_text("#!/bin/sh\n")
+    node.chmod(0o755)
+    paths = []
+    for unit in monitoring.PROXY_UNITS:
+        text = (monitoring.FILES / unit).read_text()
+        text = text.replace("/opt/mtail/mtail", MTAIL).replace("/opt/prometheus/node_exporter/node_exporter", str(node))
+        (tmp_path / unit).write_text(text)
+        paths.append(tmp_path / unit)
+    done = run_tool(tool("systemd-analyze"), "verify", *paths)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
