@@ -103,7 +103,7 @@ class Exporter:
     """mtail on the access log as the proxy runs it, and a scraper thread
     standing in for Prometheus (more often than its 15 s: a bound)."""
 
-    def __init__(self, tmp: Path, log: Path, scrape_interval: float):
+    def __init__(self, tmp: Path, log: Path, scrape_interval: float, probe_port: int):
         progs = tmp / "mtail-progs"
         progs.mkdir(exist_ok=True)
         (progs / monitoring.MTAIL_PROGRAM).write_text((monitoring.FILES / monitoring.MTAIL_PROGRAM).read_text())
@@ -121,6 +121,12 @@ class Exporter:
                 pass
             if time.monotonic() > deadline:
                 raise SystemExit("mtail did not start")
+            time.sleep(0.1)
+        # mtail reads the log from its end once it has opened it: wait for that.
+        while self.lines_seen() == 0:
+            get(probe_port, "/about/")
+            if time.monotonic() > deadline:
+                raise SystemExit("mtail counts no line of the access log")
             time.sleep(0.1)
         self.thread = threading.Thread(target=self._scrape, daemon=True)
         self.thread.start()
@@ -200,12 +206,13 @@ def main(argv=None):
                 for what in order:
                     before = proxy.state.count(THUMB)
                     if what == "exporter":
-                        exporter = Exporter(tmp, log, args.scrape_interval)
+                        exporter = Exporter(tmp, log, args.scrape_interval, http_port)
+                        warm = exporter.lines_seen()
                         started = time.monotonic()
                         rate = measure(urls["cached"], args.seconds, args.connections)
                         made = rate * (time.monotonic() - started)
                         time.sleep(1)                       # mtail's last lines
-                        counted.append(exporter.lines_seen() / made if made else 0)
+                        counted.append((exporter.lines_seen() - warm) / made if made else 0)
                         exporter.stop()
                         results[what].append(rate)
                     else:

@@ -41,7 +41,7 @@ PROXY_OWN_LOCATIONS = ("= /about", "^~ /about/", "^~ /connection/", "= /omero-ws
                        "^~ /.well-known/acme-challenge/", "= /maintenance.html")
 JUPYTER_LOCATIONS = ("= /jupyter", "^~ /jupyter/")
 # Grafana and Prometheus's federation, only with idr:monitoringEnabled.
-MONITORING_LOCATIONS = ("= /grafana", "^~ /grafana/", "= /grafana/api/ds/query", "^~ /prometheus/federate")
+MONITORING_LOCATIONS = ("= /grafana", "^~ /grafana/", "= /grafana/api/ds/query", "= /prometheus/federate")
 
 
 @dataclass(frozen=True)
