@@ -1,9 +1,11 @@
 """Requests per second for a cached thumbnail through the rendered proxy config,
-against its ceiling (the same bytes served by the same nginx as a static file)
-and against the same request straight to the stub OMERO.web, in one run.
+against its ceiling (the same bytes served by the same nginx as a static file),
+against the same request straight to the stub OMERO.web, and with the
+monitoring's log exporter at work (mtail tailing the access log with the
+program's idr-nginx.mtail, scraped every `--scrape-interval` seconds), in one run.
 
     .venv/bin/python -m benchmarks.nginx_cache_rps [--seconds 5] [--rounds 5] [--connections 32]
-        [--body-bytes 4096] [--backend-delay 0] [--client auto|wrk|python]
+        [--body-bytes 4096] [--backend-delay 0] [--client auto|wrk|python] [--scrape-interval 1]
 
 Loopback only: real nginx with the rendered files (rewritten as in the tests:
 tmp paths, 127.0.0.1 ports, upstreams on the stub), the stub from
@@ -12,7 +14,9 @@ added to the test copy only, in the same http block (same workers, sendfile,
 logging, headers). The three are measured in turn, `--rounds` times (static
 and cached back to back, in alternating order), and the medians are
 reported: of each rate, and of each round's cached/static ratio, so a
-neighbour's load on the machine hits both sides alike.
+neighbour's load on the machine hits both sides alike. The exporter's cost
+is the median of each round's (cached with mtail) / (cached) ratio, mtail
+started before and stopped after its measurement (it reads only new lines).
 `wrk` (Debian package wrk) is used when present, else a threaded Python
 client; the same client measures all three.
 """
@@ -29,8 +33,10 @@ import threading
 import time
 from pathlib import Path
 
+from components.render import monitoring
 from components.render import nginx as render
 from tests.integration.nginx_fixtures import ProxyUnderTest, free_port, make_cert
+from tests.tools import tool
 
 THUMB = "/webgateway/render_thumbnail/101/96/"
 STATIC = "/ceiling/thumbnail"
@@ -93,6 +99,55 @@ server {{
 """)
 
 
+class Exporter:
+    """mtail on the access log as the proxy runs it, and a scraper thread
+    standing in for Prometheus (more often than its 15 s: a bound)."""
+
+    def __init__(self, tmp: Path, log: Path, scrape_interval: float, probe_port: int):
+        progs = tmp / "mtail-progs"
+        progs.mkdir(exist_ok=True)
+        (progs / monitoring.MTAIL_PROGRAM).write_text((monitoring.FILES / monitoring.MTAIL_PROGRAM).read_text())
+        self.port = free_port()
+        self.proc = subprocess.Popen([tool("mtail"), "--progs", str(progs), "--logs", str(log),
+                                      "--address", "127.0.0.1", "--port", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.interval, self.scrapes, self.stopping = scrape_interval, 0, threading.Event()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if get(self.port, "/metrics")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("mtail did not start")
+            time.sleep(0.1)
+        # mtail reads the log from its end once it has opened it: wait for that.
+        while self.lines_seen() == 0:
+            get(probe_port, "/about/")
+            if time.monotonic() > deadline:
+                raise SystemExit("mtail counts no line of the access log")
+            time.sleep(0.1)
+        self.thread = threading.Thread(target=self._scrape, daemon=True)
+        self.thread.start()
+
+    def _scrape(self):
+        while not self.stopping.wait(self.interval):
+            get(self.port, "/metrics")
+            self.scrapes += 1
+
+    def lines_seen(self) -> float:
+        body = get(self.port, "/metrics")[2].decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                   if line.startswith("idr_nginx_requests_total{"))
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 def get(port: int, path: str) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -113,11 +168,14 @@ def main(argv=None):
     parser.add_argument("--backend-delay", type=float, default=0.0,
                         help="seconds the stub takes per thumbnail (a real render is ~0.05-0.5 s)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--scrape-interval", type=float, default=1.0,
+                        help="seconds between scrapes of mtail during its measurement (Prometheus: 15)")
     args = parser.parse_args(argv)
     client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "python")
     measure = rps_wrk if client == "wrk" else rps_python
 
-    results = {"static": [], "cached": [], "backend": []}
+    results = {"static": [], "cached": [], "backend": [], "exporter": []}
+    counted = []      # requests mtail counted / requests made, per round
     with tempfile.TemporaryDirectory(prefix="idr-bench-") as tmp:
         tmp = Path(tmp)
         proxy = ProxyUnderTest(tmp / "nginx", make_cert(tmp))
@@ -141,12 +199,25 @@ def main(argv=None):
             urls = {"static": f"http://127.0.0.1:{static_port}{STATIC}",
                     "cached": f"http://127.0.0.1:{http_port}{THUMB}",
                     "backend": f"http://{proxy.ro.address}{THUMB}"}
+            log = proxy.tmp / "log" / "access.log"
             for n in range(args.rounds):
                 pair = ("static", "cached") if n % 2 == 0 else ("cached", "static")
-                for what in (*pair, "backend"):
+                order = (*pair, "exporter", "backend") if n % 2 == 0 else ("exporter", *pair, "backend")
+                for what in order:
                     before = proxy.state.count(THUMB)
-                    results[what].append(measure(urls[what], args.seconds, args.connections))
-                    if what == "cached":
+                    if what == "exporter":
+                        exporter = Exporter(tmp, log, args.scrape_interval, http_port)
+                        warm = exporter.lines_seen()
+                        started = time.monotonic()
+                        rate = measure(urls["cached"], args.seconds, args.connections)
+                        made = rate * (time.monotonic() - started)
+                        time.sleep(1)                       # mtail's last lines
+                        counted.append((exporter.lines_seen() - warm) / made if made else 0)
+                        exporter.stop()
+                        results[what].append(rate)
+                    else:
+                        results[what].append(measure(urls[what], args.seconds, args.connections))
+                    if what in ("cached", "exporter"):
                         assert proxy.state.count(THUMB) == before, "the cached run reached the backend"
         finally:
             proxy.stop()
@@ -156,7 +227,7 @@ def main(argv=None):
           f"body={len(cached_body)} B backend_delay={args.backend_delay}s")
     print(f"{'':34} {'req/s (median)':>14}   each round")
     for what, label in (("static", "static file, same nginx (ceiling)"), ("cached", "cached thumbnail through nginx"),
-                        ("backend", "same request, stub backend")):
+                        ("exporter", "cached, mtail tailing the log"), ("backend", "same request, stub backend")):
         rounds = " ".join(f"{v:.0f}" for v in results[what])
         print(f"{label:34} {median[what]:14.0f}   {rounds}")
     ratios = [c / s for c, s in zip(results["cached"], results["static"])]
@@ -164,6 +235,13 @@ def main(argv=None):
     print(f"{'cached / static':34} {ratio:14.2f}   {' '.join(f'{r:.2f}' for r in ratios)}   "
           f"target >= {TARGET}: {'met' if ratio >= TARGET else 'NOT met'}")
     print(f"{'cached / backend':34} {median['cached'] / median['backend']:13.1f}x")
+    # Each round's pair measured back to back; the exporter's measurement is
+    # paired with that round's cached one.
+    exporter_ratios = [e / c for e, c in zip(results["exporter"], results["cached"])]
+    print(f"{'cached with mtail / cached':34} {statistics.median(exporter_ratios):14.2f}   "
+          f"{' '.join(f'{r:.2f}' for r in exporter_ratios)}   (1.00: no cost; scrape every {args.scrape_interval}s)")
+    print(f"{'lines mtail counted / requests':34} {statistics.median(counted):14.2f}   "
+          f"{' '.join(f'{r:.2f}' for r in counted)}")
 
 
 if __name__ == "__main__":

@@ -131,6 +131,17 @@ CHANGES: dict[str, Change] = {
     "deploymentExtraGroups": Change({"deploymentExtraGroups": '["ebi-nfs=omeroreadwrite"]'}, IN_PLACE,
                                     "instance metadata; the playbooks run again"),
     "deploymentGeneration": Change({"deploymentGeneration": "1"}, IN_PLACE, "the playbooks run again"),
+    "monitoringEnabled": Change({"monitoringEnabled": "false"}, ADDS_REMOVES,
+                                "on adds <env>-management and its volume, and the playbooks run again; off: they are "
+                                "protected, pulumi stops until unprotected (docs/operations/monitoring.md)"),
+    "managementFlavor": Change({"managementFlavor": "m1.large"}, ONE_SERVER, "resize of the management host"),
+    "managementVolumeSize": Change({"managementVolumeSize": "200"}, IN_PLACE, "as omeroreadwriteVolumeSize"),
+    "managementVolumeFromSnapshot": Change({"managementVolumeFromSnapshot": "aaaabbbb-cccc-dddd"}, IGNORED,
+                                           "source is history"),
+    "alertReceiver": Change({"alertReceiver": "webhook", "deploymentSecretVars": (
+        "omero_server_rootpassword: r\nidr_secret_postgresql_password: x\nidr_secret_postgresql_password_ro: y\n"
+        "idr_secret_alert_webhook_url: https://alerts.example.org/idr\n")}, IN_PLACE, "the playbooks run again"),
+    "alertSlackChannel": Change({"alertSlackChannel": "#idr-alerts"}, IN_PLACE, "the playbooks run again"),
     "healthCheckPath": Change({"healthCheckPath": "/"}, NOTHING, "read by the swap command only"),
 }
 

@@ -76,4 +76,4 @@ class Deployment(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on),
                                         additional_secret_outputs=["stdout", "stderr"]),
         )
-        self.register_outputs({"enabled": True, "playbooks": list(s.deployment_playbooks)})
+        self.register_outputs({"enabled": True, "playbooks": render.playbooks(s)})

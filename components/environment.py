@@ -12,6 +12,7 @@ from .bfcache import BfCache, BfCacheArgs
 from .database import Database, DatabaseArgs
 from .deployment import Deployment, DeploymentArgs
 from .identity import Deployed
+from .monitoring import Monitoring, MonitoringArgs
 from .network import Network, NetworkArgs
 from .proxy import Proxy, ProxyArgs
 from .render.host import hosts_files
@@ -77,7 +78,12 @@ class IdrEnvironment(pulumi.ComponentResource):
         # IDR's playbooks install PostgreSQL and OMERO on every host but the
         # proxy, so they wait for all of them; what needs that software waits
         # for the playbooks (and, without them, for its own hosts).
-        self.deployment = Deployment(f"{s.environment}-deployment", DeploymentArgs(s, self.base, instance_ids), child)
+        # Monitoring's files on the management host go before the playbooks
+        # start its containers (their data directories are made there).
+        self.monitoring = Monitoring(f"{s.environment}-monitoring", MonitoringArgs(s, [], instance_ids, ready), child)
+        before_playbooks = [self.monitoring.management] if self.monitoring.steps else []
+        self.deployment = Deployment(f"{s.environment}-deployment",
+                                     DeploymentArgs(s, [*self.base, *before_playbooks], instance_ids), child)
         deployed = [self.deployment.command] if self.deployment.command else []
         self.database = Database(f"{s.environment}-database-settings", DatabaseArgs(s, deployed, instance_ids, ready), child)
         self.bfcache = BfCache(f"{s.environment}-bfcache", BfCacheArgs(s, deployed, instance_ids, ready), child)

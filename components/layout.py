@@ -13,7 +13,10 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 # Roles as the operators' page names them; order is the order hosts are listed.
-ROLES = ("proxy", "omeroreadwrite", "database", "omeroreadonly", "dockermanager")
+ROLES = ("proxy", "omeroreadwrite", "database", "omeroreadonly", "dockermanager", "management")
+# Hosts of a role that only exists when its key is on: the monitoring host
+# (IDR's <env>-management) with idr:monitoringEnabled.
+OPTIONAL_ROLES = {"management": "monitoring_enabled"}
 OMERO_ROLES = ("omeroreadwrite", "omeroreadonly")
 # Data volumes: which host holds which, and where it is mounted.
 DATA_VOLUME_MOUNTS = {"omeroreadwrite": "/data", "database": "/var/lib/pgsql", "proxy": "/var/cache/nginx"}
@@ -21,7 +24,11 @@ VOLUME_KEYS = ("size", "from_volume", "from_snapshot", "source_size")  # <role>_
 # Fixed addresses inside the environment's subnet, so every rendered file
 # (nginx upstreams, /etc/hosts) is a pure function of config and a host keeps
 # its address for life. omeroreadonly-n gets READONLY_BASE + n.
-FIXED_HOST_OFFSETS = {"proxy": 10, "omeroreadwrite": 11, "database": 12, "dockermanager": 13}
+FIXED_HOST_OFFSETS = {"proxy": 10, "omeroreadwrite": 11, "database": 12, "dockermanager": 13, "management": 14}
+# The monitoring host's data volume (Prometheus, Alertmanager and Grafana
+# data, as IDR's /data): its own, never cloned from another environment (IDR:
+# "do not copy when upgrading"); a release starts empty or from its snapshot.
+MANAGEMENT_MOUNT = "/data"
 READONLY_BASE = 100
 # External ports of the proxy (from the page and production).
 PROXY_PUBLIC_TCP_PORTS = (80, 443, 4063, 4064)
@@ -34,6 +41,8 @@ SSH_PORT = 22
 PROXY_OWN_LOCATIONS = ("= /about", "^~ /about/", "^~ /connection/", "= /omero-ws",
                        "^~ /.well-known/acme-challenge/", "= /maintenance.html")
 JUPYTER_LOCATIONS = ("= /jupyter", "^~ /jupyter/")
+# Grafana and Prometheus's federation, only with idr:monitoringEnabled.
+MONITORING_LOCATIONS = ("= /grafana", "^~ /grafana/", "= /grafana/api/ds/query", "= /prometheus/federate")
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,8 @@ def hosts(s: Settings) -> tuple[Host, ...]:
     """Every host of the environment, in ROLES order (omeroreadonly-1..n in turn)."""
     subnet, out = IPv4Network(s.subnet_cidr), []
     for role in ROLES:
+        if role in OPTIONAL_ROLES and not getattr(s, OPTIONAL_ROLES[role]):
+            continue
         image, flavor = s.image_overrides.get(role, s.image), getattr(s, f"{role}_flavor")
         if role == "omeroreadonly":
             out += [Host(f"{s.environment}-{role}-{n}", role, f"{role}-{n}", str(subnet.network_address + READONLY_BASE + n),
@@ -73,6 +84,9 @@ def hosts(s: Settings) -> tuple[Host, ...]:
             size, from_volume, from_snapshot, source = (getattr(s, f"{role}_volume_{k}") for k in VOLUME_KEYS)
             volume = VolumeSpec(role, DATA_VOLUME_MOUNTS[role], size, from_volume, from_snapshot, source,
                                 from_stack=bool(s.clone_from_stack) and not (from_volume or from_snapshot))
+        elif role == "management":
+            volume = VolumeSpec(role, MANAGEMENT_MOUNT, s.management_volume_size,
+                                from_snapshot=s.management_volume_from_snapshot)
         out.append(Host(f"{s.environment}-{role}", role, role, str(subnet.network_address + FIXED_HOST_OFFSETS[role]),
                         flavor, image, volume=volume))
     return tuple(out)

@@ -21,14 +21,15 @@ from pydantic.config import JsonDict
 from pydantic.fields import FieldInfo
 
 from . import PROJECT
-from .layout import DATA_VOLUME_MOUNTS, JUPYTER_LOCATIONS, PROXY_OWN_LOCATIONS, READONLY_BASE, VOLUME_KEYS
-from .validators import (AvailabilityZone, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName,
+from .layout import (DATA_VOLUME_MOUNTS, JUPYTER_LOCATIONS, MONITORING_LOCATIONS, PROXY_OWN_LOCATIONS, READONLY_BASE,
+                     VOLUME_KEYS)
+from .validators import (AlertReceiver, AvailabilityZone, Bastion, CacheZones, CertificateChain, Checkout, Cidrs, CookieName,
                          DirectRedirects, DnsName, Duration, Environment, ExternalNetwork, ExtraGroups, FilePath,
                          Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap, ImageName, Ipv4s, LongReadTimeout,
                          NetworkName, NotAllowed, OpenStackId, PgIdentifier, Playbooks, Port, PublicKey,
                          PublicReadTimeout, ReadonlyCount, RedirectLocations, RedirectMap, Release, Size, Slots,
-                         SourceSize, StackName, StatementTimeout, Subnet, SubnetName, UrlPath, User, VarsFile,
-                         VolumeType, WebsiteSource, first_error, from_cli, kind, project_path, secret_vars_problem)
+                         SlackChannel, SourceSize, StackName, StatementTimeout, Subnet, SubnetName, UrlPath, User, VarsFile,
+                         VolumeType, WebsiteSource, alert_secret_problem, first_error, from_cli, kind, project_path, secret_vars_problem)
 
 SECRET: JsonDict = {"secret": True}
 REQUIRED: JsonDict = {"required": True}
@@ -165,6 +166,13 @@ class Settings:
     deployment_vars_file: VarsFile = Field("", description="YAML file of extra vars for the playbooks (absolute or relative to the project); empty: none.")
     deployment_secret_vars: Any = Field(None, description="YAML mapping of secret vars for the playbooks, required with deploymentEnabled: omero_server_rootpassword, idr_secret_postgresql_password, idr_secret_postgresql_password_ro (never the roles' default 'omero'), optionally idr_secret_public_password; written to a 0600 temporary file, never printed (secret).", json_schema_extra=SECRET)
     deployment_generation: Generation = Field(0, description="Bump to run the deployment playbooks again (and the steps that follow them).")
+    # Monitoring (IDR's <env>-management host: Prometheus, Alertmanager, Grafana)
+    monitoring_enabled: bool = Field(False, description="Add <env>-management (internal only) with Prometheus, Alertmanager, a blackbox exporter and Grafana, exporters on every host, /grafana/ and /prometheus/federate on the proxy (docs/operations/monitoring.md).")
+    management_flavor: Flavor = Field("m1.medium", description="Flavor of <env>-management (with monitoringEnabled).")
+    management_volume_size: Size = Field(100, description="Size in GB of the management data volume (/data: metrics, alerts, dashboards). Never shrinks; never cloned from another stack.")
+    management_volume_from_snapshot: OpenStackId = Field("", description="Create the management data volume from this snapshot ID of its own (a release starts empty otherwise).")
+    alert_receiver: AlertReceiver = Field("", description="Where Alertmanager sends alerts: slack (idr_secret_management_slack_webhook in deploymentSecretVars), webhook (idr_secret_alert_webhook_url in deploymentSecretVars), or empty: logged only.")
+    alert_slack_channel: SlackChannel = Field("#idr-notify", description="Slack channel of the alerts with alertReceiver slack.")
     # Releases
     health_check_path: UrlPath = Field("/webclient/?experimenter=-1", description="Path that must answer HTTP 200 on an environment's floating IP before it takes the public IP.")
 
@@ -201,6 +209,8 @@ class Settings:
         own = {loc: "the proxy's own" for loc in PROXY_OWN_LOCATIONS}
         if self.jupyter_enabled:
             own |= {loc: "JupyterHub's (jupyterEnabled)" for loc in JUPYTER_LOCATIONS}
+        if self.monitoring_enabled:
+            own |= {loc: "monitoring's (monitoringEnabled)" for loc in MONITORING_LOCATIONS}
         for key, entries in (("nginxDirectRedirects", self.nginx_direct_redirects),
                              ("nginxRedirectLocations", self.nginx_redirect_locations)):
             for entry in entries:
@@ -269,6 +279,9 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
             raise ConfigError("deploymentSecretVars", "(secret)", f"{problem}: `pulumi config set --secret "
                               "idr:deploymentSecretVars < secret-vars.yml` (README, Deployment playbooks), "
                               "or deploymentEnabled false")
+        problem = alert_secret_problem(s.alert_receiver, raw("deploymentSecretVars")) if s.monitoring_enabled else None
+        if problem:
+            raise ConfigError("deploymentSecretVars", "(secret)", f"{problem}: docs/operations/monitoring.md, Alerts")
     return replace(s, ssh_bastion=s.ssh_bastion.strip() or s.floating_ip,
                    tls_private_key=s.tls_private_key if s.tls_certificate_chain else None)
 

@@ -466,6 +466,34 @@ Playbooks = Annotated[tuple[str, ...], BeforeValidator(_playbooks),
                       required('at least one playbook, e.g. ["idr-01-install-idr.yml"]')]
 VarsFile = Annotated[str, AfterValidator(_vars_file)]
 ExtraGroups = Annotated[tuple[tuple[str, str], ...], BeforeValidator(_extra_groups)]
+AlertReceiver = Annotated[str, Field(pattern=r"^(|slack|webhook)$"),
+                          Allowed("slack, webhook, or empty (alerts are only logged by Alertmanager)")]
+SlackChannel = Annotated[str, Field(pattern=r"^[#@][a-z0-9_.-]{1,80}$"),
+                         Allowed("a Slack channel such as #idr-notify (or @user)")]
+# Where an alert receiver's secret travels: idr:deploymentSecretVars, the one
+# secret the playbooks get (IDR's own name for the Slack one), never config text.
+ALERT_RECEIVER_SECRETS = {
+    "slack": ("idr_secret_management_slack_webhook", "the Slack webhook's path after https://hooks.slack.com/services/",
+              r"^[A-Za-z0-9/_-]{8,}$"),
+    "webhook": ("idr_secret_alert_webhook_url", "the URL Alertmanager posts alerts to (http:// or https://)",
+                r"^https?://[\x21-\x7e]+$"),
+}
+
+
+def alert_secret_problem(receiver: str, text: Optional[str]) -> Optional[str]:
+    """Why idr:deploymentSecretVars lacks the receiver's secret, or None.
+    Never quotes a value."""
+    if receiver not in ALERT_RECEIVER_SECRETS:
+        return None
+    name, what, pattern = ALERT_RECEIVER_SECRETS[receiver]
+    try:
+        loaded = yaml.safe_load(text or "") or {}
+    except yaml.YAMLError:
+        return "a YAML mapping (this one does not parse)"
+    value = str(loaded.get(name) or "") if isinstance(loaded, dict) else ""
+    if not re.fullmatch(pattern, value):
+        return f"a mapping that holds {name} ({what}), needed by idr:alertReceiver {receiver}"
+    return None
 
 
 # --------------------------------------------------------------------------

@@ -333,7 +333,7 @@ def test_program_passes_the_pack(recordings, stack):
     external = list(P.external_ingress_rules(StackValidationArgs(resources)))
     assert {(lo, hi) for _, _, (lo, hi) in external} >= {(443, 443), (14060, 14079)}
     attaches = [r for r in resources if r.resource_type == P.VOLUME_ATTACH]
-    assert len(attaches) == 3 and all(r.property_dependencies.get("instanceId") for r in attaches)
+    assert len(attaches) == 4 and all(r.property_dependencies.get("instanceId") for r in attaches)  # with management
     # rsync follows the stack's switch: advisory only, and only when it is on.
     findings = run_pack(resources)
     rsync_on = any(lo <= 873 <= hi for _, _, (lo, hi) in external)

@@ -21,6 +21,7 @@ PROD_HOSTS = {
     "prod-proxy": "m1.large", "prod-omeroreadwrite": "m1.xlarge", "prod-database": "m1.large",
     "prod-dockermanager": "m1.large", "prod-omeroreadonly-1": "m1.large", "prod-omeroreadonly-2": "m1.large",
     "prod-omeroreadonly-3": "m1.large", "prod-omeroreadonly-4": "m1.large",
+    "prod-management": "m1.medium",  # idr:monitoringEnabled
 }
 
 
@@ -83,7 +84,8 @@ def test_rsync_switch_and_ssh_sources_change_only_their_rules():
 def test_data_volumes_protected_attached_to_their_host(prod_run):
     expected = {"prod-omeroreadwrite-data": ("prod-omeroreadwrite", 1500),
                 "prod-database-data": ("prod-database", 800),
-                "prod-proxy-data": ("prod-proxy", 100)}
+                "prod-proxy-data": ("prod-proxy", 100),
+                "prod-management-data": ("prod-management", 100)}
     volumes = prod_run.of_type(VOLUME)
     assert {v.name for v in volumes} == set(expected)
     for vol in volumes:
@@ -118,7 +120,8 @@ def test_mount_command_uses_the_volume_id(prod_run):
     for vol in prod_run.of_type(VOLUME):
         host = vol.name.removesuffix("-data")
         command = prod_run.named(f"{host}-mount", COMMAND)
-        mount = {"prod-omeroreadwrite": "/data", "prod-database": "/var/lib/pgsql", "prod-proxy": "/var/cache/nginx"}[host]
+        mount = {"prod-omeroreadwrite": "/data", "prod-database": "/var/lib/pgsql", "prod-proxy": "/var/cache/nginx",
+                 "prod-management": "/data"}[host]
         assert f"/usr/local/sbin/idr-mount-volume {vol.id} {mount}" in command.inputs["stdin"]
         attach = next(a for a in prod_run.of_type(ATTACH) if a.inputs["volumeId"] == vol.id)
         assert attach.urn in command.options.depends_on
@@ -169,6 +172,8 @@ def test_guard_accepts_the_ip_on_its_own_proxy_port_or_free():
 def test_newidr_clones_every_data_volume_and_shares_nothing_with_prod(prod_run, newidr_run):
     prod_ids = {v["name"]: v["id"] for v in prod_run.outputs["dataVolumes"].values()}
     for vol in newidr_run.of_type(VOLUME):
+        if vol.name == "newidr-management-data":  # never cloned: tests/test_monitoring.py
+            continue
         role_name = vol.name.replace("newidr-", "prod-")
         assert vol.inputs["sourceVolId"] == prod_ids[role_name], vol.name
         assert vol.options.protect
@@ -194,7 +199,7 @@ def test_outputs_hosts_volumes_and_inventory(prod_run):
     out = prod_run.outputs
     assert [(h["name"], h["role"]) for h in out["hosts"]][:3] == [
         ("prod-proxy", "proxy"), ("prod-omeroreadwrite", "omeroreadwrite"), ("prod-database", "database")]
-    assert set(out["dataVolumes"]) == {"omeroreadwrite", "database", "proxy"}
+    assert set(out["dataVolumes"]) == {"omeroreadwrite", "database", "proxy", "management"}
     assert out["dataVolumes"]["database"]["size"] == 800
     inv = yaml.safe_load(out["inventory"])
     groups = inv["all"]["children"]

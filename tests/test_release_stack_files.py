@@ -79,7 +79,7 @@ def test_stack_files_after_a_release_pass_the_checks(release):
     assert files["prod"]["idr:omeroreadonlyCount"] == "4" and files["prod"]["idr:maintenance"] == "true"
     assert files["prod"]["idr:databaseVolumeSize"] == 800, "a value nobody set keeps the file's type"
     prod, newidr = check(project)
-    assert len(newidr.of_type("openstack:compute/instance:Instance")) == 5 + 4  # 5 read-only servers
+    assert len(newidr.of_type("openstack:compute/instance:Instance")) == 5 + 5  # 5 read-only servers, the management host
     (assoc,) = prod.of_type(FIP)
     assert assoc.inputs["floatingIp"] == SPARE and not assoc.options.retain_on_delete
 

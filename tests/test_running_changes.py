@@ -250,7 +250,7 @@ def test_a_clone_not_yet_created_is_still_checked(first):
 # ------------------------------------------------------------ 2. protection
 
 def test_data_holders_and_the_network_under_them_are_protected(first):
-    holders = {"prod-proxy", "prod-omeroreadwrite", "prod-database"}
+    holders = {"prod-proxy", "prod-omeroreadwrite", "prod-database", "prod-management"}
     for r in first.of_type(INSTANCE) + first.of_type(PORT):
         assert r.options.protect == (r.name in holders), r.name
     assert all(a.options.protect for a in first.of_type(ATTACH))

@@ -14,7 +14,7 @@ DEBIAN_PACKAGES = {
     "ssh-keygen": "openssh-client", "cloud-init": "cloud-init", "shellcheck": "shellcheck",
     "rsync": "rsync", "mkfs.xfs": "xfsprogs", "losetup": "mount", "blkid": "util-linux",
     "curl": "curl", "git": "git", "systemd-analyze": "systemd", "openssl": "openssl", "unshare": "util-linux", "sudo": "sudo",
-    "promtool": "prometheus",
+    "promtool": "prometheus", "amtool": "prometheus-alertmanager", "mtail": "mtail",
 }
 
 

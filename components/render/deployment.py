@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from .. import layout
-from . import render_template
+from . import monitoring, render_template
 from .database import READONLY_ROLE
 from ..settings import Settings
 from ..validators import project_path
@@ -34,7 +34,7 @@ def program_vars(s: Settings) -> str:
     statement timeout is applied by its SQL step at once (components/
     database.py), not by running every playbook again; the playbooks get it
     whenever they run next."""
-    return yaml.safe_dump({
+    values = {
         "hosts_populate_etc_hosts": HOSTS_POPULATE_TARGET,
         # IDR's group_vars/database-hosts.yml, with idr:statementTimeoutMs
         # instead of its 60 s (idr-omero-readonly.yml applies it on every run).
@@ -42,7 +42,23 @@ def program_vars(s: Settings) -> str:
             "name": s.database_name, "user": READONLY_ROLE,
             "password": "{{ idr_secret_postgresql_password_ro }}",
             "statement_timeout": int(s.statement_timeout_ms)},
-    }, sort_keys=False)
+    }
+    if monitoring.enabled(s):
+        # Exporters' flags, scrape jobs, probes, receivers (render/monitoring.py).
+        values |= monitoring.program_vars(s)
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+# IDR's playbook that installs the monitoring stack and every host's exporters
+# (idr:monitoringEnabled), run after the configured ones, then the program's.
+MONITORING_PLAYBOOKS = ("management-prometheus.yml",)
+MONITORING_OWN_PLAYBOOK = "monitoring.yml"
+
+
+def playbooks(s: Settings) -> list[str]:
+    """What the step runs from the checkout's ansible/ directory, in order."""
+    extra = [p for p in MONITORING_PLAYBOOKS if p not in s.deployment_playbooks] if monitoring.enabled(s) else []
+    return [*s.deployment_playbooks, *extra]
 
 
 def cache_name(repository: str) -> str:
@@ -58,7 +74,8 @@ def run_script(s: Settings, name: str) -> str:
         "deployment/run-playbooks.sh.j2", step=name, environment=s.environment,
         path=s.deployment_path, repository=s.deployment_repository, ref=s.deployment_ref,
         cache_name=cache_name(s.deployment_repository), vars_file=s.deployment_vars_file,
-        playbooks=s.deployment_playbooks)
+        playbooks=playbooks(s),
+        own_playbooks=[MONITORING_OWN_PLAYBOOK] if monitoring.enabled(s) else [])
 
 
 def tree_digest(root: Path) -> str:
@@ -82,7 +99,11 @@ def what_is_deployed(settings: Settings) -> list[str]:
     vars_digest = (hashlib.sha256(project_path(s.deployment_vars_file).read_text().encode()).hexdigest()
                    if s.deployment_vars_file else "")
     groups = ",".join(f"{g}={r}" for g, r in s.deployment_extra_groups)
-    return [source, vars_digest, tree_digest(PLAYBOOKS), groups, str(s.deployment_generation)]
+    deployed = [source, vars_digest, tree_digest(PLAYBOOKS), groups, str(s.deployment_generation)]
+    if monitoring.enabled(s):
+        # Alertmanager's receivers are written by the playbooks (monitoring.yml).
+        deployed.append(f"alertReceiver={s.alert_receiver} alertSlackChannel={s.alert_slack_channel}")
+    return deployed
 
 
 def triggers(settings: Settings) -> list[str]:

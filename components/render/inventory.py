@@ -5,6 +5,8 @@ deployment playbooks target (public IDR/deployment repository):
 - `<role>-hosts` without the prefix, the names its `group_vars` are keyed by;
 - `omero-hosts` (read-write and every read-only), `bastion-hosts` (the proxy)
   and `docker-hosts` (the dockermanager, which its idr-docker.yml targets);
+- `<env>-management-hosts`, the monitoring host IDR's management*.yml
+  target (with idr:monitoringEnabled);
 - `<env>-<group>` from idr:deploymentExtraGroups (IDR's storage groups
   `<env>-ebi-nfs`, `<env>-uod-nfs`).
 
@@ -26,6 +28,7 @@ EXTRA_GROUPS = {
     "omeroreadonly": ("omero",),
     "database": (),
     "dockermanager": ("docker",),
+    "management": (),   # IDR's <env>-management-hosts (idr:monitoringEnabled)
 }
 
 

@@ -53,6 +53,7 @@ JUPYTERHUB_PORT = 8000
 CACHE_BUSTER_PORT = 9000      # 127.0.0.1 only: operators come through an SSH tunnel
 LONG_REQUEST_PORT = 8009      # 127.0.0.1 only, as above
 RSYNC_PORT = 873
+GRAFANA_PORT, PROMETHEUS_PORT = 3000, 9090     # on <env>-management (IDR's)
 
 # OMERO's own ports (Ice: 4063 plain, 4064 SSL), forwarded by nginx's stream
 # module to the same port of every read-only server. PROXY_OMERO_PORT_RANGE
@@ -166,6 +167,9 @@ def _context(settings: Settings) -> dict:
         "websocket_timeout": WEBSOCKET_TIMEOUT,
         "readwrite": f"{layout.host(settings, 'omeroreadwrite').fixed_ip}:{web_port}",
         "jupyterhub": f"{layout.host(settings, 'dockermanager').fixed_ip}:{JUPYTERHUB_PORT}",
+        # Grafana and Prometheus's federation on the management host (idr:monitoringEnabled).
+        "grafana": (f"{layout.host(settings, 'management').fixed_ip}:{GRAFANA_PORT}" if settings.monitoring_enabled else ""),
+        "prometheus": (f"{layout.host(settings, 'management').fixed_ip}:{PROMETHEUS_PORT}" if settings.monitoring_enabled else ""),
         "rsync_backend": f"{layout.host(settings, 'omeroreadwrite').fixed_ip}:{RSYNC_PORT}",
         "rsync_port": RSYNC_PORT,
         "omero_ports": OMERO_PORTS,

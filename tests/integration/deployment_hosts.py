@@ -58,8 +58,10 @@ def hosts():
 def render_step(overrides: dict):
     """The deployment command as the program declares it for prod (two
     read-only servers, root as the login user, the bastion on loopback)."""
+    # Without the monitoring host (no sshd stands in for it): its playbooks
+    # are checked in test_deployment_idr.py and tests/test_monitoring.py.
     run = run_stack("prod", {"omeroreadonlyCount": "2", "sshUser": "root", "sshBastion": BASTION,
-                             "floatingIp": "", **overrides})
+                             "floatingIp": "", "monitoringEnabled": "false", **overrides})
     (step,) = run.of_type("command:local:Command")
     return run, step
 

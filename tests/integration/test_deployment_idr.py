@@ -62,7 +62,8 @@ def test_every_playbook_passes_the_syntax_check_with_the_pinned_ansible(idr_depl
     (step,) = run.of_type("command:local:Command")
     result = check_only(step, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    names = " ".join([*playbooks, "postinstall.yml"])
+    # Both stacks monitor themselves (idr:monitoringEnabled): IDR's playbook, then the program's.
+    names = " ".join([*playbooks, "management-prometheus.yml", "monitoring.yml", "postinstall.yml"])
     assert f"syntax check passed: {names}\n" in result.stdout
     # Every pinned role was found installed: ansible-galaxy fetched nothing.
     assert result.stdout.count("is already installed, skipping.") == 51
@@ -221,3 +222,96 @@ def test_idrs_dynamic_inventory_finds_the_groups_and_the_bastion_of_our_instance
     for server_id, name in names.items():
         assert hostvars[server_id]["ansible_ssh_common_args"] == f'-o ProxyCommand="ssh  -W %h:%p -q %r@{floating}"'
         assert hostvars[server_id]["ansible_host"] != floating, name
+
+
+# ------------------------------------------------------------ monitoring
+
+def _render_idr_prometheus(idr_deployment: Path, run, out: Path) -> Path:
+    """IDR's ome.prometheus templates (prometheus.yml, its alert rules) as
+    its role renders them on the management host: Ansible's template module,
+    IDR's play parameters from management-prometheus.yml, the program's vars
+    last, the stack's inventory with each host's address as its facts would
+    give it (ansible_eth0, ansible_hostname)."""
+    ansible = idr_deployment / "ansible"
+    role = ansible / "vendor" / "ome.prometheus"
+    plays = yaml.safe_load((ansible / "management-prometheus.yml").read_text())
+    (play,) = [p for p in plays if any(isinstance(r, dict) and r.get("role") == "ome.prometheus"
+                                       for r in p.get("roles", []))]
+    (params,) = [r for r in play["roles"] if r.get("role") == "ome.prometheus"]
+    (step,) = run.of_type("command:local:Command")
+    inventory = yaml.safe_load(step.inputs["environment"]["IDR_INVENTORY"])
+    for name, host in inventory["all"]["hosts"].items():
+        host.update(ansible_eth0={"ipv4": {"address": host["idr_fixed_ip"]}}, ansible_hostname=name)
+    rules = out / "rules"
+    rules.mkdir(parents=True)
+    (out / "inventory.yaml").write_text(yaml.safe_dump(inventory))
+    (out / "idr-play.yml").write_text(yaml.safe_dump({**{k: v for k, v in params.items() if k != "role"},
+                                                      **play.get("vars", {})}))
+    (out / "program-vars.yml").write_text(step.inputs["environment"]["IDR_DEPLOYMENT_PROGRAM_VARS"])
+    tasks = [{"ansible.builtin.template": {"src": str(role / "templates" / src), "dest": str(dest)}}
+             for src, dest in (("etc-prometheus-prometheus-yml.j2", out / "prometheus.yml"),
+                               ("etc-prometheus-default-alert-rules-yml.j2", rules / "default-alert.rules.yml"),
+                               ("etc-prometheus-additional-alert-rules-yml.j2", rules / "additional-alert.rules.yml"))]
+    (out / "render.yml").write_text(yaml.safe_dump([{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars_files": [str(role / "defaults" / "main.yml")], "tasks": tasks}]))
+    result = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(out / "inventory.yaml"),
+                             "-e", f"idr_environment={run.stack}", "-e", f"@{out / 'idr-play.yml'}",
+                             "-e", f"@{out / 'program-vars.yml'}", str(out / "render.yml")],
+                            capture_output=True, text=True, cwd=ansible)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The program's rules beside IDR's: the file its host step puts there.
+    (files,) = [r for r in run.resources
+                if r.type == "idr:host:HostFiles" and r.name == f"{run.stack}-monitoring-management"]
+    (text,) = [f["content"] for f in files.inputs["files"] if f["path"] == "/etc/prometheus/rules/idr.rules.yml"]
+    (rules / "idr.rules.yml").write_text(text)
+    return out / "prometheus.yml"
+
+
+@pytest.mark.parametrize("stack", ["prod", "newidr"])
+def test_idrs_prometheus_config_with_the_programs_vars_passes_promtool(idr_deployment, stack, tmp_path, prod_run):
+    from tests.tools import tool
+    run = run_stack(stack, {"deploymentPath": str(idr_deployment)},
+                    stack_outputs={"prod": prod_run.outputs} if stack != "prod" else None)
+    config = _render_idr_prometheus(idr_deployment, run, tmp_path)
+    checked = subprocess.run([tool("promtool"), "check", "config", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # IDR's 2 rules (instance_down) and the program's 8, each file checked.
+    assert re.search(r"default-alert.rules.yml\n  SUCCESS: 2 rules found", checked.stdout), checked.stdout
+    assert re.search(r"idr.rules.yml\n  SUCCESS: 8 rules found", checked.stdout), checked.stdout
+    jobs = {j["job_name"]: j for j in yaml.safe_load(config.read_text())["scrape_configs"]}
+    proxy = f"{stack}-proxy"
+    # Every host's node_exporter, the proxy's and the management host's included.
+    nodes = [t for c in jobs["node-exporter"]["static_configs"] for t in c["targets"]]
+    assert "192.168.1.10:9100" in nodes and "192.168.1.14:9100" in nodes and len(nodes) == 9
+    assert jobs["nginx-mtail"]["static_configs"] == [{"targets": ["192.168.1.10:3903"], "labels": {"instance": proxy}}]
+    external = jobs["blackbox_http_2xx_external"]["static_configs"][0]["targets"]
+    assert external == ["https://idr.openmicroscopy.org/about/"]
+    assert jobs["blackbox_floating_ip"]["file_sd_configs"] == [{"files": ["/etc/prometheus/targets/idr-floating-ip.json"]}]
+    assert [t for c in jobs["postgres-exporter"]["static_configs"] for t in c["targets"]] == ["192.168.1.12:9187"]
+
+
+def test_idrs_instance_down_alert_with_promtool(idr_deployment, tmp_path, prod_run):
+    """IDR's only alert (a host or an exporter down), as its role renders it,
+    on the Prometheus version the program runs."""
+    from tests.tools import tool
+    run = run_stack("prod", {"deploymentPath": str(idr_deployment)})
+    _render_idr_prometheus(idr_deployment, run, tmp_path)
+    rules = tmp_path / "rules" / "default-alert.rules.yml"
+    down = {"job": "node-exporter", "instance": "prod-database"}
+
+    def expected(severity, after):
+        return {"exp_labels": {**down, "severity": severity},
+                "exp_annotations": {"summary": f"Instance prod-database {'may be ' if severity == 'warn' else ''}down",
+                                    "description": f"prod-database of job node-exporter has been down for more than "
+                                                   f"{after}."}}
+    series = 'up{job="node-exporter",instance="prod-database"}'
+    tests = {"rule_files": [str(rules)], "evaluation_interval": "5s", "tests": [
+        {"interval": "5s", "input_series": [{"series": series, "values": "0x60"}],
+         "alert_rule_test": [{"eval_time": "3m", "alertname": "instance_down",
+                              "exp_alerts": [expected("warn", "5s"), expected("error", "2m")]}]},
+        {"interval": "5s", "input_series": [{"series": series, "values": "1x60"}],
+         "alert_rule_test": [{"eval_time": "3m", "alertname": "instance_down", "exp_alerts": []}]}]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run([tool("promtool"), "test", "rules", str(tmp_path / "tests.yml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

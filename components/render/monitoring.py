@@ -1,0 +1,247 @@
+"""Monitoring (idr:monitoringEnabled): what the program adds to IDR's stack.
+
+IDR's playbooks install Prometheus, Alertmanager and the blackbox exporter on
+<env>-management (management-prometheus.yml, role ome.prometheus) and the
+exporters on every host but the proxy. This module renders what IDR does not
+have, as pure functions:
+- the vars the program passes to those playbooks (`program_vars`): the
+  exporters' flags, the versions the tests check the files with, the extra
+  scrape jobs, the public probes;
+- the alert rules (`rules`) and Grafana's provisioning and two dashboards,
+  written on the management host by a host step;
+- the proxy's exporters: node_exporter (the deployment step never touches
+  the proxy) and mtail, which turns nginx's access log into cache metrics.
+`components/monitoring.py` only wires them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import layout
+from ..layout import DATA_VOLUME_MOUNTS, MANAGEMENT_MOUNT
+from ..settings import Settings
+from . import HostFile, render_template
+
+FILES = Path(__file__).resolve().parent.parent / "files" / "monitoring"
+
+# Ports (IDR's): Prometheus, Alertmanager, blackbox exporter, Grafana on the
+# management host; node_exporter on every host; mtail on the proxy.
+from .nginx import GRAFANA_PORT, PROMETHEUS_PORT  # noqa: E402  (the proxy routes to them)
+ALERTMANAGER_PORT, BLACKBOX_PORT = 9093, 9115
+NODE_EXPORTER_PORT, MTAIL_PORT = 9100, 3903
+# The versions the tests check the rendered files with (Debian's promtool and
+# amtool), instead of ome.prometheus's 2.20.1 and 0.21.0: what is checked is
+# what runs.
+PROMETHEUS_VERSION, ALERTMANAGER_VERSION = "2.42.0", "0.25.0"
+# Grafana as a container beside Prometheus (IDR runs 7.2.0, without
+# provisioning); files provisioned, anonymous read-only viewing.
+GRAFANA_IMAGE = "grafana/grafana-oss:10.4.2"
+
+# Node_exporter's textfile collector (the regeneration dispatcher writes
+# idr_bfcache.prom there: docs/operations/monitoring.md).
+NODE_TEXTFILE_DIR = "/var/lib/node_exporter/textfile"
+# Where things live on the management host: Prometheus's rule files (the
+# glob of ome.prometheus's prometheus.yml), Grafana's provisioning, the
+# data of both on the management volume.
+RULES_FILE = "/etc/prometheus/rules/idr.rules.yml"
+GRAFANA_ETC = "/etc/idr/grafana"
+GRAFANA_DASHBOARDS = f"{GRAFANA_ETC}/dashboards"
+PROMETHEUS_DATA = f"{MANAGEMENT_MOUNT}/prometheus"
+GRAFANA_DATA = f"{MANAGEMENT_MOUNT}/grafana"
+# The dashboards the program adds to IDR's four (ansible/grafana-dashboards/).
+DASHBOARDS = ("idr-cache.json", "idr-regeneration.json")
+# On the proxy: the exporters' install script, units and mtail's program.
+PROXY_INSTALL = "/usr/local/sbin/idr-monitoring-exporters"
+MTAIL_PROGS = "/etc/mtail"
+MTAIL_PROGRAM = "idr-nginx.mtail"
+UNIT_DIR = "/etc/systemd/system"
+PROXY_UNITS = ("prometheus-node-exporter.service", "idr-mtail.service")
+
+# Alert thresholds (docs/operations/monitoring.md says what to do for each).
+ERROR_RATIO = 0.05              # of the proxy's answers being 5xx
+MIN_REQUEST_RATE = 0.2          # requests/s under which ratios mean nothing
+CACHE_HIT_RATIO_MIN = 0.5       # of cacheable requests answered from the cache
+VOLUME_FULL = 0.85              # of a data volume used
+PG_CONNECTIONS = 0.8            # of max_connections in use
+REGENERATION_STALL_MINUTES = 30
+BACKUP_MAX_AGE_DAYS = 7         # operations.backup's --keep-daily default
+# Mount points of the data volumes (the proxy's holds the nginx cache zones).
+DATA_MOUNTS = (*DATA_VOLUME_MOUNTS.values(), MANAGEMENT_MOUNT)
+
+
+def enabled(settings: Settings) -> bool:
+    return settings.monitoring_enabled
+
+
+def probe_targets(settings: Settings) -> list[str]:
+    """The public address, by name (ome.prometheus's external probes)."""
+    return [f"https://{settings.server_name}/about/"]
+
+
+# The floating IP this stack holds, probed from a file the host step writes
+# (Prometheus rereads it by itself): a swap changes idr:floatingIp, and the
+# probe follows at once, without the playbooks. Not *.yml: ome.prometheus's
+# "additional targets" job reads those.
+FLOATING_IP_TARGETS = "/etc/prometheus/targets/idr-floating-ip.json"
+FLOATING_IP_JOB = "blackbox_floating_ip"
+
+
+def floating_ip_targets(settings: Settings) -> str:
+    targets = [f"http://{settings.floating_ip}/about/"] if settings.floating_ip else []
+    return json.dumps([{"targets": targets, "labels": {"environment": settings.environment}}] if targets else [],
+                      indent=2) + "\n"
+
+
+def scrape_jobs(settings: Settings) -> list[dict[str, Any]]:
+    """Scrape jobs ome.prometheus has no variable for (its
+    prometheus_custom_targets): mtail on the proxy, the floating IP's probe."""
+    proxy = layout.host(settings, "proxy")
+    return [{
+        "job_name": "nginx-mtail",
+        "scrape_interval": "15s",
+        "static_configs": [{"targets": [f"{proxy.fixed_ip}:{MTAIL_PORT}"], "labels": {"instance": proxy.name}}],
+    }, {
+        # As ome.prometheus's blackbox jobs: the target is the probe's URL.
+        "job_name": FLOATING_IP_JOB,
+        "scrape_interval": "60s",
+        "metrics_path": "/probe",
+        "params": {"module": ["http_2xx"]},
+        "file_sd_configs": [{"files": [FLOATING_IP_TARGETS]}],
+        "relabel_configs": [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"source_labels": ["__param_target"], "target_label": "instance"},
+            {"target_label": "__address__", "replacement": f"blackbox-exporter:{BLACKBOX_PORT}"}],
+    }]
+
+
+def program_vars(settings: Settings) -> dict[str, Any]:
+    """Vars for IDR's monitoring playbooks and the program's own
+    (components/playbooks/monitoring.yml); extra vars, so they win over the
+    role parameters IDR's plays set."""
+    s = settings
+    return {
+        # Every host's node_exporter (ome.prometheus_node): the textfile collector.
+        "prometheus_node_args": f"--collector.textfile.directory={NODE_TEXTFILE_DIR}",
+        "prometheus_version": PROMETHEUS_VERSION,
+        "prometheus_alertmanager_version": ALERTMANAGER_VERSION,
+        # Metrics on the management volume, not in a Docker volume on the root disk.
+        "prometheus_docker_data_volume": PROMETHEUS_DATA,
+        # IDR's play requires its Slack secret; the program's Alertmanager
+        # config (monitoring.yml) replaces the role's and uses it only with
+        # idr:alertReceiver slack.
+        "prometheus_alertmanager_slack_webhook": "{{ idr_secret_management_slack_webhook | default('') }}",
+        "prometheus_http_2xx_external_targets": probe_targets(s),
+        "prometheus_custom_targets": scrape_jobs(s),
+        "idr_monitoring": {
+            "alert_receiver": s.alert_receiver,
+            "slack_channel": s.alert_slack_channel,
+            "grafana_image": GRAFANA_IMAGE,
+            "grafana_etc": GRAFANA_ETC,
+            "grafana_data": GRAFANA_DATA,
+            "grafana_port": GRAFANA_PORT,
+            "root_url": f"https://{s.server_name}/grafana/",
+        },
+    }
+
+
+# ---------------------------------------------------------------- alert rules
+
+def _alert(name: str, expr: str, duration: str, severity: str, summary: str, description: str) -> dict[str, Any]:
+    return {"alert": name, "expr": " ".join(expr.split()), "for": duration, "labels": {"severity": severity},
+            "annotations": {"summary": summary, "description": description,
+                            "runbook": f"docs/operations/monitoring.md#{name.lower()}"}}
+
+
+def rules(settings: Settings) -> dict[str, Any]:
+    """The program's alert rules (IDR's role adds instance_down: a host or
+    an exporter down). Every rule has a unit test (promtool test rules)."""
+    timeout_s = settings.statement_timeout_ms / 1000
+    mounts = "|".join(DATA_MOUNTS)
+    requests = "sum(rate(idr_nginx_requests_total[5m]))"
+    cacheable = 'sum(rate(idr_nginx_requests_total{cache!~"-|BYPASS"}[30m]))'
+    stall = REGENERATION_STALL_MINUTES * 60
+    return {"groups": [
+        {"name": "idr-proxy", "rules": [
+            _alert("ProxyErrorRatioHigh",
+                   f'sum(rate(idr_nginx_requests_total{{status=~"5.."}}[5m])) / {requests} > {ERROR_RATIO} '
+                   f'and {requests} > {MIN_REQUEST_RATE}', "10m", "error",
+                   f"The proxy answers more than {ERROR_RATIO:.0%} of requests with 5xx",
+                   f"More than {ERROR_RATIO:.0%} of the proxy's answers are server errors for 10 minutes."),
+            _alert("CacheHitRatioLow",
+                   f'sum(rate(idr_nginx_requests_total{{cache=~"HIT|STALE|UPDATING|REVALIDATED"}}[30m])) '
+                   f'/ {cacheable} < {CACHE_HIT_RATIO_MIN} and {cacheable} > {MIN_REQUEST_RATE}', "30m", "warn",
+                   f"The nginx cache hit ratio is below {CACHE_HIT_RATIO_MIN:.0%}",
+                   f"Fewer than {CACHE_HIT_RATIO_MIN:.0%} of cacheable requests were answered from the cache for 30 minutes."),
+            _alert("PublicAddressDown", f'probe_success{{job=~"blackbox_http_2xx_external|{FLOATING_IP_JOB}"}} == 0',
+                   "5m", "error", "{{ $labels.instance }} does not answer",
+                   "The blackbox exporter got no 2xx answer from a public address for 5 minutes."),
+        ]},
+        {"name": "idr-storage", "rules": [
+            _alert("DataVolumeFilling",
+                   f'1 - node_filesystem_avail_bytes{{mountpoint=~"{mounts}"}} '
+                   f'/ node_filesystem_size_bytes{{mountpoint=~"{mounts}"}} > {VOLUME_FULL}', "15m", "warn",
+                   "{{ $labels.mountpoint }} on {{ $labels.instance }} is more than " f"{VOLUME_FULL:.0%} full",
+                   f"A data volume is more than {VOLUME_FULL:.0%} full."),
+            _alert("BackupTooOld",
+                   f"time() - max by (volume) (idr_backup_last_snapshot_timestamp_seconds) > {BACKUP_MAX_AGE_DAYS * 86400}",
+                   "1h", "error", "The last snapshot of {{ $labels.volume }} is more than " f"{BACKUP_MAX_AGE_DAYS} days old",
+                   f"No snapshot of an essential volume in {BACKUP_MAX_AGE_DAYS} days (operations.backup's daily retention)."),
+        ]},
+        {"name": "idr-database", "rules": [
+            _alert("PostgresConnectionsNearLimit",
+                   f"sum by (instance) (pg_stat_activity_count) > {PG_CONNECTIONS} * max by (instance) (pg_settings_max_connections)",
+                   "10m", "warn", "PostgreSQL on {{ $labels.instance }} is near max_connections",
+                   f"More than {PG_CONNECTIONS:.0%} of max_connections are in use for 10 minutes."),
+            _alert("PostgresStatementPastTimeout",
+                   f'max by (instance, datname) (pg_stat_activity_max_tx_duration{{state="active"}}) > {timeout_s:g}',
+                   "2m", "warn", "A statement on {{ $labels.datname }} runs past the statement timeout",
+                   f"A transaction has been active longer than the read-only statement timeout ({timeout_s:g} s)."),
+        ]},
+        {"name": "idr-regeneration", "rules": [
+            _alert("RegenerationStalled",
+                   f"max by (run) (idr_bfcache_running) == 1 and on (run) ("
+                   f"time() - max by (run) (idr_bfcache_last_result_timestamp_seconds) > {stall} "
+                   f"or (time() - max by (run) (idr_bfcache_start_timestamp_seconds) > {stall} "
+                   f"unless on (run) max by (run) (idr_bfcache_last_result_timestamp_seconds)))",
+                   "5m", "error", "Cache regeneration {{ $labels.run }} has stalled",
+                   f"No image finished on any node for {REGENERATION_STALL_MINUTES} minutes while the run is not done."),
+        ]},
+    ]}
+
+
+def rules_text(settings: Settings) -> str:
+    return ("# Alert rules of the program (components/render/monitoring.py); IDR's\n"
+            "# instance_down is in default-alert.rules.yml beside this file.\n"
+            + yaml.safe_dump(rules(settings), sort_keys=False, width=200))
+
+
+# ---------------------------------------------------------------- files
+
+def management_files(settings: Settings) -> list[HostFile]:
+    """On <env>-management: the rules and Grafana's provisioning."""
+    grafana = FILES / "grafana"
+    files = [HostFile(RULES_FILE, rules_text(settings)),
+             HostFile(FLOATING_IP_TARGETS, floating_ip_targets(settings)),
+             HostFile(f"{GRAFANA_ETC}/provisioning/datasources/idr.yml", (grafana / "datasources.yml").read_text()),
+             HostFile(f"{GRAFANA_ETC}/provisioning/dashboards/idr.yml", (grafana / "dashboards.yml").read_text())]
+    files += [HostFile(f"{GRAFANA_DASHBOARDS}/idr/{name}", (grafana / name).read_text()) for name in DASHBOARDS]
+    return files
+
+
+def management_setup_script(settings: Settings) -> str:
+    return render_template("monitoring/management-setup.sh.j2", prometheus_data=PROMETHEUS_DATA,
+                           grafana_data=GRAFANA_DATA, grafana_dashboards=GRAFANA_DASHBOARDS)
+
+
+def proxy_files(settings: Settings) -> list[HostFile]:
+    """On <env>-proxy: the exporters' install script, their units, mtail's program."""
+    return [HostFile(PROXY_INSTALL, (FILES / "idr-monitoring-exporters").read_text(), mode="0755"),
+            HostFile(f"{MTAIL_PROGS}/{MTAIL_PROGRAM}", (FILES / MTAIL_PROGRAM).read_text()),
+            *(HostFile(f"{UNIT_DIR}/{unit}", (FILES / unit).read_text()) for unit in PROXY_UNITS)]
+
+
+PROXY_SETUP = f"{PROXY_INSTALL}\n"
