@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components import layout
 from components.layout import MONITORING_LOCATIONS
 from components.offline import run_stack
 from components.render import monitoring, nginx
@@ -102,7 +103,7 @@ def test_enabling_monitoring_on_a_running_prod_only_adds_the_host_and_its_volume
 
 def test_monitoring_off_declares_nothing_of_it_and_routes_nothing():
     off = settings(monitoringEnabled="false")
-    assert [h.role for h in off.hosts].count("management") == 0
+    assert [h.role for h in layout.hosts(off)].count("management") == 0
     conf = nginx.idr_conf(off)
     assert "/grafana" not in conf and "/prometheus/federate" not in conf and "idr_grafana" not in conf
     assert "prometheus_node_args" not in yaml.safe_load(program_vars(off))

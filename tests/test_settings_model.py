@@ -84,9 +84,10 @@ def test_settings_hold_config_only():
     assert [f.name for f in dataclasses.fields(Settings) if not isinstance(f.default, FieldInfo)] == ["stack"]
     s = settings(omeroreadonlyCount="2")
     assert [h.name for h in layout.hosts(s)] == ["prod-proxy", "prod-omeroreadwrite", "prod-database",
-                                                 "prod-omeroreadonly-1", "prod-omeroreadonly-2", "prod-dockermanager"]
+                                                 "prod-omeroreadonly-1", "prod-omeroreadonly-2", "prod-dockermanager",
+                                                 "prod-management"]
     assert layout.host(s, "database").fixed_ip == "192.168.1.12"
-    assert [v.role for v in layout.volumes(s)] == ["proxy", "omeroreadwrite", "database"]
+    assert [v.role for v in layout.volumes(s)] == ["proxy", "omeroreadwrite", "database", "management"]
 
 
 def test_clones_to_create_leave_out_the_volumes_that_exist():

@@ -44,7 +44,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, NamedTuple, Optional, Tuple
+from typing import IO, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 CONF = os.environ.get("BFCACHE_CONF", "/etc/idr-bfcache/bfcache.conf")
 
@@ -203,9 +203,9 @@ def load(directory: str, retry: bool) -> State:
     last: Dict[int, str] = {}
     per_node: Dict[str, List[int]] = {}
     try:
-        with open(os.path.join(directory, "results.csv"), "rb") as f:
-            for line in f:
-                r = parse_result(line)
+        with open(os.path.join(directory, "results.csv"), "rb") as results:
+            for raw in results:
+                r = parse_result(raw)
                 if r:
                     last[r[0]] = r[2]
                     per_node.setdefault(r[1], [0, 0])[0 if r[2] in DONE else 1] += 1
@@ -398,6 +398,8 @@ class Lane:
         self.proc = subprocess.Popen(
             [run.conf.ssh, *master.options(), "-o", "ControlMaster=no", run.login(node), "--", remote],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, preexec_fn=_die_with_parent)
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
+        self.stdin: IO[bytes] = self.proc.stdin
         self.out = self.proc.stdout.fileno()
         self.buffer = b""
         self.queue: List[List] = []      # requests at the node, oldest first: [set of images, seconds, batch]
@@ -417,7 +419,7 @@ class Lane:
 
     def send(self, batch: List[Record], took: float) -> bool:
         try:
-            os.write(self.proc.stdin.fileno(), "".join("%d:%d\n" % r for r in batch).encode())
+            os.write(self.stdin.fileno(), "".join("%d:%d\n" % r for r in batch).encode())
         except (BrokenPipeError, OSError):
             return False
         self.queue.append([{image for image, _ in batch}, took, list(batch)])
@@ -428,7 +430,7 @@ class Lane:
         if not self.closing:
             self.closing = True
             try:
-                self.proc.stdin.close()
+                self.stdin.close()
             except OSError:
                 pass
 
@@ -482,7 +484,7 @@ class Run:
                                  "ControlPath=none", self.conf.database_login, *command],
                                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=out)
         out.close()
-        if stdin is not None:
+        if stdin is not None and proc.stdin is not None:
             proc.stdin.write(stdin.encode())
             proc.stdin.close()
         return proc
@@ -744,7 +746,11 @@ class Run:
                 timeout = min(timeout, 0.005)
             if not self.lanes and not connecting:
                 timeout = min(timeout, 1.0)
-            events = self.selector.select(timeout) if self.selector.get_map() else (time.sleep(timeout) or [])
+            if self.selector.get_map():
+                events = self.selector.select(timeout)
+            else:
+                time.sleep(timeout)
+                events = []
             now = time.time()
             for key, _ in events:
                 lane = key.data
