@@ -121,8 +121,7 @@ def test_the_step_runs_idrs_monitoring_playbook_then_the_programs(prod_run):
     # The contract with the regeneration dispatcher (metrics-contract.md).
     assert values["prometheus_node_args"] == "--collector.textfile.directory=/var/lib/node_exporter/textfile"
     assert values["prometheus_custom_targets"][0]["static_configs"][0]["targets"] == ["192.168.1.10:3903"]
-    assert values["prometheus_http_2xx_external_targets"] == ["https://idr.openmicroscopy.org/about/",
-                                                            "http://203.0.113.10/about/"]
+    assert values["prometheus_http_2xx_external_targets"] == ["https://idr.openmicroscopy.org/about/"]
     assert values["prometheus_version"] == _debian_version(PROMTOOL)
     assert values["prometheus_alertmanager_version"] == _debian_version(AMTOOL)
     # The management host's files and data directories come before the playbooks.

@@ -76,13 +76,10 @@ def enabled(settings: Settings) -> bool:
 
 
 def probe_targets(settings: Settings) -> list[str]:
-    """The public address by name, and the floating IP this stack holds: a
-    swap shows as the public name answering while this stack's IP does not
-    (or the other way round)."""
-    targets = [f"https://{settings.server_name}/about/"]
-    if settings.floating_ip:
-        targets.append(f"http://{settings.floating_ip}/about/")
-    return targets
+    """The public address, by name. Not the floating IP: a swap changes
+    idr:floatingIp and changes nothing on any host (the playbooks would not
+    run to follow it)."""
+    return [f"https://{settings.server_name}/about/"]
 
 
 def scrape_jobs(settings: Settings) -> list[dict[str, Any]]:
