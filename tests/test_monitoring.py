@@ -123,13 +123,6 @@ def test_the_step_runs_idrs_monitoring_playbook_then_the_programs(prod_run):
     assert values["prometheus_node_args"] == "--collector.textfile.directory=/var/lib/node_exporter/textfile"
     assert values["prometheus_custom_targets"][0]["static_configs"][0]["targets"] == ["192.168.1.10:3903"]
     assert values["prometheus_http_2xx_external_targets"] == ["https://idr.openmicroscopy.org/about/"]
-    # The floating IP's probe reads a file of the host step: a swap (a new
-    # idr:floatingIp) rewrites it, and no playbook has to run.
-    files = {f.path: f.content for f in monitoring.management_files(settings())}
-    assert json.loads(files[monitoring.FLOATING_IP_TARGETS]) == [
-        {"targets": ["http://203.0.113.10/about/"], "labels": {"environment": "prod"}}]
-    assert json.loads(monitoring.floating_ip_targets(settings(floatingIp="", sshBastion="198.51.100.1"))) == []
-    assert values["prometheus_custom_targets"][1]["file_sd_configs"] == [{"files": [monitoring.FLOATING_IP_TARGETS]}]
     assert values["prometheus_version"] == _debian_version(PROMTOOL)
     assert values["prometheus_alertmanager_version"] == _debian_version(AMTOOL)
     # The management host's files and data directories come before the playbooks.

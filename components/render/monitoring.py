@@ -15,7 +15,6 @@ have, as pure functions:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -78,43 +77,20 @@ def enabled(settings: Settings) -> bool:
 
 
 def probe_targets(settings: Settings) -> list[str]:
-    """The public address, by name (ome.prometheus's external probes)."""
+    """The public address, by name. Not the floating IP: a swap changes
+    idr:floatingIp and changes nothing on any host (the playbooks would not
+    run to follow it)."""
     return [f"https://{settings.server_name}/about/"]
-
-
-# The floating IP this stack holds, probed from a file the host step writes
-# (Prometheus rereads it by itself): a swap changes idr:floatingIp, and the
-# probe follows at once, without the playbooks. Not *.yml: ome.prometheus's
-# "additional targets" job reads those.
-FLOATING_IP_TARGETS = "/etc/prometheus/targets/idr-floating-ip.json"
-FLOATING_IP_JOB = "blackbox_floating_ip"
-
-
-def floating_ip_targets(settings: Settings) -> str:
-    targets = [f"http://{settings.floating_ip}/about/"] if settings.floating_ip else []
-    return json.dumps([{"targets": targets, "labels": {"environment": settings.environment}}] if targets else [],
-                      indent=2) + "\n"
 
 
 def scrape_jobs(settings: Settings) -> list[dict[str, Any]]:
     """Scrape jobs ome.prometheus has no variable for (its
-    prometheus_custom_targets): mtail on the proxy, the floating IP's probe."""
+    prometheus_custom_targets): mtail on the proxy."""
     proxy = layout.host(settings, "proxy")
     return [{
         "job_name": "nginx-mtail",
         "scrape_interval": "15s",
         "static_configs": [{"targets": [f"{proxy.fixed_ip}:{MTAIL_PORT}"], "labels": {"instance": proxy.name}}],
-    }, {
-        # As ome.prometheus's blackbox jobs: the target is the probe's URL.
-        "job_name": FLOATING_IP_JOB,
-        "scrape_interval": "60s",
-        "metrics_path": "/probe",
-        "params": {"module": ["http_2xx"]},
-        "file_sd_configs": [{"files": [FLOATING_IP_TARGETS]}],
-        "relabel_configs": [
-            {"source_labels": ["__address__"], "target_label": "__param_target"},
-            {"source_labels": ["__param_target"], "target_label": "instance"},
-            {"target_label": "__address__", "replacement": f"blackbox-exporter:{BLACKBOX_PORT}"}],
     }]
 
 
@@ -176,8 +152,8 @@ def rules(settings: Settings) -> dict[str, Any]:
                    f'/ {cacheable} < {CACHE_HIT_RATIO_MIN} and {cacheable} > {MIN_REQUEST_RATE}', "30m", "warn",
                    f"The nginx cache hit ratio is below {CACHE_HIT_RATIO_MIN:.0%}",
                    f"Fewer than {CACHE_HIT_RATIO_MIN:.0%} of cacheable requests were answered from the cache for 30 minutes."),
-            _alert("PublicAddressDown", f'probe_success{{job=~"blackbox_http_2xx_external|{FLOATING_IP_JOB}"}} == 0',
-                   "5m", "error", "{{ $labels.instance }} does not answer",
+            _alert("PublicAddressDown", 'probe_success{job="blackbox_http_2xx_external"} == 0', "5m", "error",
+                   "{{ $labels.instance }} does not answer",
                    "The blackbox exporter got no 2xx answer from a public address for 5 minutes."),
         ]},
         {"name": "idr-storage", "rules": [
@@ -225,7 +201,6 @@ def management_files(settings: Settings) -> list[HostFile]:
     """On <env>-management: the rules and Grafana's provisioning."""
     grafana = FILES / "grafana"
     files = [HostFile(RULES_FILE, rules_text(settings)),
-             HostFile(FLOATING_IP_TARGETS, floating_ip_targets(settings)),
              HostFile(f"{GRAFANA_ETC}/provisioning/datasources/idr.yml", (grafana / "datasources.yml").read_text()),
              HostFile(f"{GRAFANA_ETC}/provisioning/dashboards/idr.yml", (grafana / "dashboards.yml").read_text())]
     files += [HostFile(f"{GRAFANA_DASHBOARDS}/idr/{name}", (grafana / name).read_text()) for name in DASHBOARDS]

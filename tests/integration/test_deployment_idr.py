@@ -287,7 +287,6 @@ def test_idrs_prometheus_config_with_the_programs_vars_passes_promtool(idr_deplo
     assert jobs["nginx-mtail"]["static_configs"] == [{"targets": ["192.168.1.10:3903"], "labels": {"instance": proxy}}]
     external = jobs["blackbox_http_2xx_external"]["static_configs"][0]["targets"]
     assert external == ["https://idr.openmicroscopy.org/about/"]
-    assert jobs["blackbox_floating_ip"]["file_sd_configs"] == [{"files": ["/etc/prometheus/targets/idr-floating-ip.json"]}]
     assert [t for c in jobs["postgres-exporter"]["static_configs"] for t in c["targets"]] == ["192.168.1.12:9187"]
 
 
