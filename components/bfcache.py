@@ -68,14 +68,15 @@ class BfCache(pulumi.ComponentResource):
             s, proxy, render.keygen_files(s), run=render.keygen_run(), instance_id=ids.get(proxy.name),
             # Its stdout is the public key the nodes trust: print it again.
             on_reconnect="sudo bash -s"), child(proxy))
-        self.public_key = keygen.command.stdout.apply(render.public_key_of)
+        public_key = keygen.command.stdout.apply(render.public_key_of)
+        self.public_key = public_key
 
         def authorize(host, forced=""):
             # Not HostFiles: the key is an Output, known only after the keygen
             # step ran on the proxy.
             return remote_step(
                 f"{name}-trust-{host.alias}", s, host,
-                self.public_key.apply(lambda key: render.authorize_script(s, host, key, forced)),
+                public_key.apply(lambda key: render.authorize_script(s, host, key, forced)),
                 [ids[host.name]] if host.name in ids else [],
                 child(host, keygen))
 

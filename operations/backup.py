@@ -22,7 +22,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable, Optional
+from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 
 from openstack import exceptions as os_exceptions
 
@@ -69,7 +69,7 @@ def retained(snapshots: Iterable[tuple[Hashable, dt.date]], keep_daily: int = 7,
         (keep_monthly, lambda d: (d.year, d.month)),
     )
     for count, period in periods:
-        seen = []
+        seen: list[Hashable] = []
         for key, day in items:  # newest first: the first of a period is its newest
             p = period(day)
             if p in seen:
@@ -202,9 +202,9 @@ class Backups:
         self.say(f"{done.name}: available, {done.size if done.size is not None else '?'} GB ({done.id})")
         return Outcome(done.name, done.id, done.status, done.size, True, "available")
 
-    def list(self, volumes: list[Volume], now: Optional[dt.datetime] = None) -> list:
+    def list(self, volumes: Sequence[Volume], now: Optional[dt.datetime] = None) -> Sequence[Any]:
         now = now or dt.datetime.now(dt.timezone.utc)
-        rows = []
+        rows: list[Any] = []
         header = f"{'ROLE':15} {'SNAPSHOT':45} {'STATUS':10} {'SIZE':>8}  {'AGE':>6}  ID"
         for v in volumes:
             for s in sorted(self.snapshots_of(v), key=lambda s: s.name or ""):
@@ -218,11 +218,12 @@ class Backups:
             self.say("no snapshots")
         return rows
 
-    def prune_plan(self, volumes: list[Volume], keep_daily: int, keep_weekly: int, keep_monthly: int) -> list:
+    def prune_plan(self, volumes: Sequence[Volume], keep_daily: int, keep_weekly: int,
+                   keep_monthly: int) -> Sequence[Any]:
         doomed = []
         for v in volumes:
-            ours = [(s, snapshot_date(v.name, s.name)) for s in self.snapshots_of(v)]
-            ours = [(s, d) for s, d in ours if d is not None]
+            dated = ((s, snapshot_date(v.name, s.name)) for s in self.snapshots_of(v))
+            ours = [(s, d) for s, d in dated if d is not None]
             keep = retained(((s.id, d) for s, d in ours), keep_daily, keep_weekly, keep_monthly)
             for s, d in sorted(ours, key=lambda sd: sd[1]):
                 verdict = "keep" if s.id in keep else "delete"
@@ -231,7 +232,7 @@ class Backups:
                     doomed.append(s)
         return doomed
 
-    def delete(self, snapshots: list) -> None:
+    def delete(self, snapshots: Sequence[Any]) -> None:
         for s in snapshots:
             if s.status != "available":  # a snapshot being made or deleted cannot be deleted now
                 self.say(f"skipped {s.name}: status {s.status}")

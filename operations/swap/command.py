@@ -37,13 +37,13 @@ class Swap:
         self.command = plan.swap_command(old, new)
         self.rollback = plan.swap_command(new, old)
         # How the run checks and reports (operations/swap/changes.py Run).
-        self.checks = dict(say=say, http_port=http_port, wait_seconds=wait_seconds, poll_seconds=poll_seconds,
-                           smoke=smoke)
+        self.http_port, self.wait_seconds, self.poll_seconds, self.smoke = http_port, wait_seconds, poll_seconds, smoke
 
     def run(self) -> int:
         """Read both stacks, then take every step not done yet; 0 when the public IP answers at the end."""
         run = Run(self.pulumi, self.openstack, Side.read(self.pulumi, self.old_stack),
-                  Side.read(self.pulumi, self.new_stack), self.command, **self.checks)
+                  Side.read(self.pulumi, self.new_stack), self.command, say=self.say, http_port=self.http_port,
+                  wait_seconds=self.wait_seconds, poll_seconds=self.poll_seconds, smoke=self.smoke)
         start = plan.start(run.old, run.new, self.public_ip, self.release_first)
         if start.record is None:
             self.say(f"{start.held} is already held by {self.new_stack}: nothing to move.")

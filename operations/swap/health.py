@@ -130,6 +130,7 @@ def measure(run: Run, r: Record) -> Record:
     ok, detail = poll(lambda: http_ok(P, run.http_port, run.new.health_path,
                                       timeout=max(1.0, min(10.0, run.wait_seconds))),
                       run.wait_seconds, run.poll_seconds)
+    seconds: Optional[float]
     if run.asked.at is not None:
         asked_at, seconds, since = run.asked.utc, time.monotonic() - run.asked.at, f"at {run.asked.utc}"
     elif r.asked_at:
