@@ -30,13 +30,14 @@ def stack_state(stack: str, config: dict, floating_ip: str = "", env: str = "") 
                         ("openstack:compute/volumeAttach:VolumeAttach", f"{env}-database-data")):
         resources.append({"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${rtype}::{name}",
                           "type": rtype, "protect": True, "parent": component, "provider": provider})
-    for role, size in (("omeroreadwrite", 1500), ("database", 800), ("proxy", 100)):
+    # (management: idr:monitoringEnabled, on in both stack files)
+    for role, size in (("omeroreadwrite", 1500), ("database", 800), ("proxy", 100), ("management", 100)):
         name = f"{env}-{role}-data"
         resources.append({"urn": f"urn:pulumi:{stack}::idr::idr:environment:IdrEnvironment${VOLUME_TYPE}::{name}",
                           "type": VOLUME_TYPE, "protect": True, "retainOnDelete": True, "role": role, "name": name,
                           "size": size, "id": f"vol-{env}-{role}", "parent": component, "provider": provider,
                           "mount": {"omeroreadwrite": "/data", "database": "/var/lib/pgsql",
-                                    "proxy": "/var/cache/nginx"}[role]})
+                                    "proxy": "/var/cache/nginx", "management": "/data"}[role]})
     if floating_ip:
         resources.append({"urn": association_urn(stack, env), "type": ASSOC_TYPE, "protect": True,
                           "retainOnDelete": False, "parent": component, "provider": provider,
