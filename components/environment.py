@@ -85,7 +85,8 @@ class IdrEnvironment(pulumi.ComponentResource):
         self.deployment = Deployment(f"{s.environment}-deployment",
                                      DeploymentArgs(s, [*self.base, *before_playbooks], instance_ids), child)
         deployed = [self.deployment.command] if self.deployment.command else []
-        self.database = Database(f"{s.environment}-database-settings", DatabaseArgs(s, deployed, instance_ids, ready), child)
+        self.database = Database(f"{s.environment}-database-settings",
+                                 DatabaseArgs(s, deployed, instance_ids, ready), child)
         self.bfcache = BfCache(f"{s.environment}-bfcache", BfCacheArgs(s, deployed, instance_ids, ready), child)
 
         self.outputs = {

@@ -145,7 +145,8 @@ def deployed_from(outputs: dict) -> Deployed:
 def _safe_way(s: Settings) -> str:
     return (f"a running environment keeps it. The safe way: a new stack whose data volumes are clones of this "
             f"one's (`pulumi stack init <new>`, `pulumi config set idr:cloneFromStack "
-            f"{self_reference_name()} -s <new>`, the new value there, a spare idr:floatingIp), `pulumi up -s <new> --policy-pack policy`, "
+            f"{self_reference_name()} -s <new>`, the new value there, a spare idr:floatingIp), `pulumi up -s <new> "
+            f"--policy-pack policy`, "
             f"test it, then `python -m operations.swap --from {s.stack} --to <new>`")
 
 

@@ -76,7 +76,8 @@ def hosts(s: Settings) -> tuple[Host, ...]:
             continue
         image, flavor = s.image_overrides.get(role, s.image), getattr(s, f"{role}_flavor")
         if role == "omeroreadonly":
-            out += [Host(f"{s.environment}-{role}-{n}", role, f"{role}-{n}", str(subnet.network_address + READONLY_BASE + n),
+            out += [Host(f"{s.environment}-{role}-{n}", role, f"{role}-{n}",
+                         str(subnet.network_address + READONLY_BASE + n),
                          flavor, image, n) for n in range(1, s.omeroreadonly_count + 1)]
             continue
         volume = None

@@ -105,7 +105,8 @@ def ipv4(value: str, allow_empty: bool = False) -> str:
     try:
         return str(ipaddress.IPv4Address(value))
     except ValueError:
-        raise NotAllowed("an IPv4 address such as 203.0.113.10" + (", or empty" if allow_empty else ""), value) from None
+        allowed = "an IPv4 address such as 203.0.113.10" + (", or empty" if allow_empty else "")
+        raise NotAllowed(allowed, value) from None
 
 
 def ipv4_network(value: str) -> str:
@@ -179,7 +180,8 @@ def name_map(names: tuple[str, ...], parse: Callable[[str], Optional[Any]], what
     return BeforeValidator(validate)
 
 
-KIND_ALLOWED = {"string": "a string", "integer": "a whole number", "boolean": "true or false", "array": "a list of strings"}
+KIND_ALLOWED = {"string": "a string", "integer": "a whole number", "boolean": "true or false",
+                "array": "a list of strings"}
 
 
 def kind(annotation: Any) -> str:
@@ -287,14 +289,16 @@ def _chain(value: str) -> str:
     blocks = re.findall(r"-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----", chain)
     if chain and (not blocks or "".join(blocks).count("BEGIN") != chain.count("-----BEGIN")):
         raise NotAllowed("PEM certificates only ('-----BEGIN CERTIFICATE-----' blocks, server certificate first); the "
-                         "private key goes in the secret idr:tlsPrivateKey", chain[:60] + ("..." if len(chain) > 60 else ""))
+                         "private key goes in the secret idr:tlsPrivateKey",
+                         chain[:60] + ("..." if len(chain) > 60 else ""))
     return chain and chain + "\n"
 
 
 def _cookie(value: str, info) -> str:
     name = value.strip() or f"sessionid_{info.data.get('environment')}"
     if not re.fullmatch(r"^[A-Za-z0-9_.-]{1,64}$", name):
-        raise NotAllowed("a cookie name of letters, digits, _ . - (at most 64), or empty for sessionid_<environment>", value)
+        raise NotAllowed("a cookie name of letters, digits, _ . - (at most 64), or empty for "
+                         "sessionid_<environment>", value)
     return name
 
 
@@ -325,7 +329,8 @@ def _extra_groups(items: list[str]) -> tuple[tuple[str, str], ...]:
         if role not in ROLES:
             raise NotAllowed(f"a known role after '=': one of {', '.join(ROLES)}", item)
         if group in _OWN_GROUPS:
-            raise NotAllowed(f"a group the inventory does not already have (not {', '.join(sorted(_OWN_GROUPS))})", item)
+            own = ", ".join(sorted(_OWN_GROUPS))
+            raise NotAllowed(f"a group the inventory does not already have (not {own})", item)
         if (group, role) in out:
             raise NotAllowed("each 'group=role' once", item)
         out.append((group, role))
@@ -361,7 +366,8 @@ def secret_vars_problem(text: Optional[str]) -> Optional[str]:
         return f"passwords other than the roles' default 'omero' (in {', '.join(defaults)})"
     public = loaded.get("idr_secret_public_password")
     if public is not None and not str(public).strip() or CONTROL.search(str(public or "")):
-        return "a non-empty idr_secret_public_password without control characters, or none (OMERO.web's default 'public')"
+        return ("a non-empty idr_secret_public_password without control characters, "
+                "or none (OMERO.web's default 'public')")
     return None
 
 
@@ -435,13 +441,16 @@ DnsName = Annotated[str, check(is_dns_name, "a DNS host name such as idr.openmic
                                "letters, digits and dashes, no label empty or starting or ending with a dash")]
 Duration = Annotated[str, Field(pattern=r"^[1-9][0-9]*(ms|s|m|h|d|w|M|y)$"),
                      Allowed("an nginx time such as 1d, 12h or 180d")]
-FilePath = Annotated[str, check(is_file_path, "an absolute path of a file without spaces, quotes, '..', control or shell "
-                                "characters")]
-Slots = Annotated[dict[str, int], name_map(OMERO_ROLES, lambda s: int(s) if s.isdecimal() and 1 <= int(s) <= 64 else None,
-                                           "N', N from 1 to 64"), AfterValidator(lambda m: m | {r: 1 for r in OMERO_ROLES if r not in m})]
+FilePath = Annotated[str, check(is_file_path, "an absolute path of a file without spaces, quotes, '..', control or "
+                                "shell characters")]
+Slots = Annotated[dict[str, int],
+                  name_map(OMERO_ROLES, lambda s: int(s) if s.isdecimal() and 1 <= int(s) <= 64 else None,
+                           "N', N from 1 to 64"),
+                  AfterValidator(lambda m: m | {r: 1 for r in OMERO_ROLES if r not in m})]
 GitUrl = Annotated[str, Field(pattern=r"^(https://|ssh://|git@|file://|/)[\x21-\x7e]+$"),
                    Allowed("a git URL (https://, ssh://, git@host:path, file:// or an absolute path)"), Stripped]
-GitRef = Annotated[str, Stripped, check(lambda v: not v or re.fullmatch(r"^(?![-/.])(?!.*\.\.)[A-Za-z0-9_./-]{1,200}(?<![/.])$", v),
+_GIT_REF = r"^(?![-/.])(?!.*\.\.)[A-Za-z0-9_./-]{1,200}(?<![/.])$"
+GitRef = Annotated[str, Stripped, check(lambda v: not v or re.fullmatch(_GIT_REF, v),
                                         "a commit hash or tag name (letters, digits, . _ / -)")]
 UrlPath = Annotated[str, Field(pattern=r"^/[\x21-\x7e]*$"),
                     Allowed("a URL path starting with / of printable ASCII, without spaces or control characters "

@@ -92,7 +92,8 @@ class _Client:
         self.prefix = url.path
         default_port = self.port == (443 if self.scheme == "https" else 80)
         self.host = host or (url.hostname if default_port else f"{url.hostname}:{self.port}")
-        self.server_name = self.host.rsplit(":", 1)[0] if ":" in self.host and not self.host.endswith("]") else self.host
+        self.server_name = self.host.rsplit(":", 1)[0] if ":" in self.host and not self.host.endswith(
+                "]") else self.host
         self.timeout = timeout
         self.context = None
         if self.scheme == "https":
@@ -170,7 +171,8 @@ def check_render_image(client: _Client, o: Options) -> None:
 def check_api_cors(client: _Client, o: Options) -> None:
     answer = _ok(client, "/api/v0/", {"Origin": "https://example.org"})
     allowed = answer.header("Access-Control-Allow-Origin")
-    _expect(allowed in ("*", "https://example.org"), f"GET /api/v0/: Access-Control-Allow-Origin {allowed or 'missing'}")
+    _expect(allowed in ("*", "https://example.org"), f"GET /api/v0/: Access-Control-Allow-Origin "
+                                                     f"{allowed or 'missing'}")
     try:
         json.loads(answer.body)
     except ValueError:
@@ -260,11 +262,13 @@ def main(argv=None) -> int:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--stack", help="check this stack through its floating IP, as its idr:serverName")
     where.add_argument("--url", help="check this base URL, e.g. https://idr.openmicroscopy.org")
-    parser.add_argument("--host", help="Host header and TLS name (default: the URL's host; with --stack its serverName)")
+    parser.add_argument("--host", help="Host header and TLS name (default: the URL's host; with --stack its "
+                                       "serverName)")
     parser.add_argument("--scheme", choices=("https", "http"), default="https", help="with --stack (default https)")
     parser.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
     parser.add_argument("--image-id", type=int, default=IMAGE_ID, help=f"render_image's image (default {IMAGE_ID})")
-    parser.add_argument("--thumbnail-id", type=int, default=THUMBNAIL_ID, help=f"the thumbnail's image (default {THUMBNAIL_ID})")
+    parser.add_argument("--thumbnail-id", type=int, default=THUMBNAIL_ID, help=f"the thumbnail's image (default "
+            f"{THUMBNAIL_ID})")
     parser.add_argument("--min-jpeg-bytes", type=int, default=MIN_JPEG_BYTES)
     parser.add_argument("--mapr-min-count", type=int, default=MAPR_MIN_COUNT)
     parser.add_argument("--only", action="append", choices=CHECKS, help="run only this check (repeatable)")

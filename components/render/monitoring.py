@@ -29,7 +29,7 @@ FILES = Path(__file__).resolve().parent.parent / "files" / "monitoring"
 
 # Ports (IDR's): Prometheus, Alertmanager, blackbox exporter, Grafana on the
 # management host; node_exporter on every host; mtail on the proxy.
-from .nginx import GRAFANA_PORT, PROMETHEUS_PORT  # noqa: E402  (the proxy routes to them)
+from .nginx import GRAFANA_PORT  # noqa: E402  (the proxy routes to them)
 ALERTMANAGER_PORT, BLACKBOX_PORT = 9093, 9115
 NODE_EXPORTER_PORT, MTAIL_PORT = 9100, 3903
 # The versions the tests check the rendered files with (Debian's promtool and
@@ -151,7 +151,8 @@ def rules(settings: Settings) -> dict[str, Any]:
                    f'sum(rate(idr_nginx_requests_total{{cache=~"HIT|STALE|UPDATING|REVALIDATED"}}[30m])) '
                    f'/ {cacheable} < {CACHE_HIT_RATIO_MIN} and {cacheable} > {MIN_REQUEST_RATE}', "30m", "warn",
                    f"The nginx cache hit ratio is below {CACHE_HIT_RATIO_MIN:.0%}",
-                   f"Fewer than {CACHE_HIT_RATIO_MIN:.0%} of cacheable requests were answered from the cache for 30 minutes."),
+                   f"Fewer than {CACHE_HIT_RATIO_MIN:.0%} of cacheable requests were answered from the cache for 30 "
+                   f"minutes."),
             _alert("PublicAddressDown", 'probe_success{job="blackbox_http_2xx_external"} == 0', "5m", "error",
                    "{{ $labels.instance }} does not answer",
                    "The blackbox exporter got no 2xx answer from a public address for 5 minutes."),
@@ -163,13 +164,17 @@ def rules(settings: Settings) -> dict[str, Any]:
                    "{{ $labels.mountpoint }} on {{ $labels.instance }} is more than " f"{VOLUME_FULL:.0%} full",
                    f"A data volume is more than {VOLUME_FULL:.0%} full."),
             _alert("BackupTooOld",
-                   f"time() - max by (volume) (idr_backup_last_snapshot_timestamp_seconds) > {BACKUP_MAX_AGE_DAYS * 86400}",
-                   "1h", "error", "The last snapshot of {{ $labels.volume }} is more than " f"{BACKUP_MAX_AGE_DAYS} days old",
-                   f"No snapshot of an essential volume in {BACKUP_MAX_AGE_DAYS} days (operations.backup's daily retention)."),
+                   f"time() - max by (volume) (idr_backup_last_snapshot_timestamp_seconds) > "
+                   f"{BACKUP_MAX_AGE_DAYS * 86400}",
+                   "1h", "error", "The last snapshot of {{ $labels.volume }} is more than " f"{BACKUP_MAX_AGE_DAYS} "
+                           f"days old",
+                   f"No snapshot of an essential volume in {BACKUP_MAX_AGE_DAYS} days (operations.backup's daily "
+                   f"retention)."),
         ]},
         {"name": "idr-database", "rules": [
             _alert("PostgresConnectionsNearLimit",
-                   f"sum by (instance) (pg_stat_activity_count) > {PG_CONNECTIONS} * max by (instance) (pg_settings_max_connections)",
+                   f"sum by (instance) (pg_stat_activity_count) > {PG_CONNECTIONS} * max by (instance) "
+                   f"(pg_settings_max_connections)",
                    "10m", "warn", "PostgreSQL on {{ $labels.instance }} is near max_connections",
                    f"More than {PG_CONNECTIONS:.0%} of max_connections are in use for 10 minutes."),
             _alert("PostgresStatementPastTimeout",
@@ -184,7 +189,8 @@ def rules(settings: Settings) -> dict[str, Any]:
                    f"or (time() - max by (run) (idr_bfcache_start_timestamp_seconds) > {stall} "
                    f"unless on (run) max by (run) (idr_bfcache_last_result_timestamp_seconds)))",
                    "5m", "error", "Cache regeneration {{ $labels.run }} has stalled",
-                   f"No image finished on any node for {REGENERATION_STALL_MINUTES} minutes while the run is not done."),
+                   f"No image finished on any node for {REGENERATION_STALL_MINUTES} minutes "
+                   "while the run is not done."),
         ]},
     ]}
 

@@ -90,7 +90,8 @@ class Family:
 
 # Order matters: the first match picks the zone (thumbnails before render_).
 CACHED_FAMILIES = (
-    Family("thumbnails", r"^/web(?:client|gateway)/(?:get_thumbnail|render_thumbnail|render_birds_eye_view)", "thumbnails"),
+    Family("thumbnails", r"^/web(?:client|gateway)/(?:get_thumbnail|render_thumbnail|render_birds_eye_view)",
+           "thumbnails"),
     Family("render", r"^/web(?:client|gateway)/render_", "render"),
     Family("metadata", r"^/web(?:client|gateway)/metadata_", "metadata"),
     Family("api", r"^/(?:webclient/)?api/", "api"),
@@ -151,6 +152,8 @@ def _context(settings: Settings) -> dict:
     # One location for every cached family but mapr; regexes are all anchored at ^.
     cached_regex = "^(?:" + "|".join(f.regex[1:] for f in CACHED_FAMILIES) + ")"
     web_port = settings.omero_web_port
+    # Grafana and Prometheus's federation on the management host (idr:monitoringEnabled).
+    management = layout.host(settings, "management").fixed_ip if settings.monitoring_enabled else ""
     return {
         "settings": settings,
         "zones": [
@@ -167,9 +170,8 @@ def _context(settings: Settings) -> dict:
         "websocket_timeout": WEBSOCKET_TIMEOUT,
         "readwrite": f"{layout.host(settings, 'omeroreadwrite').fixed_ip}:{web_port}",
         "jupyterhub": f"{layout.host(settings, 'dockermanager').fixed_ip}:{JUPYTERHUB_PORT}",
-        # Grafana and Prometheus's federation on the management host (idr:monitoringEnabled).
-        "grafana": (f"{layout.host(settings, 'management').fixed_ip}:{GRAFANA_PORT}" if settings.monitoring_enabled else ""),
-        "prometheus": (f"{layout.host(settings, 'management').fixed_ip}:{PROMETHEUS_PORT}" if settings.monitoring_enabled else ""),
+        "grafana": f"{management}:{GRAFANA_PORT}" if management else "",
+        "prometheus": f"{management}:{PROMETHEUS_PORT}" if management else "",
         "rsync_backend": f"{layout.host(settings, 'omeroreadwrite').fixed_ip}:{RSYNC_PORT}",
         "rsync_port": RSYNC_PORT,
         "omero_ports": OMERO_PORTS,

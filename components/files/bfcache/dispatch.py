@@ -344,7 +344,8 @@ class Master:
         connection): alive, it is reused; stale, it is replaced."""
         self.ready = False
         if os.path.exists(self.path):
-            self.check = subprocess.Popen([self.run.conf.ssh, *self.options(), "-O", "check", self.run.login(self.node)],
+            self.check = subprocess.Popen([self.run.conf.ssh, *self.options(), "-O", "check",
+                                           self.run.login(self.node)],
                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL)
         else:
@@ -415,7 +416,8 @@ class Lane:
         return sum(q[1] for q in self.queue)
 
     def wants(self) -> bool:
-        return not self.closing and not self.retired and (not self.queue or (len(self.queue) < AHEAD and self.queued() <= AHEAD_SECONDS))
+        room = not self.queue or (len(self.queue) < AHEAD and self.queued() <= AHEAD_SECONDS)
+        return not self.closing and not self.retired and room
 
     def send(self, batch: List[Record], took: float) -> bool:
         try:
