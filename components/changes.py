@@ -3,7 +3,7 @@
 One row per key: an example change and its effect on a deployed stack.
 tests/test_running_changes.py runs every example against the program under
 mocks, as an existing stack, and checks the effect, so this table cannot
-drift from the program; `markdown()` prints it for the README.
+drift from the program; `markdown()` prints it for docs/reference/changes.md.
 """
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ CHANGES: dict[str, Change] = {
     "subnetCidr": Change({"subnetCidr": "10.20.0.0/24"}, REFUSED, f"subnet replaced, hosts renumbered; {_NEW_STACK}"),
     "dnsNameservers": Change({"dnsNameservers": '["192.0.2.53"]'}, IN_PLACE, "subnet updated; hosts see it at DHCP "
             "renewal"),
-    "image": Change({"image": "Rocky-9.5"}, IGNORED, "running servers keep theirs; replace one on purpose (README)"),
+    "image": Change({"image": "Rocky-9.5"}, IGNORED,
+                    "running servers keep theirs; replace one on purpose (docs/operations/replace-a-server.md)"),
     "imageOverrides": Change({"imageOverrides": '["database=Rocky-9.4"]'}, IGNORED, "as image"),
     "proxyFlavor": Change({"proxyFlavor": "m1.xlarge"}, ONE_SERVER, "resize of the proxy (the site pauses)"),
     "omeroreadwriteFlavor": Change({"omeroreadwriteFlavor": "m1.2xlarge"}, ONE_SERVER, "resize of omeroreadwrite"),
@@ -77,7 +78,7 @@ CHANGES: dict[str, Change] = {
     "omeroreadwriteVolumeFromVolume": Change({"omeroreadwriteVolumeFromVolume": "0f1e2d3c-4b5a-6978"}, IGNORED,
                                              "the volume exists: its source is history"),
     "omeroreadwriteVolumeFromSnapshot": Change({"omeroreadwriteVolumeFromSnapshot": "aaaabbbb-cccc-dddd"}, IGNORED,
-                                               "as above; restore into a new environment (README, Restore)"),
+                                               "as above; restore into a new environment (docs/operations/restore.md)"),
     "omeroreadwriteVolumeSourceSize": Change({"omeroreadwriteVolumeSourceSize": "1000"}, NOTHING,
             "a check at creation"),
     "databaseVolumeSize": Change({"databaseVolumeSize": "900"}, IN_PLACE, "as omeroreadwriteVolumeSize"),

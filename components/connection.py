@@ -18,7 +18,7 @@ def connection_for(settings: Settings, host: Host,
     """Direct to the proxy at the bastion address; any other host by its fixed
     IP through the proxy. The bastion's host key is pinned when
     `idr:sshBastionHostKey` is set; internal hosts are only reachable through
-    it (see README, "Host keys"). `bastion`: the address as a value that
+    it (docs/design.md, "Remote commands and host keys"). `bastion`: the address as a value that
     resolves once it can be dialled (floatingip.Bastion); its text is always
     idr:sshBastion, so no stored connection changes with it."""
     host_key = settings.ssh_bastion_host_key or None

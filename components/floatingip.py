@@ -1,30 +1,12 @@
 """The proxy's floating IP: a guard, then the association.
 
-Neutron moves an IP to whichever port asks, and the association's delete
-unbinds the IP wherever it is by then. So one stack must never take an IP
-another environment's port holds: the guard looks it up before anything is
-declared, and the association is protected so that a plain `pulumi destroy`
-of an environment holding an IP refuses (release it with the swap command).
-
-One exception, for the floating-IP swap (operations/swap/) and only while
-it runs in its direct order. The swap writes its record to both stacks'
-config (`idrswap:state`, outside the `idr:` namespace) before its first
-change, and this module reads it for two decisions:
-- the stack the record moves the public IP *to* may take it from the proxy
-  port of the environment the record moves it *from*: Neutron moves an
-  associated floating IP to another port in one update (PUT
-  /v2.0/floatingips/{id} with the new port_id; neutron/db/l3_db.py
-  `_update_fip_assoc`), which is what the association's create does
-  (terraform-provider-openstack, resource_openstack_networking_floatingip_
-  associate_v2.go: Create is `floatingips.Update` with the port ID);
-- the stack the record moves it *from* declares its association
-  `retain_on_delete`, so that removing the association from that stack
-  afterwards leaves the IP where Neutron put it: the provider's Delete
-  (`floatingips.Update` with an empty port_id) would unbind it from the new
-  proxy, and Pulumi does not call Delete for a retained resource. The swap
-  checks that the flag is in the stack's state before the IP moves.
-Every other time (no record, a finished one, another order, another IP) the
-rules above hold unchanged.
+The guard refuses an IP another environment's port holds, and the association
+is protected. One exception: while the swap (operations/swap/) runs in its
+direct order, its record (components/swap_record.py) lets the stack it moves
+the IP *to* take it, and the stack it moves it *from* declares its association
+`retain_on_delete`. Why, with the Neutron and provider sources:
+docs/design.md, "Safety rules built in" and "Why the swap moves the IP in one
+Neutron update".
 """
 from __future__ import annotations
 
@@ -51,24 +33,13 @@ def association_urn(stack: str, environment: str) -> str:
 class Bastion:
     """The address remote commands reach the proxy at (idr:sshBastion).
 
-    No resource may depend on the association: the swap and the README's
-    hand procedure remove it with `pulumi up --target <association>`, and
-    the engine keeps every untargeted resource's old state together with
-    the old resources it depends on (Pulumi pkg/resource/deploy/
-    step_generator.go, generateSteps: an untargeted resource gets a SameStep,
-    and getDependencySteps a SameStep for each dependency that has no step
-    of its own; GenerateDeletes then skips what was "same"). A dependent
-    would keep the association in the state, and its IP bound.
-
-    Yet the first remote command must not dial the floating IP before it is
-    bound. So when the bastion is that IP, `address` is an awaitable Input
-    (the SDK awaits every input before it registers a resource) that
-    resolves, to the same text, once the association is registered, i.e.
-    created: ordered by value, with no dependency in the state. A host's
-    first steps (mount, /etc/hosts) take it; every other step waits for
-    those. Were the association to fail, the update fails with it. Deleting
-    the association first on a destroy costs nothing: no remote command has
-    a `delete`."""
+    No resource may depend on the association (the swap removes it with
+    `pulumi up --target`), yet the first remote command must not dial the IP
+    before it is bound: when the bastion is that IP, `address` is an awaitable
+    Input that resolves, to the same text, once the association is created,
+    ordered by value with no dependency in the state. A host's first steps
+    take it; every other step waits for those. Why: docs/design.md, "Remote
+    commands and host keys"."""
 
     def __init__(self, settings: Settings):
         self.text = settings.ssh_bastion

@@ -3,7 +3,7 @@
 A running environment's name, network, zone, login user, volume type and
 read-only flavor cannot change under it without rebuilding servers,
 renumbering hosts, detaching data volumes or restarting every read-only server
-at once (see the README's table of config changes). The program learns what
+at once (docs/reference/changes.md). The program learns what
 is deployed from the stack's own last outputs, through a StackReference to
 itself read before anything else is declared, and refuses such a change with
 a ConfigError naming the key, the deployed value and the safe way: a new
@@ -73,38 +73,10 @@ READ_OUTPUTS = (OUTPUT, "environment", "hosts", "dataVolumes")
 
 async def read_deployed() -> dict:
     """Those of the stack's own outputs of its last update that the checks
-    read ({} before the first update).
-
-    The program's async entrypoint (components/program.py, run by
-    `pulumi.run`) awaits this before it declares anything else, so that a
-    refusal comes when only this reference has been registered.
-
-    Why so, with public API only. The value decides what is declared (a
-    refusal declares nothing; a created volume's clone source is no longer
-    read: layout.clones_to_create), so the program needs it as a plain value before it
-    declares. `pulumi.run` is the SDK's public async entrypoint: the program
-    is awaited on the program's own event loop, as any coroutine, with no
-    blocking; `StackReference.get_output_details` is the public way to get a
-    plain value out of a reference. Rejected:
-    - declaring the environment inside an `apply` of the reference's outputs:
-      resources declared in an apply are missing from a preview whenever the
-      value is unknown there, exports made in it come after the SDK has
-      registered the stack's outputs, and the whole program would live in a
-      callback;
-    - a check in an apply that every resource `depends_on`: it cannot change
-      what is declared (the clone sources), and the guarantee would hold only
-      while every resource, present and future, remembers the gate.
-
-    Under the real engine: a StackReference is a read, and the engine runs
-    reads during previews too, so a preview refuses as the update does and
-    shows every resource; a value the engine leaves unknown counts as absent
-    (nothing is compared, as for a first deployment). The engine answers a
-    stack that exists but has no checkpoint yet with no outputs (its backend
-    client returns an empty map when the snapshot has no root Stack
-    resource); during an update the root resource keeps its previous outputs
-    until the end, and an update that fails (a refusal, which exports
-    nothing) leaves them as they were (pulumi/pulumi#15754): the next run
-    still compares."""
+    read ({} before the first update). The program's async entrypoint
+    (components/program.py) awaits this before it declares anything else, so
+    a refusal declares nothing. Why this way, and how the engine answers:
+    docs/design.md, "A deployed environment knows what it is"."""
     ref = pulumi.StackReference(REFERENCE_NAME, self_reference_name())
     details = await asyncio.gather(*(ref.get_output_details(name) for name in READ_OUTPUTS))
     found = {}

@@ -38,8 +38,8 @@ class Server(pulumi.ComponentResource):
         # A host holding a data volume is neither replaced nor deleted by an
         # update: its instance, port and attachment are protected (the engine
         # refuses a replacement of a protected resource, and of anything that
-        # would drag it along). Replacing one is an operator step: README,
-        # "To replace a server on purpose".
+        # would drag it along). Replacing one is an operator step:
+        # docs/operations/replace-a-server.md.
         holds_data = host.volume is not None
         self.port = openstack.networking.Port(
             host.name, name=host.name, network_id=net.network_id, admin_state_up=True,
@@ -50,7 +50,7 @@ class Server(pulumi.ComponentResource):
 
         # No server is replaced by a change of first-boot data (cloud-init
         # reads it once) or of image: `pulumi up --replace <urn>` does that on
-        # purpose (README). Data holders above all; the others serve the site.
+        # purpose (docs/operations/replace-a-server.md). Data holders above all; the others serve the site.
         self.instance = openstack.compute.Instance(
             host.name, name=host.name, flavor_name=host.flavor, image_name=host.image,
             user_data=cloud_config(s, host),

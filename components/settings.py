@@ -370,7 +370,7 @@ def build_settings(stack: str, raw: Callable[[str], Optional[str]], secret: Call
         problem = secret_vars_problem(raw("deploymentSecretVars"))
         if problem:
             raise ConfigError("deploymentSecretVars", "(secret)", f"{problem}: `pulumi config set --secret "
-                              "idr:deploymentSecretVars < secret-vars.yml` (README, Deployment playbooks), "
+                              "idr:deploymentSecretVars < secret-vars.yml` (docs/operations/deployment-playbooks.md), "
                               "or deploymentEnabled false")
         problem = alert_secret_problem(s.alert_receiver, raw("deploymentSecretVars")) if s.monitoring_enabled else None
         if problem:

@@ -2,7 +2,7 @@
 the swap command (operations/swap/, which writes it to both stacks' config),
 the program's guard (components/floatingip.py, which reads it) and the tests'
 stand-in `pulumi`. Standard library only: the stand-in imports it too.
-Why a swap keeps a record: README, "Moving the public IP (swap)"."""
+Why a swap keeps a record: docs/operations/new-release.md and docs/design.md."""
 from __future__ import annotations
 
 import dataclasses

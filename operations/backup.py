@@ -12,7 +12,7 @@ Volume IDs come from the stack's `dataVolumes` output. `snapshot` waits until
 every snapshot is `available` (openstacksdk's wait_for_status), reports each
 with its size, and exits 1 naming any that failed or did not finish within
 --timeout seconds. Restoring is a config change:
-`idr:<role>VolumeFromSnapshot` (README, Operating procedures).
+`idr:<role>VolumeFromSnapshot` (docs/operations/backups.md, restore.md).
 """
 from __future__ import annotations
 

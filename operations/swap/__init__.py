@@ -3,8 +3,8 @@ Neutron update where the cloud allows it:
 
     python -m operations.swap --from prod --to newidr [--snapshot] [--yes] [--public-ip IP] [--release-first]
 
-What it does, step by step, and why each step is safe: README, "New release"
-(step 5), "Rollback" and "Moving the public IP by hand".
+What it does, step by step, and why each step is safe:
+docs/operations/new-release.md, rollback.md and move-public-ip-by-hand.md.
 
 Layers, each usable alone:
 - components/swap_record.py: the record both stacks' config holds (`idrswap:state`);

@@ -1,6 +1,6 @@
 """The swap command: read both stacks, take the plan's next step until none
-is left, and say what it did. Usage and what each step does: README, "New
-release" step 5 and "Rollback"."""
+is left, and say what it did. Usage and what each step does:
+docs/operations/new-release.md and rollback.md."""
 from __future__ import annotations
 
 import argparse

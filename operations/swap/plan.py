@@ -1,7 +1,7 @@
 """The swap's plan, as pure functions of what was observed: which swap to run
 (`start`), its steps in either order (`steps`), whether the stacks and
 OpenStack tell one story (`check`) and the first step not done (`next_step`).
-The orders and why they are safe: README, "New release", step 5."""
+The orders and why they are safe: docs/operations/new-release.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,7 +49,7 @@ def spare_given(o: Observed, r: Record) -> bool:
     return o.old.ip == r.spare_ip and o.old.assoc_ip == r.spare_ip and o.holds(o.old, r.spare_ip)
 
 
-# The sources each order relies on (the README says why in prose):
+# The sources each order relies on (docs/design.md says why in prose):
 # - Neutron moves an associated IP in one update: PUT /v2.0/floatingips/{id}
 #   with a new port_id (neutron/db/l3_db.py _update_fip_assoc), refused only by
 #   FloatingIPPortAlreadyAssociated (409) when the target port has one: step 2.
@@ -159,7 +159,7 @@ def start(old: Side, new: Side, public_ip: Optional[str], release_first: bool) -
 
 def dependents_problem(sides: tuple[Side, Side], command: str) -> Optional[str]:
     """Each step is `pulumi up --target <association>`, and the engine never
-    deletes an association that anything in the state depends on (README,
+    deletes an association that anything in the state depends on (docs/design.md,
     "Remote commands and host keys")."""
     for side in sides:
         if side.dependents:
