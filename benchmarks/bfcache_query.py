@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.render import bfcache as render  # noqa: E402
-from tests.integration.postgres import pg_cluster  # noqa: E402
-from tests.integration.test_bfcache_sql import PAGE_QUERY as PAGE  # noqa: E402
+from tests.support.page import PAGE_QUERY as PAGE  # noqa: E402
+from tests.support.postgres import pg_cluster  # noqa: E402
 
 PORT = 5442
 

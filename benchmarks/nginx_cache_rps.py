@@ -9,7 +9,7 @@ program's idr-nginx.mtail, scraped every `--scrape-interval` seconds), in one ru
 
 Loopback only: real nginx with the rendered files (rewritten as in the tests:
 tmp paths, 127.0.0.1 ports, upstreams on the stub), the stub from
-tests/integration/nginx_fixtures.py. The static ceiling is one extra server
+tests/support/nginx.py. The static ceiling is one extra server
 added to the test copy only, in the same http block (same workers, sendfile,
 logging, headers). The three are measured in turn, `--rounds` times (static
 and cached back to back, in alternating order), and the medians are
@@ -35,8 +35,8 @@ from pathlib import Path
 
 from components.render import monitoring
 from components.render import nginx as render
-from tests.integration.nginx_fixtures import ProxyUnderTest, free_port, make_cert
-from tests.tools import tool
+from tests.support.nginx import ProxyUnderTest, free_port, make_cert
+from tests.support.tools import tool
 
 THUMB = "/webgateway/render_thumbnail/101/96/"
 STATIC = "/ceiling/thumbnail"

@@ -14,7 +14,7 @@ import pytest
 
 from components.files.bfcache import dispatch
 from components.render import bfcache as render
-from tests.test_bfcache_render import settings
+from tests.support.settings import bfcache_settings as settings
 
 # The cluster of the real-run test: omeroreadwrite with 3 lanes, two
 # omeroreadonly nodes with 1 lane each (starting value: 10x slower).

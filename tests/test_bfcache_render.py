@@ -18,20 +18,10 @@ from components import layout, offline
 from components.bfcache import BfCache, BfCacheArgs
 from components.render import bfcache as render
 from components.render.hostfiles import install_script
-from components.settings import build_settings
-from tests.tools import SECRET_VARS, tool
+from tests.support.settings import bfcache_settings as settings
+from tests.support.tools import tool
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfcacheTestKeyAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-RAW = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10",
-       "omeroreadonlyCount": "3", "bfcacheGeneration": "2",
-       # The deployment step's checkout (a pinned commit); tests of the
-       # 'waiting' behaviour turn deploymentEnabled off.
-       "deploymentRef": "0123456789abcdef0123456789abcdef01234567", "deploymentSecretVars": SECRET_VARS}
-
-
-def settings(**raw):
-    values = {**RAW, **{k: str(v) if not isinstance(v, str) else v for k, v in raw.items()}}
-    return build_settings("test", values.get, lambda k: "KEY" if k == "sshPrivateKey" else None)
 
 
 def all_files(s):

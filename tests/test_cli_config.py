@@ -27,7 +27,7 @@ from components.offline import PROJECT_DIR
 from tests.support.fake_world import install
 from tests.support.pulumi_cli import CliRefusal, project_config_error, stack_config_error, target_plan
 from tests.support.stack_files import stack_file_problems
-from tests.tools import SECRET_VARS
+from tests.support.settings import SECRET_VARS
 
 README = (PROJECT_DIR / "README.md").read_text()
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nstand-in\n-----END OPENSSH PRIVATE KEY-----\n"

@@ -13,7 +13,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from components import layout
 from components.offline import PROJECT_DIR, effective_config, run_stack
 from components.settings import ConfigError
-from tests.settings_factory import settings_for
+from tests.support.settings import settings_for
 
 VOL = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 SNAP = "aaaabbbb-cccc-dddd-eeee-ffff00001111"

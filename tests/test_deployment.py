@@ -11,7 +11,7 @@ import yaml
 
 from components.offline import PROJECT_DIR, IdrMocks, effective_config, run_config, run_stack
 from components.settings import ConfigError
-from tests.tools import VENV_BIN
+from tests.support.tools import VENV_BIN
 
 LOCAL = "command:local:Command"
 REMOTE = "command:remote:Command"

@@ -21,8 +21,9 @@ from components.layout import MONITORING_LOCATIONS
 from components.offline import run_stack
 from components.render import monitoring, nginx
 from components.render.deployment import program_vars
-from components.settings import ConfigError, build_settings
-from tests.tools import SECRET_VARS, VENV_BIN, tool
+from components.settings import ConfigError
+from tests.support.settings import SECRET_VARS, settings_for
+from tests.support.tools import VENV_BIN, tool
 
 INSTANCE, PORT, VOLUME, ATTACH = ("openstack:compute/instance:Instance", "openstack:networking/port:Port",
                                   "openstack:blockstorage/volume:Volume", "openstack:compute/volumeAttach:VolumeAttach")
@@ -38,7 +39,7 @@ RAW = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "flo
 
 def settings(**raw):
     values = {**RAW, **raw}
-    return build_settings("prod", values.get, lambda k: "secret" if k == "sshPrivateKey" else values.get(k))
+    return settings_for("prod", base=values, secret=lambda k: "secret" if k == "sshPrivateKey" else values.get(k))
 
 
 def run_tool(*cmd, cwd=None) -> subprocess.CompletedProcess:

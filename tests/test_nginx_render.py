@@ -16,8 +16,8 @@ from components.render import nginx as render
 from components.render.hostfiles import install_script
 from components.layout import PROXY_OMERO_PORT_RANGE, PROXY_PUBLIC_TCP_PORTS, SSH_PORT
 from components.settings import ConfigError
-from tests.settings_factory import settings_for
-from tests.tools import tool
+from tests.support.settings import settings_for
+from tests.support.tools import tool
 
 BASE = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "sshBastion": "203.0.113.10",
         "deploymentEnabled": "false"}

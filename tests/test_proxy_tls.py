@@ -18,9 +18,9 @@ from components.render import nginx as render
 from components.render.__main__ import write_tree
 from components.render.hostfiles import install_script
 from components.settings import ConfigError
-from tests.integration.nginx_fixtures import make_settings
-from tests.test_restarts import violations
-from tests.tools import tool
+from tests.support.restarts import violations
+from tests.support.settings import proxy_settings
+from tests.support.tools import tool
 
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"     # Pulumi's wire marker of a secret value
 SIG_KEY = "4dabf18193072939515e22adb298388d"
@@ -71,12 +71,12 @@ def run_proxy(settings, instance_ids=None):
 
 def tls_settings(pair, key=None, **raw):
     cert, private = pair
-    return make_settings("prod", secrets={"tlsPrivateKey": private if key is None else key},
+    return proxy_settings("prod", secrets={"tlsPrivateKey": private if key is None else key},
                          tlsCertificateChain=cert, **raw)
 
 
 def test_without_a_chain_self_signed_and_no_tls_step():
-    rec, _raw, proxy = run_proxy(make_settings("prod"))
+    rec, _raw, proxy = run_proxy(proxy_settings("prod"))
     assert proxy.tls_self_signed is True and proxy.tls is None
     assert not [c for c in rec.of_type("command:remote:Command") if c.name.endswith("-tls")]
 
@@ -124,14 +124,14 @@ def test_a_new_key_or_chain_reruns_only_the_tls_step(pair, tmp_path):
 def test_nginx_config_is_the_same_with_or_without_a_chain(pair):
     """Only the files at idr:tlsCertificate/-Key change: nginx's config (run by
     gixy and nginx -t in tests/integration) does not."""
-    plain, given = make_settings("prod"), tls_settings(pair)
+    plain, given = proxy_settings("prod"), tls_settings(pair)
     assert render.idr_conf(given) == render.idr_conf(plain)
     assert render.nginx_conf(given) == render.nginx_conf(plain)
 
 
 def test_chain_without_key_is_refused(pair):
     with pytest.raises(ConfigError, match="tlsPrivateKey"):
-        make_settings("prod", tlsCertificateChain=pair[0])
+        proxy_settings("prod", tlsCertificateChain=pair[0])
 
 
 def test_offline_render_never_holds_the_key(pair, tmp_path):
@@ -169,7 +169,7 @@ def test_tls_script_checks_before_it_installs_and_rolls_back(pair, tmp_path):
     assert "restore" in rollback and "exit 1" in rollback
     assert violations(script) == []                            # systemctl only
     with pytest.raises(ValueError):
-        render.tls_script(make_settings("prod"), key)
+        render.tls_script(proxy_settings("prod"), key)
     (tmp_path / "tls.sh").write_text(script)
     # The nginx step as it is with a chain given (no self-signed branch).
     (tmp_path / "nginx.sh").write_text(install_script("prod-proxy", render.nginx_files(s), render.setup_script(s)))

@@ -16,7 +16,7 @@ from components.changes import CHANGES
 from components.network import proxy_external_rules, rule_name
 from components.offline import IdrMocks, run_stack
 from components.settings import KEYS, ConfigError
-from tests.settings_factory import settings_for
+from tests.support.settings import settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = "openstack:compute/instance:Instance"

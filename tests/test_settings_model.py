@@ -12,7 +12,7 @@ from pydantic.fields import FieldInfo
 from components import layout
 from components.settings import FIELDS, KEYS, ConfigError, Settings
 from components.validators import allowed_of
-from tests.settings_factory import settings_for
+from tests.support.settings import settings_for
 
 
 def settings(secret=lambda name: "secret", **overrides):

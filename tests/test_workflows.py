@@ -16,24 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKFLOWS = ROOT / ".github" / "workflows"
+from tests.support.workflows import FILES, ROOT, STACKS, WORKFLOWS, load, pinned, steps
+
 SUMMARY = ROOT / ".github" / "scripts" / "summary"
-FILES = sorted(p.name for p in WORKFLOWS.glob("*.yml"))
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
-STACKS = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
 SECRET_ENV = ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "OS_AUTH_URL", "OS_REGION_NAME",
               "OS_APPLICATION_CREDENTIAL_ID", "OS_APPLICATION_CREDENTIAL_SECRET")
-
-
-def load(name: str) -> dict:
-    data = yaml.safe_load((WORKFLOWS / name).read_text())
-    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads `on` as true
-    return data
-
-
-def steps(job: dict, uses_prefix: str) -> list[dict]:
-    return [s for s in job["steps"] if s.get("uses", "").startswith(uses_prefix)]
 
 
 def named(job: dict, name: str) -> dict:
@@ -44,11 +32,6 @@ def named(job: dict, name: str) -> dict:
 def validate(path: Path, schema: str = "vendor.github-workflows") -> subprocess.CompletedProcess:
     return subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", schema, str(path)],
                           capture_output=True, text=True, timeout=120)
-
-
-def pinned(requirement: str, file: str = "requirements.txt") -> str:
-    text = (ROOT / file).read_text()
-    return re.search(rf"^{re.escape(requirement)}==(\S+)$", text, re.M).group(1)
 
 
 def run_step(step: dict, cwd: Path, env: dict, path_dirs: list[Path] = ()) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import json
 import re
 import subprocess
 
-from tests.test_workflows import STACKS, load, steps
+from tests.support.workflows import STACKS, load, steps
 
 HARNESS = r"""
 const fs = require('fs');

@@ -5,11 +5,12 @@ the pulumi SDK pins of requirements.txt and of the policy pack follow."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_workflows import FILES, ROOT, WORKFLOWS, load, pinned
+from tests.support.workflows import FILES, ROOT, WORKFLOWS, load, pinned
 
 VERSION_FILE = ROOT / ".pulumi-version"
 SEMVER = r"\d+\.\d+\.\d+"
@@ -121,7 +122,7 @@ def test_no_workflow_writes_a_cli_version_of_its_own(name):
 
 def test_the_version_checks_catch_a_disagreement(tmp_path, monkeypatch):
     """Not vacuous: a version file that moved alone fails the check."""
-    import tests.test_workflows_pinning as me
+    me = sys.modules[__name__]
     moved = tmp_path / ".pulumi-version"
     moved.write_text("3.999.0\n")
     monkeypatch.setattr(me, "VERSION_FILE", moved)

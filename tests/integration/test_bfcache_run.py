@@ -24,9 +24,9 @@ import pytest
 
 from components import layout
 from components.render import bfcache as render
-from tests.integration import sshd
-from tests.test_bfcache_render import settings
-from tests.tools import tool
+from tests.support import sshd
+from tests.support.settings import bfcache_settings as settings
+from tests.support.tools import tool
 
 pytestmark = pytest.mark.integration
 

@@ -13,17 +13,13 @@ from pathlib import Path
 import pytest
 
 from components.render import bfcache as render
-from tests.test_bfcache_render import settings as bfcache_settings
-from tests.integration.postgres import Cluster, as_postgres, pg_cluster
+from tests.support.page import PAGE_QUERY
+from tests.support.postgres import Cluster, as_postgres, pg_cluster
+from tests.support.settings import bfcache_settings
 
 pytestmark = pytest.mark.integration
 
 PORT = 5441
-
-PAGE_QUERY = """select r.i from (select f.id, i.id as i, rank()
-              over (partition by f.id order by i.id) as x
-              from fileset f, image i where f.id = i.fileset)
-              as r where r.x = 1"""
 
 SCHEMA = """
 CREATE TABLE fileset (id bigint PRIMARY KEY, templateprefix text NOT NULL DEFAULT 'prefix/');

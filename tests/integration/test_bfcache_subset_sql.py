@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from components.render import bfcache as render
-from tests.integration.postgres import PG_BIN, pg_cluster
-from tests.test_bfcache_render import settings
+from tests.support.postgres import PG_BIN, pg_cluster
+from tests.support.settings import bfcache_settings as settings
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ every role of its requirements.yml (../shared/reference/idr-deployment/).
   the proxy's included, while no task runs on the proxy; /etc/hosts stays
   the program's (the role writes its copy beside it).
 - The program's post-install, with IDR's real ome.omero_user role, against
-  a stand-in `omero` CLI (tests/integration/omero_standin.py, which records
+  a stand-in `omero` CLI (tests/support/omero_standin.py, which records
   every call): the first run creates the group and the public user, the
   second changes nothing.
 The hosts here are Debian, not Rocky Linux: only the tagged parts that run
@@ -31,8 +31,7 @@ import yaml
 
 from components.offline import PROJECT_DIR, run_stack
 from components.render.deployment import HOSTS_POPULATE_TARGET
-from tests.integration.deployment_hosts import (ADDRESSES, BASTION, NAMES, SECRET_VARS, check_only,  # noqa: F401
-                                               hosts, render_step, run_step)
+from tests.support.deployment_hosts import ADDRESSES, BASTION, NAMES, SECRET_VARS, check_only, render_step, run_step
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +108,7 @@ def test_idr_hosts_and_postinstall_for_real_one_owner_of_etc_hosts(idr_deploymen
     omero = tmp_path / "omero"
     state = tmp_path / "omero-state.json"
     state.write_text(json.dumps({"root_password": "root-pw", "groups": [], "users": [], "calls": []}))
-    omero.write_text(f"#!/bin/sh\nexec {sys.executable} {PROJECT_DIR}/tests/integration/omero_standin.py "
+    omero.write_text(f"#!/bin/sh\nexec {sys.executable} {PROJECT_DIR}/tests/support/omero_standin.py "
                      f"{state} \"$@\"\n")
     omero.chmod(0o755)
     vars_file = tmp_path / "vars.yml"
@@ -270,7 +269,7 @@ def _render_idr_prometheus(idr_deployment: Path, run, out: Path) -> Path:
 
 @pytest.mark.parametrize("stack", ["prod", "newidr"])
 def test_idrs_prometheus_config_with_the_programs_vars_passes_promtool(idr_deployment, stack, tmp_path, prod_run):
-    from tests.tools import tool
+    from tests.support.tools import tool
     run = run_stack(stack, {"deploymentPath": str(idr_deployment)},
                     stack_outputs={"prod": prod_run.outputs} if stack != "prod" else None)
     config = _render_idr_prometheus(idr_deployment, run, tmp_path)
@@ -293,7 +292,7 @@ def test_idrs_prometheus_config_with_the_programs_vars_passes_promtool(idr_deplo
 def test_idrs_instance_down_alert_with_promtool(idr_deployment, tmp_path, prod_run):
     """IDR's only alert (a host or an exporter down), as its role renders it,
     on the Prometheus version the program runs."""
-    from tests.tools import tool
+    from tests.support.tools import tool
     run = run_stack("prod", {"deploymentPath": str(idr_deployment)})
     _render_idr_prometheus(idr_deployment, run, tmp_path)
     rules = tmp_path / "rules" / "default-alert.rules.yml"

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from components.offline import PROJECT_DIR
-from tests.integration import sshd
-from tests.integration.deployment_hosts import (ADDRESSES, BASTION, FIXTURE, ROLE_GROUP, SECRET_VARS,  # noqa: F401
-                                               check_only, hosts, markers, render_step, run_step)
+from tests.support import sshd
+from tests.support.deployment_hosts import (ADDRESSES, BASTION, FIXTURE, ROLE_GROUP, SECRET_VARS, check_only, markers,
+                                            render_step, run_step)
 
 pytestmark = pytest.mark.integration
 

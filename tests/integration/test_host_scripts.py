@@ -12,7 +12,7 @@ import pytest
 
 from components.render import HostFile
 from components.render.hostfiles import install_script
-from tests.tools import tool
+from tests.support.tools import tool
 
 pytestmark = pytest.mark.integration
 

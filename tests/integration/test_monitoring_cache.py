@@ -23,20 +23,15 @@ import pytest
 
 from components.render import monitoring
 from components.render import nginx as render
-from tests.integration.nginx_fixtures import (Nginx, ProxyUnderTest, StubBackend, free_port, gixy_report, header,
-                                              make_cert, make_settings)
-from tests.tools import tool
+from tests.support.nginx import Nginx, ProxyUnderTest, StubBackend, free_port, gixy_report, header
+from tests.support.settings import proxy_settings
+from tests.support.tools import tool
 
 pytestmark = pytest.mark.integration
 
 MTAIL, PROMTOOL = tool("mtail"), tool("promtool")
 THUMB = "/webgateway/render_thumbnail/101/96/"
 FAILING = "/webgateway/render_image/7/0/0/"
-
-
-@pytest.fixture(scope="module")
-def cert_pair(tmp_path_factory):
-    return make_cert(tmp_path_factory.mktemp("tls"))
 
 
 class Mtail:
@@ -166,7 +161,7 @@ def test_grafana_read_only_never_cached_and_federation(proxy):
 
 @pytest.mark.parametrize("raw", [{}, {"maintenance": True}, {"httpsRedirect": True, "jupyterEnabled": True}])
 def test_nginx_t_and_gixy_with_monitoring(tmp_path, cert_pair, raw):
-    nginx = Nginx(make_settings(monitoringEnabled=True, **raw), tmp_path, {}, *cert_pair, keep_listens=True)
+    nginx = Nginx(proxy_settings(monitoringEnabled=True, **raw), tmp_path, {}, *cert_pair, keep_listens=True)
     assert "location ^~ /grafana/ {" in (tmp_path / "etc/nginx/conf.d/idr.conf").read_text()
     checked = nginx.test_config()
     assert checked.returncode == 0 and "test is successful" in checked.stderr, checked.stderr

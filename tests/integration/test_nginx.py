@@ -16,35 +16,17 @@ import pytest
 from components import layout
 from components.render import nginx as render
 
-from tests.integration.nginx_fixtures import (
-    RSYNC, Nginx, ProxyUnderTest, free_port, gixy_report, header, make_cert, make_settings, omero_hello,
+from tests.support.nginx import (
+    RSYNC, Nginx, free_port, gixy_report, header, omero_hello,
     ws_accept, ws_frame, ws_handshake, ws_read,
 )
+from tests.support.settings import proxy_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 THUMB = "/webgateway/render_thumbnail/101/96/"
 PUBLIC = ("http", "https")
 ALL_PORTS = ("http", "https", "buster", "long")
-
-
-@pytest.fixture(scope="module")
-def cert_pair(tmp_path_factory):
-    return make_cert(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def proxy_factory(tmp_path, cert_pair):
-    started = []
-
-    def start(**raw):
-        proxy = ProxyUnderTest(tmp_path / f"nginx{len(started)}", cert_pair, **raw)
-        started.append(proxy)
-        return proxy.start()
-
-    yield start
-    for proxy in started:
-        proxy.stop()
 
 
 @pytest.fixture
@@ -231,7 +213,7 @@ def test_6_purge_refuses_wrong_paths(proxy, bad):
                                  {"jupyterEnabled": True, "websiteRef": "", "nginxDirectRedirects": "[]",
                                   "nginxRedirectLocations": '["^~ /s/ 302", "~* ^/x$ 301"]'}])
 def test_7_nginx_t_and_gixy(tmp_path, cert_pair, raw):
-    settings = make_settings(**raw)
+    settings = proxy_settings(**raw)
     nginx = Nginx(settings, tmp_path, {}, *cert_pair, keep_listens=True)   # listens as rendered
     assert "listen 443 ssl http2 default_server;" in (tmp_path / "etc/nginx/conf.d/idr.conf").read_text()
     checked = nginx.test_config()
@@ -307,7 +289,7 @@ def test_jupyter_routed_with_websockets_only_when_enabled(proxy_factory):
 @pytest.fixture
 def rsync_daemon(tmp_path):
     """The rendered rsyncd.conf in the real rsync daemon on 127.0.0.1."""
-    settings = make_settings(rsyncEnabled=True)
+    settings = proxy_settings(rsyncEnabled=True)
     data = Path(tempfile.mkdtemp(dir="/tmp", prefix="idr-rsync-data-"))
     os.chmod(data, 0o755)
     (data / "idr0001").mkdir()
@@ -368,9 +350,9 @@ def test_rsync_off_stops_the_daemon_and_removes_its_config(rsync_daemon, tmp_pat
     run again, it does nothing."""
     daemon, _ = rsync_daemon
     conf = tmp_path / "rsyncd.conf"
-    assert f"pid file = {render.RSYNCD_PID}" in render.rsyncd_conf(make_settings(rsyncEnabled=True))
+    assert f"pid file = {render.RSYNCD_PID}" in render.rsyncd_conf(proxy_settings(rsyncEnabled=True))
     pid = int((tmp_path / "rsyncd.pid").read_text())
-    script = (render.rsyncd_off_script(make_settings())
+    script = (render.rsyncd_off_script(proxy_settings())
               .replace(render.RSYNCD_PID, str(tmp_path / "rsyncd.pid"))
               .replace(render.RSYNCD_CONF, str(conf)))
     (tmp_path / "off.sh").write_text(script)

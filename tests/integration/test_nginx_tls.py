@@ -23,9 +23,8 @@ import pytest
 from components import layout
 from components.render import nginx as render
 
-from tests.integration.nginx_fixtures import (
-    OPENSSL, ProxyUnderTest, make_settings, tls_root,
-)
+from tests.support.nginx import OPENSSL, ProxyUnderTest, tls_root
+from tests.support.settings import proxy_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -71,7 +70,7 @@ def issue(ca: Path, cn: str) -> Issued:
 
 
 def tls_settings(issued: Issued, chain: str | None = None, key: str | None = None, **raw):
-    return make_settings(secrets={"tlsPrivateKey": key or issued.key},
+    return proxy_settings(secrets={"tlsPrivateKey": key or issued.key},
                          tlsCertificateChain=chain or issued.chain, **raw)
 
 
@@ -216,7 +215,7 @@ def test_self_signed_placeholder_without_a_chain(tmp_path):
     """No chain in config: the setup step's own block makes a self-signed
     certificate for the server name, which nginx serves, and never touches
     an existing one."""
-    settings = make_settings()
+    settings = proxy_settings()
     assert render.tls_self_signed(settings) and settings.tls_private_key is None
     script = render.setup_script(settings)
     block = script[script.index("cert="):script.index("\nfi\n") + 4]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from components.render import nginx as render
-from tests.integration.nginx_fixtures import ProxyUnderTest, header, make_cert
+from tests.support.nginx import header
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -32,25 +32,6 @@ def fluentd_regex() -> re.Pattern:
     """The Ruby regex in Python: /.../ delimiters off, (?<name> -> (?P<name>."""
     body = FLUENTD_NGINX_ACCESS[1:-1]
     return re.compile(body.replace("(?<", "(?P<"))
-
-
-@pytest.fixture(scope="module")
-def cert_pair(tmp_path_factory):
-    return make_cert(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def start(tmp_path, cert_pair):
-    started = []
-
-    def run(**raw):
-        proxy = ProxyUnderTest(tmp_path / f"nginx{len(started)}", cert_pair, **raw)
-        started.append(proxy)
-        return proxy.start()
-
-    yield run
-    for proxy in started:
-        proxy.stop()
 
 
 def website(proxy, files: dict | None) -> None:
@@ -77,8 +58,8 @@ def log_lines(proxy, name: str = "access.log") -> list[str]:
 
 # ------------------------------------------------------------------ access log
 
-def test_access_log_is_idrs_and_fluentd_parses_miss_and_hit(start):
-    proxy = start()
+def test_access_log_is_idrs_and_fluentd_parses_miss_and_hit(proxy_factory):
+    proxy = proxy_factory()
     assert "log_format main_timed_cache_upstream\n" in render.nginx_conf(proxy.settings)
     assert "access_log /var/log/nginx/access.log main_timed_cache_upstream;" in render.nginx_conf(proxy.settings)
     agent, referer = 'Mozilla/5.0 (X11; "quoted")', "https://idr.openmicroscopy.org/webclient/?show=image-1"
@@ -109,8 +90,8 @@ def test_access_log_is_idrs_and_fluentd_parses_miss_and_hit(start):
     assert re.search(rf'"GET {re.escape(THUMB)}\?x=1 HTTP/1.1" 200 .+ HIT -', "\n".join(lines))
 
 
-def test_timing_log_has_what_idrs_format_leaves_out(start):
-    proxy = start()
+def test_timing_log_has_what_idrs_format_leaves_out(proxy_factory):
+    proxy = proxy_factory()
     proxy.get("http", THUMB)
     proxy.get("buster", THUMB)
     # The log is buffered (flush=5s): wait for nginx's flush, not for a
@@ -127,8 +108,8 @@ def test_timing_log_has_what_idrs_format_leaves_out(start):
 # ------------------------------------------------------------------ redirects
 
 @pytest.mark.parametrize("port", PUBLIC)
-def test_idrs_direct_redirects(start, port):
-    proxy = start()
+def test_idrs_direct_redirects(proxy_factory, port):
+    proxy = proxy_factory()
     expected = {
         "/webclient": (302, render.PUBLIC_VIEW),
         "/webclient/login": (302, render.PUBLIC_VIEW),
@@ -153,8 +134,8 @@ def test_idrs_direct_redirects(start, port):
 
 
 @pytest.mark.parametrize("port", PUBLIC)
-def test_every_redirect_of_the_study_map(start, port):
-    proxy = start()
+def test_every_redirect_of_the_study_map(proxy_factory, port):
+    proxy = proxy_factory()
     for entry in proxy.settings.nginx_redirect_map:
         if entry.match.startswith("~"):
             continue
@@ -174,8 +155,8 @@ def test_every_redirect_of_the_study_map(start, port):
     assert proxy.get(port, "/study/idr0083/figure/4j")[0] == 200
 
 
-def test_redirects_from_config_and_jupyter_route_taking_precedence(start):
-    proxy = start(jupyterEnabled=True, nginxDirectRedirects='["= /old 301 /about/new.html"]',
+def test_redirects_from_config_and_jupyter_route_taking_precedence(proxy_factory):
+    proxy = proxy_factory(jupyterEnabled=True, nginxDirectRedirects='["= /old 301 /about/new.html"]',
                   nginxRedirectMap='["/s/1 /webclient/?show=screen-1"]', nginxRedirectLocations='["^~ /s/ 302"]')
     for path, location, code in (("/old", "/about/new.html", 301), ("/s/1", "/webclient/?show=screen-1", 302),
                                  ("/s/2", "/", 302)):
@@ -192,16 +173,16 @@ def test_redirects_from_config_and_jupyter_route_taking_precedence(start):
 # ------------------------------------------------------------------ /about/
 
 @pytest.mark.parametrize("port", PUBLIC)
-def test_about_redirects_to_about_slash_with_public_scheme_and_host(start, port):
-    proxy = start()
+def test_about_redirects_to_about_slash_with_public_scheme_and_host(proxy_factory, port):
+    proxy = proxy_factory()
     status, headers, _ = proxy.get(port, "/about", headers={"Host": "idr.example.org"})
     scheme = "https" if port == "https" else "http"
     assert (status, header(headers, "Location")) == (301, [f"{scheme}://idr.example.org/about/"])
     assert header(headers, "Access-Control-Allow-Origin") == ["*"]
 
 
-def test_about_serves_the_website_then_the_placeholder_never_omero_web(start):
-    proxy = start()
+def test_about_serves_the_website_then_the_placeholder_never_omero_web(proxy_factory):
+    proxy = proxy_factory()
     website(proxy, {"index.html": "<h1>The IDR makes datasets</h1>\n", "experiments.html": "experiments\n",
                     "img/logos/logo-idr.svg": "<svg/>\n"})
     for port in PUBLIC:
@@ -218,16 +199,16 @@ def test_about_serves_the_website_then_the_placeholder_never_omero_web(start):
     assert proxy.state.count() == 0                       # OMERO.web never saw /about
 
 
-def test_about_without_a_website_configured(start):
-    proxy = start(websiteRef="")
+def test_about_without_a_website_configured(proxy_factory):
+    proxy = proxy_factory(websiteRef="")
     website(proxy, None)
     status, _h, body = proxy.get("http", "/about/")
     assert status == 200 and "not installed on this proxy (idr:websiteRef is empty)" in body
     assert proxy.state.count() == 0
 
 
-def test_maintenance_page_from_the_website_else_the_programs(start):
-    proxy = start(maintenance=True)
+def test_maintenance_page_from_the_website_else_the_programs(proxy_factory):
+    proxy = proxy_factory(maintenance=True)
     website(proxy, None)                                  # no site yet: the program's page
     status, headers, body = proxy.get("https", "/webclient/")
     assert status == 503 and "down for maintenance" in body
@@ -243,8 +224,8 @@ def test_maintenance_page_from_the_website_else_the_programs(start):
 # ------------------------------------------------------------------ /connection/
 
 @pytest.mark.parametrize("port", PUBLIC)
-def test_connection_file_from_the_published_ports_with_cors(start, port):
-    proxy = start()
+def test_connection_file_from_the_published_ports_with_cors(proxy_factory, port):
+    proxy = proxy_factory()
     status, headers, body = proxy.get(port, "/connection/omero-client.json")
     assert status == 200 and header(headers, "Content-Type") == ["application/json"]
     assert header(headers, "Access-Control-Allow-Origin") == ["*"]

@@ -9,7 +9,7 @@ import pytest
 
 from components.render import website
 from operations import smoke
-from tests.integration.nginx_fixtures import ProxyUnderTest, make_cert
+from tests.support.nginx import ProxyUnderTest
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -34,11 +34,6 @@ def fill_website(proxy, text: str = smoke.ABOUT_TEXT) -> None:
     (www / "releases/r1").mkdir(parents=True, exist_ok=True)
     (www / "releases/r1/index.html").write_text(f"<p>{text} available</p>\n")
     (www / "html").symlink_to("releases/r1")
-
-
-@pytest.fixture(scope="module")
-def cert_pair(tmp_path_factory):
-    return make_cert(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

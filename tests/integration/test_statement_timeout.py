@@ -14,9 +14,8 @@ import psycopg
 import pytest
 
 from components.render import database as render
-from components.settings import build_settings
-from tests.tools import SECRET_VARS
-from tests.integration.postgres import Cluster, pg_cluster
+from tests.support.settings import SECRET_VARS, settings_for
+from tests.support.postgres import Cluster, pg_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +27,7 @@ RAW = {"sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test", "ssh
 
 def settings(timeout_ms: int):
     raw = {**RAW, "statementTimeoutMs": str(timeout_ms)}
-    return build_settings("test", raw.get, lambda k: "KEY" if k == "sshPrivateKey" else None)
+    return settings_for("test", base=raw, secret=lambda k: "KEY" if k == "sshPrivateKey" else None)
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +62,14 @@ def apply(cluster: Cluster, tmp_path, timeout_ms) -> subprocess.CompletedProcess
 
 
 def test_scripts_pass_shellcheck():
-    from tests.tools import tool
+    from tests.support.tools import tool
     script = render.apply_script(settings(60000))
     result = subprocess.run([tool("shellcheck"), "-s", "bash", "-"], input=script, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
 def test_default_is_sixty_seconds():
-    raw = dict(RAW)
-    s = build_settings("test", raw.get, lambda k: "KEY" if k == "sshPrivateKey" else None)
+    s = settings_for("test", base=RAW, secret=lambda k: "KEY" if k == "sshPrivateKey" else None)
     assert "ALTER ROLE omeroreadonly SET statement_timeout = 60000;" in render.statement_timeout_sql(s)
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from components.render import website
 from components.render.hostfiles import install_script
-from tests.integration.nginx_fixtures import make_settings
-from tests.tools import tool
+from tests.support.settings import proxy_settings
+from tests.support.tools import tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -28,7 +28,7 @@ def git_bin() -> str:
 
 def config(tmp: Path, root: Path, **raw) -> Path:
     """The rendered website.conf, with its root moved into the test's tmp."""
-    s = make_settings(**raw)
+    s = proxy_settings(**raw)
     text = website.config_text(s)
     assert f"IDR_WEBSITE_ROOT={website.WWW_ROOT}\n" in text
     path = tmp / "website.conf"
@@ -145,18 +145,18 @@ def test_git_repository_at_a_pinned_commit_and_a_tag(tmp_path):
 
 def test_step_files_pass_shellcheck_and_systemd(tmp_path):
     for raw in ({}, {"websiteRef": ""}, {"websiteSource": "https://github.com/IDR/site.git", "websiteRef": "main"}):
-        s = make_settings(**raw)
+        s = proxy_settings(**raw)
         (tmp_path / "step.sh").write_text(install_script("test-proxy", website.website_files(s), website.setup_script(s)))
         done = subprocess.run([tool("shellcheck"), "-s", "bash", str(tmp_path / "step.sh"), str(SCRIPT)],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stdout
-    units = {f.path: f.content for f in website.website_files(make_settings())}
+    units = {f.path: f.content for f in website.website_files(proxy_settings())}
     assert {website.FETCH_SCRIPT, website.CONFIG, f"{website.UNIT_DIR}/{website.SERVICE}",
             f"{website.UNIT_DIR}/{website.TIMER}"} <= set(units)
     assert f"ExecStart={website.FETCH_SCRIPT} {website.CONFIG}\n" in units[f"{website.UNIT_DIR}/{website.SERVICE}"]
     assert "OnUnitActiveSec=1h\n" in units[f"{website.UNIT_DIR}/{website.TIMER}"]
     # Off: only the page saying so, and the timer stopped.
-    off = make_settings(websiteRef="")
+    off = proxy_settings(websiteRef="")
     assert [f.path for f in website.website_files(off)] == [f"{website.PLACEHOLDER_DIR}/index.html"]
     assert f"systemctl disable --now {website.TIMER}" in website.setup_script(off)
 
@@ -174,7 +174,7 @@ def test_step_links_the_placeholder_until_a_fetch_succeeds(tmp_path):
     (bin_dir / "hostname").chmod(0o755)
     root = tmp_path / "host"
     for raw, linked in (({}, "placeholder"), ({"websiteRef": ""}, "placeholder")):
-        s = make_settings(**raw)
+        s = proxy_settings(**raw)
         text = install_script("test-proxy", website.website_files(s), website.setup_script(s))
         text = text.replace(f"www={website.WWW_ROOT}\n", f"www={root}{website.WWW_ROOT}\n")
         text = text.replace(f"link={website.WEBSITE_LINK}\n", f"link={root}{website.WEBSITE_LINK}\n")
@@ -189,7 +189,7 @@ def test_step_links_the_placeholder_until_a_fetch_succeeds(tmp_path):
     link.unlink()
     (link.parent / "releases/2026.07.02-0123456789abcdef").mkdir(parents=True)
     link.symlink_to("releases/2026.07.02-0123456789abcdef")
-    s = make_settings()
+    s = proxy_settings()
     text = install_script("test-proxy", website.website_files(s), website.setup_script(s))
     text = text.replace(f"www={website.WWW_ROOT}\n", f"www={root}{website.WWW_ROOT}\n")
     text = text.replace(f"link={website.WEBSITE_LINK}\n", f"link={root}{website.WEBSITE_LINK}\n")
@@ -205,7 +205,7 @@ def test_step_links_the_placeholder_until_a_fetch_succeeds(tmp_path):
 def test_units_pass_systemd_analyze_verify(tmp_path):
     """The service and timer as systemd reads them (the script's path moved
     into tmp, where the test puts it); a broken timer value is reported."""
-    units = {Path(f.path).name: f.content for f in website.website_files(make_settings())
+    units = {Path(f.path).name: f.content for f in website.website_files(proxy_settings())
              if f.path.startswith(website.UNIT_DIR)}
     script = tmp_path / "idr-website-fetch"
     script.write_text(SCRIPT.read_text())

@@ -9,13 +9,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-import pytest
 import yaml
 
 from components.offline import PROJECT_DIR, run_stack
-from tests.integration import sshd
+from tests.support import sshd
 
 BASTION = "127.0.0.20"
 # Fixed addresses of prod (two read-only servers) -> the sshd standing in.
@@ -34,10 +35,11 @@ ROLE_GROUP = {"prod-omeroreadwrite": "omeroreadwrite-hosts", "prod-database": "d
               "prod-dockermanager": "dockermanager-hosts"}
 
 
-@pytest.fixture(scope="module")
-def hosts():
+@contextmanager
+def loopback_hosts() -> Iterator[tuple[Path, int]]:
     """sshd on the bastion address and every host address, one port; root
-    logs in with one key (the program's idr:sshPrivateKey stand-in)."""
+    logs in with one key (the program's idr:sshPrivateKey stand-in).
+    Yields (the directory of the key and the daemons, the port)."""
     root = Path(tempfile.mkdtemp(prefix="idr-deployment-"))
     root.chmod(0o755)
     key = sshd.keygen(root / "key")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence, Union
 
-from tests.tools import tool
+from tests.support.tools import tool
 
 # Per address or one value for every address.
 PerAddress = Union[str, Mapping[str, str]]

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from components import layout
 from components.render import nginx as render
-from components.settings import build_settings
-from tests.tools import tool
+from tests.support.settings import proxy_settings
+from tests.support.tools import tool
 
 NGINX = tool("nginx")
 GIXY = tool("gixy")
@@ -43,21 +43,6 @@ STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 if not Path(STREAM_MODULE).exists():
     subprocess.run(["apt-get", "install", "-y", "-q", "libnginx-mod-stream"], check=True,
                    env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-
-BASE_RAW = {
-    "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY test",
-    "sshBastion": "203.0.113.10",
-    "omeroreadonlyCount": "2",
-    "deploymentEnabled": "false",     # the playbooks' step is not the proxy's concern
-}
-
-
-def make_settings(stack: str = "test", secrets: dict | None = None, **raw):
-    """Settings from raw config strings, as Pulumi would hand them; `secrets`
-    are the secret keys' values (idr:tlsPrivateKey)."""
-    values = {**BASE_RAW, **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}}
-    secret_values = {"sshPrivateKey": "PRIVATE KEY", **(secrets or {})}
-    return build_settings(stack, values.get, secret_values.get)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -540,7 +525,7 @@ class ProxyUnderTest:
 
     def __init__(self, tmp: Path, cert_pair, rsync_daemon: str | None = None, omero: bool = False,
                  secrets: dict | None = None, **raw):
-        self.settings = make_settings(secrets=secrets, **raw)
+        self.settings = proxy_settings(secrets=secrets, **raw)
         self.state = StubState()
         self.ro = StubBackend("omeroreadonly", self.state)
         self.rw = StubBackend("omeroreadwrite", self.state)

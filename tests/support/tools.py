@@ -34,8 +34,3 @@ def tool(binary: str) -> str:
         raise RuntimeError(f"installed {package} but {binary} is still missing")
     return found
 
-
-# Secret vars the deployment step accepts (components/validators.py
-# REQUIRED_SECRET_VARS), for settings built with the step on.
-SECRET_VARS = ("omero_server_rootpassword: root-pw\nidr_secret_postgresql_password: pg-pw\n"
-               "idr_secret_postgresql_password_ro: ro-pw\n")
