@@ -205,7 +205,7 @@ def test_every_shell_script_passes_shellcheck(rendered, rendered_every_feature):
 def test_every_cloud_config_passes_cloud_init_schema(rendered):
     configs = _files(rendered, lambda p: p.name == "user-data.txt" or
                      p.read_text(errors="replace").startswith("#cloud-config"))
-    assert len(configs) == 16  # 8 hosts x 2 stacks
+    assert len(configs) == 18  # 9 hosts x 2 stacks (the management host: monitoringEnabled in both)
     for config in configs:
         result = sh(tool("cloud-init"), "schema", "--config-file", config, check=False)
         assert result.returncode == 0 and "Valid" in result.stdout, (config, result.stdout, result.stderr)
