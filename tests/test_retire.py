@@ -77,14 +77,14 @@ def test_destroys_unprotected_and_lists_what_stays(tmp_path, monkeypatch, capsys
         "oldidr-database", "oldidr-database-data", "oldidr-network", "oldidr-proxy", "oldidr-subnet"]
     assert all(VOLUME_TYPE not in u and ASSOC_TYPE not in u for u in unprotected)
     left = world.stack("oldidr")["resources"]
-    # As the real CLI: the volumes, and what they hang on.
-    assert sorted(r["type"] for r in left) == sorted([VOLUME_TYPE] * 3 + [
+    # As the real CLI: the volumes (the management host's too: monitoringEnabled), and what they hang on.
+    assert sorted(r["type"] for r in left) == sorted([VOLUME_TYPE] * 4 + [
         "idr:environment:IdrEnvironment", "pulumi:providers:openstack", "pulumi:pulumi:Stack"])
     volumes = [r for r in left if r["type"] == VOLUME_TYPE]
     assert all(r["protect"] for r in volumes)
     out = capsys.readouterr().out
     assert "\n    Destroying (oldidr):\n" in out and "\n    Resources: 6 deleted\n" in out  # the engine's output
-    assert "Still in oldidr: 3 protected, and 3 that Pulumi keeps because they hold them" in out
+    assert "Still in oldidr: 4 protected, and 3 that Pulumi keeps because they hold them" in out
     for r in left:
         assert r["urn"] in out
     for r in volumes:
