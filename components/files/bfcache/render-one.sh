@@ -44,7 +44,12 @@ for item in "${items[@]}"; do
     valid "$item" || exit 2
 done
 
-out=$(mktemp "${TMPDIR:-/tmp}/bfcache-render-one.XXXXXX") || exit 2
+# omero's output: a new file created by bash itself (noclobber opens it
+# O_EXCL, as mktemp does, without a process on the lane's start).
+out=${TMPDIR:-/tmp}/bfcache-render-one.$$.$RANDOM$RANDOM
+set -C
+{ : > "$out"; } 2> /dev/null || { echo "render-one: cannot create $out" >&2; exit 2; }
+set +C
 watch=$out.running     # "PID START" of the omero running now
 lane=$$
 every=$((job_timeout_seconds < 60 ? job_timeout_seconds : 60))
