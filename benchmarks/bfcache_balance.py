@@ -549,7 +549,8 @@ def main() -> None:
             resumed = (f"{f['resumed_handshakes']:10d} {f['resumed_left']:4d}" if "resumed_handshakes" in f
                        else f"{'':10} {'':4}")
             print(f"{b.shape:6} {b.label + ' %.1fms' % (b.unit * 1000):>9} {b.bound:7.2f} {name:6} {f['wall']:7.2f} "
-                  f"{f['ratio']:6.3f} {f['ratio_hs']:6.3f} {f['start']:7.3f} {f['nodes']:5d} {f['overhead'] * 1000:10.2f} {f['overhead_median'] * 1000:8.2f} "
+                  f"{f['ratio']:6.3f} {f['ratio_hs']:6.3f} {f['start']:7.3f} {f['nodes']:5d} "
+                  f"{f['overhead'] * 1000:10.2f} {f['overhead_median'] * 1000:8.2f} "
                   f"{f['end']:6.3f} {f['handshakes']:3d} {f['left']:4d} {resumed}")
     for b, _ in rows:
         print(f"{b.shape} {b.label}: {len(b.sizes)} filesets, {sum(b.sizes)} images, bound = max(longest image "
