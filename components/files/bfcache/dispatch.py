@@ -22,8 +22,9 @@ largest fileset it finishes before the rest of the run is projected to end
 (larger ones are pinned to faster nodes), so no big fileset runs alone on a
 slow node at the end; "the end" is when all work, handed out or not, is
 projected to be done, or the longest queued work, if later. A lane asks for
-its next request LEAD seconds before what it holds is projected to end
-(up to AHEAD requests queued at its nodewhile they are short, so the next image is there when one ends.
+its next request LEAD seconds before what it holds is projected to end (up
+to AHEAD short requests queued at its node): the next image is there when
+one ends, and no work is committed to a lane earlier than that.
 
 State: `State` is the run's whole in-memory state; `load` is its one reader
 (ids.txt and results.csv) and `Run.result`, appending to results.csv, its
