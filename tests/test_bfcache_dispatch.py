@@ -138,6 +138,31 @@ def test_what_a_lane_has_queued_counts_against_what_it_may_take(tmp_path):
     assert run.choose(run.plan(), RO2, left)[:2] == ("idle", [])
 
 
+def test_the_end_counts_the_work_other_lanes_hold_and_the_longest_of_it(tmp_path):
+    """A slow lane's room is until the whole run is projected to end: the
+    unhanded work plus what the lanes hold (`busy`, cost units), spread over
+    every lane, or the lane holding the longest work (`longest`, seconds),
+    if later; not until the unhanded work alone is done."""
+    every = nodes(tmp_path)
+    run = Run(tmp_path, every, ro1_seconds=4000.0)
+    state = run.plan()
+    f = dispatch.speeds(state, every)
+    rate = sum(every[a].slots / f[a] for a in f)
+    left = sum(cost(r) for r in PENDING) / rate
+    # Queued work ends when only 30 units' time is left: MID fits, X not...
+    ahead = left - 30 * f[RO2]
+    assert run.choose(run.plan(), RO2, ahead)[:2] == ("fit", [MID])
+    # ...unless the other lanes hold 20 units' worth of time of all lanes more.
+    busy = 20 * f[RO2] * rate
+    source, batch, note, took = dispatch.choose(run.plan(), RO2, every, {}, 0.0, ahead, busy)
+    assert (source, batch) == ("fit", [X])
+    assert note.split(", ")[1] == "%.4g s left" % ((sum(cost(r) for r in PENDING) + busy) / rate)
+    # A lane holding a long fileset makes the end later too: X fits again.
+    longest = ahead + cost(X) * f[RO2] + 0.5
+    assert dispatch.choose(run.plan(), RO2, every, {}, 0.0, ahead, 0.0, longest)[:2] == ("fit", [X])
+    assert dispatch.choose(run.plan(), RO2, every, {}, 0.0, ahead, 0.0, longest - 1.5)[:2] == ("fit", [MID])
+
+
 def test_the_fast_class_takes_from_the_head_until_drained(tmp_path):
     run = Run(tmp_path, nodes(tmp_path), ro1_seconds=4000.0)
     state = run.plan()

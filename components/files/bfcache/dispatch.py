@@ -20,8 +20,11 @@ PRIOR_WEIGHT cost units of evidence. Nodes whose lanes are within FAST_CLASS
 of the fastest take the largest filesets first; a slower node takes the
 largest fileset it finishes before the rest of the run is projected to end
 (larger ones are pinned to faster nodes), so no big fileset runs alone on a
-slow node at the end. A lane keeps up to AHEAD requests queued at its node
-while they are short, so the next image is there when one ends.
+slow node at the end; "the end" is when all work, handed out or not, is
+projected to be done, or the longest queued work, if later. A lane asks for
+its next request LEAD seconds before what it holds is projected to end (up
+to AHEAD short requests queued at its node): the next image is there when
+one ends, and no work is committed to a lane earlier than that.
 
 State: `State` is the run's whole in-memory state; `load` is its one reader
 (ids.txt and results.csv) and `Run.result`, appending to results.csv, its
@@ -43,7 +46,6 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import IO, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 CONF = os.environ.get("BFCACHE_CONF", "/etc/idr-bfcache/bfcache.conf")
@@ -58,6 +60,8 @@ DOWN_SECONDS = 30        # a node whose connection failed gets no work for this 
 GIVE_UP = 300            # no node reachable and no result for this long: exit 75
 AHEAD = 2                # requests queued at a lane: the next starts without a round trip...
 AHEAD_SECONDS = 2.0      # ...when what is queued is this short (never behind a long fileset)
+LEAD = 0.05              # seconds before a lane's queue ends that its next request is sent (not earlier:
+                         # work queued at a lane is committed to it, and at the end that is the ragged tail)
 METRICS_EVERY = 1.0      # seconds between two metrics files while results arrive
 RATE_WINDOW = 300.0      # seconds of results a node's rate is measured over
 CONFIG_EVERY = 2.0       # seconds between two looks at the nodes file (a changed node list)
@@ -77,28 +81,24 @@ def cost(images: int) -> int:
 
 # --- config -------------------------------------------------------------------
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: importing dataclasses (and inspect) would
+# add ~13 ms before the first connection starts.
 class Node:
-    address: str
-    name: str
-    alias: str
-    role: str
-    prior: float      # starting time per image, relative to omeroreadwrite
-    slots: int
+    __slots__ = ("address", "name", "alias", "role", "prior", "slots")
+
+    def __init__(self, address: str, name: str, alias: str, role: str, prior: float, slots: int):
+        self.address, self.name, self.alias, self.role = address, name, alias, role
+        self.prior = prior          # starting time per image, relative to omeroreadwrite
+        self.slots = slots
 
 
-@dataclass(frozen=True)
 class Config:
-    state_dir: str
-    control_dir: str
-    ssh_config: str
-    nodes_file: str
-    ssh_user: str
-    database_login: str
-    render_one: str
-    max_sessions: int
-    metrics_file: str
-    ssh: str = "ssh"
+    def __init__(self, state_dir: str, control_dir: str, ssh_config: str, nodes_file: str, ssh_user: str,
+                 database_login: str, render_one: str, max_sessions: int, metrics_file: str, ssh: str = "ssh"):
+        self.state_dir, self.control_dir, self.ssh_config, self.nodes_file = state_dir, control_dir, ssh_config, \
+            nodes_file
+        self.ssh_user, self.database_login, self.render_one = ssh_user, database_login, render_one
+        self.max_sessions, self.metrics_file, self.ssh = max_sessions, metrics_file, ssh
 
 
 def read_conf(path: str) -> Dict[str, str]:
@@ -137,22 +137,22 @@ def read_nodes(path: str) -> Dict[str, Node]:
 
 # --- state ----------------------------------------------------------------------
 
-@dataclass
 class State:
     """What is left of a run and what it has learned. `plan` holds the
     images still to do, largest fileset first; `taken[i]` is 1 once plan[i]
     is handed out (0 again if its lane died before its result)."""
-    plan: List[Record]
-    taken: bytearray
-    index: Dict[int, int]
-    head: int = 0                    # no untaken record before it
-    remaining: int = 0               # untaken records
-    left: float = 0.0                # cost units of the untaken records
-    speed: Dict[str, List[float]] = field(default_factory=dict)   # node -> [seconds, cost units] done
-    overhead: List[float] = field(default_factory=lambda: [0.0, 0.0])   # seconds between images, count
-    planned: int = 0                 # images of the whole run (ids.txt)
-    done: Dict[int, str] = field(default_factory=dict)           # image -> last status, this run
-    per_node: Dict[str, List[int]] = field(default_factory=dict)  # node -> [ok results, failed results]
+
+    def __init__(self, plan: List[Record], taken: bytearray, index: Dict[int, int], remaining: int = 0,
+                 left: float = 0.0, planned: int = 0):
+        self.plan, self.taken, self.index = plan, taken, index
+        self.head = 0                    # no untaken record before it
+        self.remaining = remaining       # untaken records
+        self.left = left                 # cost units of the untaken records
+        self.speed: Dict[str, List[float]] = {}      # node -> [seconds, cost units] done
+        self.overhead = [0.0, 0.0]       # seconds between images, count
+        self.planned = planned           # images of the whole run (ids.txt)
+        self.done: Dict[int, str] = {}   # image -> last status, this run
+        self.per_node: Dict[str, List[int]] = {}     # node -> [ok results, failed results]
 
     @classmethod
     def of(cls, pending: List[Record]) -> "State":
@@ -260,9 +260,11 @@ def first_at_most(state: State, lo: int, hi: int, most: float) -> int:
 
 
 def choose(state: State, node: str, nodes: Dict[str, Node], down: Dict[str, float], now: float,
-           ahead: float = 0.0) -> Choice:
+           ahead: float = 0.0, busy: float = 0.0, longest: float = 0.0) -> Choice:
     """The next request for a lane of `node` that has `ahead` seconds of work
-    queued. Marks what it hands out as taken."""
+    queued; `busy`: cost units handed out and not done, all lanes; `longest`:
+    seconds until the lane with the most queued work is done. Marks what it
+    hands out as taken."""
     if state.remaining <= 0:
         return Choice("drained", [], "", 0.0)
     live = [a for a in nodes if nodes[a].slots > 0 and down.get(a, 0) <= now]
@@ -270,7 +272,7 @@ def choose(state: State, node: str, nodes: Dict[str, Node], down: Dict[str, floa
         return Choice("idle", [], "5", 5.0)
     f = speeds(state, nodes)
     rate = sum(nodes[a].slots / f[a] for a in live)     # cost units per second, all lanes
-    left = state.left / rate                             # seconds until the unhanded work is done
+    left = (state.left + busy) / rate                    # seconds until all work is done, spread over all lanes
     s, n = state.overhead
     overhead = (s + OVERHEAD_WEIGHT * OVERHEAD_PRIOR) / (n + OVERHEAD_WEIGHT)
     # A request's length: long enough that the overhead is a small share of
@@ -288,7 +290,7 @@ def choose(state: State, node: str, nodes: Dict[str, Node], down: Dict[str, floa
         # A slower lane: the largest fileset it finishes (after what it has
         # queued) before the rest is done; larger ones are left (pinned) to
         # faster lanes.
-        room = left - ahead
+        room = max(left, longest) - ahead
         source, limit = "fit", min(target, room)
         i = first_at_most(state, state.head, total, room / mine)
     batch: List[Record] = []
@@ -396,9 +398,12 @@ class Lane:
     def __init__(self, run: "Run", node: Node, number: int, master: Master):
         self.node, self.number, self.master = node, number, master
         remote = "BFCACHE_NODE=%s BFCACHE_BATCH=- %s" % (shlex.quote(node.address), shlex.quote(run.conf.render_one))
+        # No preexec_fn (Popen can then vfork): a lane's ssh needs no
+        # death signal, it ends with the dispatcher on its own (its stdin
+        # closes, its next result line meets a closed pipe).
         self.proc = subprocess.Popen(
             [run.conf.ssh, *master.options(), "-o", "ControlMaster=no", run.login(node), "--", remote],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, preexec_fn=_die_with_parent)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
         self.stdin: IO[bytes] = self.proc.stdin
         self.out = self.proc.stdout.fileno()
@@ -407,6 +412,7 @@ class Lane:
         self.closing = False              # stdin closed: no more work
         self.retired = False              # its node left the list or has fewer slots: no new work
         self.next_ask = 0.0
+        self.since = 0.0                  # when the lane's current image began (time.time())
         self.last: Optional[float] = None
         self.started = time.monotonic()
         self.images = self.got = 0
@@ -414,6 +420,14 @@ class Lane:
 
     def queued(self) -> float:
         return sum(q[1] for q in self.queue)
+
+    def projected(self, now: float, per_unit: float) -> float:
+        """Seconds until what the lane holds is projected to be done, at the
+        node's speed as known now (a request's own plan may be from before
+        any result)."""
+        if not self.queue:
+            return 0.0
+        return max(0.0, sum(cost(n) for _, n in self.outstanding()) * per_unit - (now - self.since))
 
     def wants(self) -> bool:
         room = not self.queue or (len(self.queue) < AHEAD and self.queued() <= AHEAD_SECONDS)
@@ -550,7 +564,9 @@ class Run:
         return connecting
 
     def start_lanes(self, node: Node, master: Master) -> None:
-        if self.state is None or self.state.remaining <= 0:
+        """Before the ID list is in too: a lane is then ready (its session
+        open, render-one.sh started) when the first hand-out comes."""
+        if self.state is not None and self.state.remaining <= 0:
             return
         have = {lane.number for lane in self.lanes if lane.node.address == node.address}
         first = master.group * self.conf.max_sessions
@@ -560,7 +576,8 @@ class Run:
             lane = Lane(self, node, number, master)
             self.lanes.append(lane)
             self.selector.register(lane.out, selectors.EVENT_READ, lane)
-            self.feed(lane, time.time())
+            if self.state is not None:
+                self.feed(lane, time.time())
 
     def feed(self, lane: Lane, now: float) -> None:
         """Keep the lane's queue at the node filled; close its input once
@@ -569,10 +586,20 @@ class Run:
         if lane.retired and not lane.queue:
             lane.close_input()
         while lane.wants() and lane.next_ask <= now:
-            choice = choose(self.state, lane.node.address, self.nodes, self.down, now, lane.queued())
+            f = speeds(self.state, self.nodes)
+            projected = lane.projected(now, f[lane.node.address]) if lane.node.address in f else 0.0
+            if projected > LEAD:
+                lane.next_ask = now + projected - LEAD
+                return
+            held = {other: other.projected(now, f[other.node.address]) for other in self.lanes
+                    if other.queue and other.node.address in f}
+            busy = sum(t / f[other.node.address] for other, t in held.items())
+            longest = max(held.values(), default=0.0)
+            choice = choose(self.state, lane.node.address, self.nodes, self.down, now, projected, busy, longest)
             if choice.source == "drained":
                 if not lane.queue:
                     lane.close_input()
+                lane.next_ask = now + 1.0      # not again at once: work comes back only from a lost lane
                 return
             if choice.source == "idle":
                 lane.next_ask = now + choice.took
@@ -582,6 +609,8 @@ class Run:
             with open(os.path.join(self.dir, "dispatch.log"), "a") as log:
                 log.write("%.3f %s %s %d %s %s\n" % (now, lane.node.address, choice.source, len(choice.batch),
                                                       ",".join("%d:%d" % b for b in choice.batch), choice.note))
+            if not lane.queue:
+                lane.since = now
             if not lane.send(choice.batch, choice.took):
                 self.state.give_back(choice.batch)
                 return
@@ -612,6 +641,8 @@ class Run:
                 break
         lane.queue = [q for q in lane.queue if q[0]]
         lane.last = mono if lane.queue else None
+        lane.since = now                # its next image begins
+        lane.next_ask = 0.0
         self.rates.setdefault(lane.node.address, deque()).append(now)
         self.last_result[lane.node.address] = now
         self.progress = mono
@@ -624,6 +655,9 @@ class Run:
         rc = lane.proc.wait()
         lost = lane.outstanding()
         self.state.give_back(lost)
+        if lost:
+            for other in self.lanes:
+                other.next_ask = 0.0
         self.lanes.remove(lane)
         with open(os.path.join(self.dir, "jobs.csv"), "a") as jobs:
             jobs.write("%s,%d,%d,%d,%.3f,%.3f,%d\n" % (lane.node.address, lane.number, lane.images, lane.got,
@@ -703,8 +737,12 @@ class Run:
         os.makedirs(self.conf.control_dir, mode=0o700, exist_ok=True)
         now = time.time()
         # The masters connect while the ID list is fetched.
-        self.refresh_nodes(now)
+        # The ID list first: its connection is as slow as a master's.
         ids = self.fetch_ids()
+        self.refresh_nodes(now)
+        # Lanes start on each master as it comes up, while the list comes in.
+        while ids is not None and ids.poll() is None and self.tend_masters(time.time()):
+            time.sleep(0.002)
         if ids is not None and not self.ids_fetched(ids):
             self.close()
             return 1

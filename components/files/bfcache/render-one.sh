@@ -44,30 +44,37 @@ for item in "${items[@]}"; do
     valid "$item" || exit 2
 done
 
-out=$(mktemp "${TMPDIR:-/tmp}/bfcache-render-one.XXXXXX") || exit 2
+# omero's output: a new file created by bash itself (noclobber opens it
+# O_EXCL, as mktemp does, without a process on the lane's start).
+out=${TMPDIR:-/tmp}/bfcache-render-one.$$.$RANDOM$RANDOM
+set -C
+{ : > "$out"; } 2> /dev/null || { echo "render-one: cannot create $out" >&2; exit 2; }
+set +C
 watch=$out.running     # "PID START" of the omero running now
 lane=$$
 every=$((job_timeout_seconds < 60 ? job_timeout_seconds : 60))
-mkfifo -m 0600 "$out.tick" || exit 2
-(
-    # The watchdog: checks once a minute (or job_timeout); ends with its
-    # lane. It waits with `read -t` on a FIFO nobody writes: no child
-    # process that could outlive it (or hold the lane's output open).
-    exec 3<> "$out.tick" > /dev/null
-    while :; do
-        read -r -t "$every" -u 3 _
-        # The lane was killed (its trap did not run): clear up after it.
-        kill -0 "$lane" 2> /dev/null || { rm -f "$out" "$watch" "$out.tick"; exit 0; }
-        read -r pid since < "$watch" 2> /dev/null || continue
-        if [ $((EPOCHSECONDS - since)) -ge "$job_timeout_seconds" ] && kill -TERM "$pid" 2> /dev/null; then
-            echo "render-one: omero $pid ran longer than $job_timeout_seconds s: stopped" >&2
+watchdog=
+start_watchdog() {
+    # Started once the lane's first omero runs (off the first image's path).
+    # It waits with `read -t` on a FIFO nobody writes: no child process
+    # that could outlive it (or hold the lane's output open).
+    (
+        mkfifo -m 0600 "$out.tick" && exec 3<> "$out.tick" > /dev/null || exit 2
+        while :; do
             read -r -t "$every" -u 3 _
-            kill -KILL "$pid" 2> /dev/null
-        fi
-    done
-) < /dev/null &
-watchdog=$!
-trap 'kill "$watchdog" 2> /dev/null; rm -f "$out" "$watch" "$out.tick"' EXIT
+            # The lane was killed (its trap did not run): clear up after it.
+            kill -0 "$lane" 2> /dev/null || { rm -f "$out" "$watch" "$out.tick"; exit 0; }
+            read -r pid since < "$watch" 2> /dev/null || continue
+            if [ $((EPOCHSECONDS - since)) -ge "$job_timeout_seconds" ] && kill -TERM "$pid" 2> /dev/null; then
+                echo "render-one: omero $pid ran longer than $job_timeout_seconds s: stopped" >&2
+                read -r -t "$every" -u 3 _
+                kill -KILL "$pid" 2> /dev/null
+            fi
+        done
+    ) < /dev/null &
+    watchdog=$!
+}
+trap '[ -z "$watchdog" ] || kill "$watchdog" 2> /dev/null; rm -f "$out" "$watch" "$out.tick"' EXIT
 ulimit -f 4096
 
 next() {
@@ -95,8 +102,10 @@ while next; do
     attempt=1
     while :; do
         "$omero_bin" render -s localhost -u public -w "$password" test --force "Image:$id" < /dev/null > "$out" 2>&1 &
-        printf '%s %s\n' "$!" "$EPOCHSECONDS" > "$watch"
-        wait "$!"
+        omero=$!
+        printf '%s %s\n' "$omero" "$EPOCHSECONDS" > "$watch"
+        [ -n "$watchdog" ] || start_watchdog
+        wait "$omero"
         rc=$?
         status='' tail1='' tail2='' tail3=''
         while IFS= read -r line || [ -n "$line" ]; do

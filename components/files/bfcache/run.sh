@@ -84,7 +84,7 @@ main() {
         '' | *[!a-z0-9-]* | -*) echo "usage: $0 [--retry-failures] RUN | --check" >&2; return 2 ;;
     esac
     local dir="$state_dir/$run"
-    install -d -m 0750 "$dir"
+    [ -d "$dir" ] || install -d -m 0750 "$dir"
     if [ -n "$retry" ] && [ ! -e "$dir/finished" ]; then
         say "run $run has not finished: start it again instead (it retries its failures)" >&2
         return 2
@@ -96,12 +96,17 @@ main() {
     case "$run" in
         *[!0-9]*) [ -s "$dir/subset" ] || { say "run $run is neither a generation nor a subset" >&2; return 2; } ;;
     esac
-    [ -s "$dir/started" ] || date +%s > "$dir/started"
-    touch "$dir/results.csv" "$dir/jobs.csv"
+    # Builtins only until the dispatcher runs: every millisecond before the
+    # first hand-out is lost in full.
+    [ -s "$dir/started" ] || printf '%(%s)T\n' -1 > "$dir/started"
+    : >> "$dir/results.csv"
+    : >> "$dir/jobs.csv"
     # The dispatcher fetches the ID list (once) while it connects to the
     # nodes, then runs every lane until each image has a result.
     local rc=0
-    /usr/bin/python3 -I -S "$dispatch" run "$dir" $retry || rc=$?
+    # Imported, not run as a script: Python then keeps its compiled code.
+    /usr/bin/python3 -I -S -c 'import sys; sys.path.insert(0, sys.argv[1]); import dispatch; sys.exit(dispatch.main(sys.argv[2:]))' \
+        "${dispatch%/*}" run "$dir" $retry || rc=$?
     if [ "$rc" -ne 0 ]; then
         say "run $run interrupted (dispatcher exit $rc); run again to continue" >&2
         return "$rc"
