@@ -46,6 +46,7 @@ done
 
 # omero's output: a new file created by bash itself (noclobber opens it
 # O_EXCL, as mktemp does, without a process on the lane's start).
+umask 077   # the lane's files (omero's output) are its own, as mktemp's 0600
 out=${TMPDIR:-/tmp}/bfcache-render-one.$$.$RANDOM$RANDOM
 set -C
 { : > "$out"; } 2> /dev/null || { echo "render-one: cannot create $out" >&2; exit 2; }
