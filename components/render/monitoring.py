@@ -41,7 +41,8 @@ PROMETHEUS_VERSION, ALERTMANAGER_VERSION = "2.42.0", "0.25.0"
 GRAFANA_IMAGE = "grafana/grafana-oss:10.4.2"
 
 # Node_exporter's textfile collector (the regeneration dispatcher writes
-# idr_bfcache.prom there: docs/operations/monitoring.md).
+# idr_bfcache.prom there, operations.backup idr_backup.prom on the management
+# host: docs/operations/monitoring.md).
 NODE_TEXTFILE_DIR = "/var/lib/node_exporter/textfile"
 # Where things live on the management host: Prometheus's rule files (the
 # glob of ome.prometheus's prometheus.yml), Grafana's provisioning, the
@@ -164,7 +165,7 @@ def rules(settings: Settings) -> dict[str, Any]:
                    "{{ $labels.mountpoint }} on {{ $labels.instance }} is more than " f"{VOLUME_FULL:.0%} full",
                    f"A data volume is more than {VOLUME_FULL:.0%} full."),
             _alert("BackupTooOld",
-                   f"time() - max by (volume) (idr_backup_last_snapshot_timestamp_seconds) > "
+                   f'time() - max by (volume) (idr_backup_last_snapshot_timestamp_seconds{{essential="true"}}) > '
                    f"{BACKUP_MAX_AGE_DAYS * 86400}",
                    "1h", "error", "The last snapshot of {{ $labels.volume }} is more than " f"{BACKUP_MAX_AGE_DAYS} "
                            f"days old",
