@@ -181,7 +181,7 @@ def write_rules(tmp_path: Path) -> Path:
 def test_rules_pass_promtool(tmp_path):
     result = run_tool(PROMTOOL, "check", "rules", write_rules(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 PROXY = {"instance": "prod-proxy", "job": "nginx-mtail"}
@@ -224,6 +224,16 @@ CASES = {
                           {"instance": "https://idr.openmicroscopy.org/about/", "job": "blackbox_http_2xx_external"},
                           [_series("probe_success", {"instance": "https://idr.openmicroscopy.org/about/",
                                                      "job": "blackbox_http_2xx_external"}, "1x10")]),
+    # The spare address answers no proxy; the public one answers (held by the other environment).
+    "ProbeAddressSilent": ("1m", "15m",
+                           [_series("probe_success", {"instance": "203.0.113.20", "job": "idr_address_answers"}, "0x15"),
+                            _series("probe_success", {"instance": "203.0.113.10", "job": "idr_address_answers"}, "1x15"),
+                            _series("probe_success", {"instance": "203.0.113.10", "job": "idr_address_holder"}, "0x15")],
+                           {"instance": "203.0.113.20", "job": "idr_address_answers"},
+                           [_series("probe_success", {"instance": "203.0.113.20", "job": "idr_address_answers"},
+                                    "1x15"),
+                            _series("probe_success", {"instance": "203.0.113.10", "job": "idr_address_holder"},
+                                    "0x15")]),
     "DataVolumeFilling": ("1m", "20m",
                           _fs("/var/cache/nginx", 10) + _fs("/", 5),
                           {"instance": "prod-proxy", "job": "node-exporter", "mountpoint": "/var/cache/nginx"},
