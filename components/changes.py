@@ -162,6 +162,8 @@ CHANGES: dict[str, Change] = {
         "omero_server_rootpassword: r\nidr_secret_postgresql_password: x\nidr_secret_postgresql_password_ro: y\n"
         "idr_secret_alert_webhook_url: https://alerts.example.org/idr\n")}, IN_PLACE, "the playbooks run again"),
     "alertSlackChannel": Change({"alertSlackChannel": "#idr-alerts"}, IN_PLACE, "the playbooks run again"),
+    "probeAddresses": Change({"probeAddresses": '["203.0.113.10", "203.0.113.30"]'}, IN_PLACE,
+                             "the playbooks run again (Prometheus's probe jobs)"),
     "healthCheckPath": Change({"healthCheckPath": "/"}, NOTHING, "read by the swap command only"),
 }
 

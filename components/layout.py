@@ -38,8 +38,11 @@ SSH_PORT = 22
 # Locations the proxy's nginx has of its own on its public ports
 # (render/nginx.py): a configured redirect may not take one, since nginx
 # refuses a location given twice. JupyterHub's only with idr:jupyterEnabled.
+# Where the proxy answers its environment's name, on both public ports (the
+# blackbox probes of idr:probeAddresses: which environment holds an address).
+ENVIRONMENT_PATH = "/idr-environment"
 PROXY_OWN_LOCATIONS = ("= /about", "^~ /about/", "^~ /connection/", "= /omero-ws",
-                       "^~ /.well-known/acme-challenge/", "= /maintenance.html")
+                       "^~ /.well-known/acme-challenge/", "= /maintenance.html", f"= {ENVIRONMENT_PATH}")
 JUPYTER_LOCATIONS = ("= /jupyter", "^~ /jupyter/")
 # Grafana and Prometheus's federation, only with idr:monitoringEnabled.
 MONITORING_LOCATIONS = ("= /grafana", "^~ /grafana/", "= /grafana/api/ds/query", "= /prometheus/federate")

@@ -32,6 +32,8 @@ class Monitoring(pulumi.ComponentResource):
         s, ids = args.settings, args.instance_ids
         self.steps: list[HostFiles] = []
         if render.enabled(s):
+            if warning := render.probe_list_warning(s):
+                pulumi.log.warn(warning, self)
             management, proxy = layout.host(s, "management"), layout.host(s, "proxy")
             self.management = HostFiles(
                 f"{name}-management",

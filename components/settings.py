@@ -27,7 +27,8 @@ from .validators import (AlertReceiver, AvailabilityZone, Bastion, CacheZones, C
                          CookieName, DirectRedirects, DnsName, Duration, Environment, ExternalNetwork, ExtraGroups,
                          FilePath, Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap, ImageName, Ipv4s,
                          LongReadTimeout, NetworkName, NotAllowed, OpenStackId, PgIdentifier, Playbooks, Port,
-                         PublicKey, PublicReadTimeout, ReadonlyCount, RedirectLocations, RedirectMap, Release, Size,
+                         ProbeAddresses, PublicKey, PublicReadTimeout, ReadonlyCount, RedirectLocations, RedirectMap,
+                         Release, Size,
                          Slots, SlackChannel, SourceSize, StackName, StatementTimeout, Subnet, SubnetName, UrlPath,
                          User, VarsFile, VolumeType, WebsiteSource, alert_secret_problem, first_error, from_cli, kind,
                          project_path, secret_vars_problem)
@@ -257,6 +258,10 @@ class Settings:
                                                           "empty: logged only.")
     alert_slack_channel: SlackChannel = Field("#idr-notify", description="Slack channel of the alerts with "
             "alertReceiver slack.")
+    probe_addresses: ProbeAddresses = Field([], validate_default=True, description="The public and the spare "
+            "floating IPs, the same list in every stack: each environment's blackbox exporter probes each one for "
+            "which environment answers there (a swap changes no rendered file). Should hold floatingIp (a warning "
+            "says when it does not).")
     # Releases
     health_check_path: UrlPath = Field("/webclient/?experimenter=-1", description="Path that must answer HTTP 200 on "
             "an environment's floating IP before it takes the public IP.")

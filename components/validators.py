@@ -456,6 +456,7 @@ UrlPath = Annotated[str, Field(pattern=r"^/[\x21-\x7e]*$"),
                     Allowed("a URL path starting with / of printable ASCII, without spaces or control characters "
                             "(percent-encode them)")]
 Ipv4s = tuple[Annotated[str, AfterValidator(ipv4)], ...]
+ProbeAddresses = Annotated[Ipv4s, check(lambda v: len(set(v)) == len(v), "IPv4 addresses, each once")]
 FloatingIp = Annotated[str, AfterValidator(lambda v: ipv4(v.strip(), allow_empty=True))]
 AvailabilityZone = Annotated[str, Field(pattern=CloudToken),
                              Allowed("an availability zone name of letters, digits and . _ : - only, or empty for the "

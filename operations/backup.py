@@ -13,26 +13,46 @@ every snapshot is `available` (openstacksdk's wait_for_status), reports each
 with its size, and exits 1 naming any that failed or did not finish within
 --timeout seconds. Restoring is a config change:
 `idr:<role>VolumeFromSnapshot` (docs/operations/backups.md, restore.md).
+
+After every action, when the stack has a management host (idr:monitoringEnabled),
+the newest available snapshot of each volume (time, size) and their count
+are written to that host's node_exporter textfile directory, over SSH
+through the proxy as bastion (`metrics_text`, `deliver_metrics`): the
+BackupTooOld alert and the dashboards read them. Only the metrics text
+travels; no OpenStack credential leaves this machine. A failed delivery is
+a warning and exit status 3; it never changes the backup's own result.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import re
+import shlex
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 
 from openstack import exceptions as os_exceptions
 
-from .common import OperationError, Pulumi, confirm, connect
+from components import PROJECT
+from components.render.monitoring import NODE_TEXTFILE_DIR
+from components.settings import Settings
+
+from .common import OperationError, Pulumi, confirm, connect, stack_environment
 
 ESSENTIAL_ROLES = ("omeroreadwrite", "database")
 CACHE_ROLE = "proxy"
 POLL_SECONDS = 5.0        # between two looks at a snapshot's status
 DEFAULT_TIMEOUT = 3600.0  # for all of one run's snapshots to become available
 _NAME_RE = re.compile(r"^(?P<volume>.+)-(?P<date>[0-9]{8})$")
+METRICS_FILE = "idr_backup.prom"  # node_exporter reads *.prom; the temp file is not one
+DELIVERY_FAILED = 3  # exit status: the backup went as reported, its metrics did not arrive
+SSH_TIMEOUT = 120.0  # seconds for the whole delivery
 
 
 def snapshot_name(volume_name: str, day: dt.date) -> str:
@@ -111,17 +131,23 @@ class Outcome:
     detail: str          # "available", "status error", "timed out after 60 s (status creating)", ...
 
 
-def age(created_at: Optional[str], now: dt.datetime) -> str:
-    """'45 min', '5 h', '12 d' since Cinder's created_at (UTC, no zone given)."""
+def created(created_at: Optional[str]) -> Optional[dt.datetime]:
+    """Cinder's created_at (UTC, no zone given) as an aware datetime, or None."""
     if not created_at:
-        return "?"
+        return None
     try:
-        created = dt.datetime.fromisoformat(created_at)
+        when = dt.datetime.fromisoformat(created_at)
     except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def age(created_at: Optional[str], now: dt.datetime) -> str:
+    """'45 min', '5 h', '12 d' since Cinder's created_at."""
+    created_ = created(created_at)
+    if created_ is None:
         return "?"
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=dt.timezone.utc)
-    minutes = max(0, int((now - created).total_seconds() // 60))
+    minutes = max(0, int((now - created_).total_seconds() // 60))
     if minutes < 60:
         return f"{minutes} min"
     if minutes < 48 * 60:
@@ -271,6 +297,160 @@ def finish(stack: str, outcomes: list[Outcome], say=print, complain=None) -> boo
     return True
 
 
+# ------------------------------------------------------------ metrics
+
+def metrics_text(environment: str, seen: Sequence[tuple[Volume, Sequence[Any]]], now: dt.datetime) -> str:
+    """node_exporter textfile metrics of the snapshots seen, per volume:
+    the newest *available* one's creation time and size, and how many are
+    available. A volume without one has time 0 (so BackupTooOld fires: it
+    has never been backed up). `essential` is false for the nginx cache,
+    which can be regenerated (the alert ignores it)."""
+    families = (
+        ("idr_backup_last_snapshot_timestamp_seconds", "gauge",
+         "Creation time of the newest available snapshot of the volume (0: none)."),
+        ("idr_backup_last_snapshot_size_bytes", "gauge", "Size of the newest available snapshot of the volume."),
+        ("idr_backup_snapshots", "gauge", "Available snapshots of the volume."),
+    )
+    samples: dict[str, list[str]] = {name: [] for name, _, _ in families}
+    for volume, snapshots in seen:
+        usable = [(when, s) for s in snapshots if s.status == "available"
+                  for when in [created(s.created_at)] if when is not None]
+        newest = max(usable, key=lambda ws: (ws[0], ws[1].id or ""), default=None)
+        labels = (f'{{environment="{environment}",volume="{volume.role}",name="{volume.name}",'
+                  f'essential="{str(volume.role in ESSENTIAL_ROLES).lower()}"}}')
+        stamp = newest[0].timestamp() if newest else 0
+        size = (newest[1].size or 0) * 2 ** 30 if newest else 0  # Cinder sizes are GiB
+        samples["idr_backup_last_snapshot_timestamp_seconds"].append(f"{labels} {stamp:.0f}")
+        samples["idr_backup_last_snapshot_size_bytes"].append(f"{labels} {size}")
+        samples["idr_backup_snapshots"].append(f"{labels} {len(usable)}")
+    lines = [f"# Written by python -m operations.backup at {now:%Y-%m-%dT%H:%M:%SZ}."]
+    for name, kind, help_ in families:
+        lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *(name + s for s in samples[name])]
+    lines += ["# HELP idr_backup_metrics_timestamp_seconds When operations.backup last wrote these metrics.",
+              "# TYPE idr_backup_metrics_timestamp_seconds gauge",
+              f'idr_backup_metrics_timestamp_seconds{{environment="{environment}"}} {now.timestamp():.0f}']
+    return "\n".join(lines) + "\n"
+
+
+# idr:sshUser's default, as the program's settings declare it.
+_SSH_USER_DEFAULT: str = next(f for f in fields(Settings) if f.name == "ssh_user").default.default  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class MetricsTarget:
+    """Where the metrics go: the management host, through the proxy."""
+    environment: str
+    host: str              # <env>-management
+    address: str           # its fixed IP, reached through the bastion
+    bastion: str           # idr:sshBastion (the stack's sshBastion output)
+    user: str              # idr:sshUser
+    bastion_host_key: str  # idr:sshBastionHostKey, "" when not pinned
+
+
+def metrics_target(stack: str, outputs: dict, config: dict[str, str]) -> Optional[MetricsTarget]:
+    """The stack's management host, or None when it has none (monitoring off)."""
+    management = [h for h in outputs.get("hosts") or [] if h.get("role") == "management"]
+    if not management:
+        return None
+    bastion = outputs.get("sshBastion") or outputs.get("floatingIp") or ""
+    if not bastion:
+        raise OperationError(f"stack {stack} names no bastion (sshBastion output): set idr:sshBastion")
+    user = config.get(f"{PROJECT}:sshUser") or _SSH_USER_DEFAULT
+    return MetricsTarget(outputs.get("environment") or stack_environment(stack, config), management[0]["name"],
+                         management[0]["fixedIp"], bastion, user, config.get(f"{PROJECT}:sshBastionHostKey", ""))
+
+
+def ssh_config(target: MetricsTarget, identity: Path, known_hosts: Path, port: int = 22) -> str:
+    """As the deployment step reaches hosts: the bastion's key pinned, or
+    recorded on first contact per environment; the management host only
+    through it, on the private subnet."""
+    check = "yes" if target.bastion_host_key else "accept-new"
+    return "\n".join([
+        f"Host {target.bastion}", "    HostKeyAlias idr-bastion", f"    StrictHostKeyChecking {check}",
+        f"    UserKnownHostsFile {known_hosts}",
+        "Host *", "    StrictHostKeyChecking no", "    UserKnownHostsFile /dev/null", "    LogLevel ERROR",
+        f"    IdentityFile {identity}", "    IdentitiesOnly yes", "    BatchMode yes", f"    Port {port}",
+        "    ConnectTimeout 30", ""])
+
+
+def remote_write(user: str, length: int) -> str:
+    """Shell run on the management host: stdin into a temp file beside the
+    metrics file, checked complete (a broken connection leaves a short file),
+    then renamed over it, so node_exporter never reads half a file."""
+    sudo = "" if user == "root" else "sudo -n "
+    d, f = shlex.quote(NODE_TEXTFILE_DIR), shlex.quote(METRICS_FILE)
+    return (f'set -eu; d={d}; {sudo}install -d -m 0755 "$d"; t=$({sudo}mktemp "$d/.{METRICS_FILE}.XXXXXX"); '
+            f"trap '{sudo}rm -f \"$t\"' EXIT; {sudo}tee \"$t\" > /dev/null; "
+            f'n=$({sudo}wc -c < "$t"); [ "$n" -eq {length} ] || {{ echo "got $n of {length} bytes" >&2; exit 1; }}; '
+            f'{sudo}chmod 0644 "$t"; {sudo}mv -f "$t" "$d/"{f}')
+
+
+def known_hosts_file(environment: str) -> Path:
+    """The deployment step's record of the bastion's key (run-playbooks.sh)."""
+    cache = os.environ.get("IDR_DEPLOYMENT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "idr-deployment")
+    return Path(cache) / "known_hosts" / environment
+
+
+def deliver_metrics(target: MetricsTarget, text: str, private_key: str, *, port: int = 22,
+                    known_hosts: Optional[Path] = None, timeout: float = SSH_TIMEOUT) -> None:
+    """Write `text` as the management host's backup metrics; OperationError
+    says why it could not."""
+    known_hosts = known_hosts or known_hosts_file(target.environment)
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode()
+    with tempfile.TemporaryDirectory(prefix="idr-backup-ssh-") as work:
+        identity = Path(work) / "id"
+        identity.touch(mode=0o600)
+        identity.write_text(private_key.rstrip("\n") + "\n")
+        config = Path(work) / "ssh_config"
+        pinned = Path(work) / "known_hosts"
+        if target.bastion_host_key:
+            pinned.write_text(f"idr-bastion {target.bastion_host_key}\n")
+        config.write_text(ssh_config(target, identity, pinned if target.bastion_host_key else known_hosts, port))
+        command = ["ssh", "-F", str(config), "-J", f"{target.user}@{target.bastion}",
+                   f"{target.user}@{target.address}", remote_write(target.user, len(data))]
+        try:
+            result = subprocess.run(command, input=data, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise OperationError(f"ssh did not finish within {timeout:g} s") from None
+        except FileNotFoundError:
+            raise OperationError("`ssh` (OpenSSH client) is not on PATH") from None
+    if result.returncode != 0:
+        why = result.stderr.decode(errors="replace").strip().splitlines()
+        raise OperationError(f"ssh exited {result.returncode}: {why[-1] if why else 'no message'}")
+
+
+def publish_metrics(pulumi: Pulumi, conn, stack: str, *, now: Optional[dt.datetime] = None,
+                    private_key: Optional[str] = None, port: int = 22, say=print, warn=None) -> bool:
+    """After an action: every data volume's snapshots, looked at afresh (a
+    prune's deletions gone, today's snapshot in), as metrics on the
+    management host. True when delivered or when there is nowhere to
+    deliver (no management host); False when it failed (said on `warn`)."""
+    warn = warn or (lambda text: print(text, file=sys.stderr))
+    now = now or dt.datetime.now(dt.timezone.utc)
+    try:
+        outputs = pulumi.outputs(stack)
+        target = metrics_target(stack, outputs, pulumi.config(stack))
+        if target is None:  # idr:monitoringEnabled off: nothing reads them
+            return True
+        volumes = stack_volumes(pulumi, stack, CACHE_ROLE in (outputs.get("dataVolumes") or {}))
+        every = list(conn.block_storage.snapshots(details=True))
+        seen = [(v, [s for s in every if s.volume_id == v.id]) for v in volumes]
+        text = metrics_text(target.environment, seen, now)
+        key = private_key if private_key is not None else pulumi.secret(stack, f"{PROJECT}:sshPrivateKey")
+        if not key:
+            raise OperationError(f"stack {stack} has no {PROJECT}:sshPrivateKey to log in with")
+        deliver_metrics(target, text, key, port=port)
+    except (OperationError, os_exceptions.SDKException) as error:
+        warn(f"warning: backup metrics of {stack} not delivered (the backup's own result above stands): {error}. "
+             f"BackupTooOld and the dashboard keep the last delivered values; run "
+             f"`python -m operations.backup list --stack {stack}` to deliver them again.")
+        return False
+    say(f"backup metrics written to {target.host}:{NODE_TEXTFILE_DIR}/{METRICS_FILE}")
+    return True
+
+
 def snapshot_stack(pulumi: Pulumi, conn, stack: str, *, include_cache: bool = False,
                    timeout: float = DEFAULT_TIMEOUT, today: Optional[dt.date] = None, say=print) -> bool:
     """Take and wait for the stack's snapshots; True when every one is available
@@ -279,7 +459,8 @@ def snapshot_stack(pulumi: Pulumi, conn, stack: str, *, include_cache: bool = Fa
     return finish(stack, Backups(conn, say).snapshot(volumes, today or dt.date.today(), timeout), say)
 
 
-def main(argv=None, conn=None, today: Optional[dt.date] = None, now: Optional[dt.datetime] = None) -> int:
+def main(argv=None, conn=None, today: Optional[dt.date] = None, now: Optional[dt.datetime] = None,
+         ssh_port: int = 22) -> int:
     parser = argparse.ArgumentParser(prog="python -m operations.backup", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("snapshot", "list", "prune"))
     parser.add_argument("--stack", required=True)
@@ -298,12 +479,15 @@ def main(argv=None, conn=None, today: Optional[dt.date] = None, now: Optional[dt
     if args.timeout < 0:
         parser.error("--timeout takes a number of seconds >= 0")
     try:
-        volumes = stack_volumes(Pulumi(), args.stack, args.include_cache or args.action != "snapshot")
-        backups = Backups(conn or connect(args.os_cloud))
+        pulumi = Pulumi()
+        volumes = stack_volumes(pulumi, args.stack, args.include_cache or args.action != "snapshot")
+        conn = conn or connect(args.os_cloud)
+        backups = Backups(conn)
+        status = 0
         if args.action == "snapshot":
             outcomes = backups.snapshot(volumes, today or dt.date.today(), args.timeout)
             if not finish(args.stack, outcomes, complain=lambda text: print(text, file=sys.stderr)):
-                return 1
+                status = 1
         elif args.action == "list":
             backups.list(volumes, now)
         else:
@@ -316,8 +500,12 @@ def main(argv=None, conn=None, today: Optional[dt.date] = None, now: Optional[dt
                 backups.delete(doomed)
             else:
                 print("nothing deleted")
-                return 1
-        return 0
+                status = 1
+        # Whatever the action's result, the snapshots as they now are
+        # (a dry run or a refused prune changed nothing, still worth a look).
+        if not publish_metrics(pulumi, conn, args.stack, now=now, port=ssh_port) and status == 0:
+            status = DELIVERY_FAILED
+        return status
     except OperationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

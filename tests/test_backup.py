@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 from operations import backup
 from operations.backup import retained, snapshot_date, snapshot_name
 from operations.common import OpenStack, OperationError
+from tests.support.backup_metrics import prod_world
 from tests.support.fake_cloud import cloud, conn, quick_polls  # noqa: F401  (fixtures; quick_polls is autouse)
 from tests.support.fake_world import install
 
@@ -22,11 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:openstack")
 
 @pytest.fixture
 def world(tmp_path, monkeypatch, cloud):
-    w = install(tmp_path, monkeypatch)
-    w.add_stack("prod", "203.0.113.10")
-    for role, size in (("omeroreadwrite", 1500), ("database", 800), ("proxy", 100)):
-        cloud.volumes[f"vol-prod-{role}"] = size
-    return w
+    return prod_world(tmp_path, monkeypatch, cloud)
 
 
 DAY = dt.date(2024, 5, 17)

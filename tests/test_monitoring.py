@@ -181,7 +181,7 @@ def write_rules(tmp_path: Path) -> Path:
 def test_rules_pass_promtool(tmp_path):
     result = run_tool(PROMTOOL, "check", "rules", write_rules(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 PROXY = {"instance": "prod-proxy", "job": "nginx-mtail"}
@@ -202,6 +202,8 @@ def _fs(mount: str, avail: int, size: int = 100, instance: str = "prod-proxy") -
             _series("node_filesystem_size_bytes", labels, f"{size}x30")]
 
 
+BACKUP = {"instance": "prod-management", "job": "node-exporter", "environment": "prod", "volume": "database",
+          "name": "prod-database-data", "essential": "true"}
 REGEN = {"instance": "prod-proxy", "job": "node-exporter", "run": "generation-3"}
 
 # alert -> (interval, eval time, bad series, labels of the alert it must raise, good series)
@@ -222,15 +224,29 @@ CASES = {
                           {"instance": "https://idr.openmicroscopy.org/about/", "job": "blackbox_http_2xx_external"},
                           [_series("probe_success", {"instance": "https://idr.openmicroscopy.org/about/",
                                                      "job": "blackbox_http_2xx_external"}, "1x10")]),
+    # The spare address answers no proxy; the public one answers (held by the other environment).
+    "ProbeAddressSilent": ("1m", "15m",
+                           [_series("probe_success", {"instance": "203.0.113.20", "job": "idr_address_answers"}, "0x15"),
+                            _series("probe_success", {"instance": "203.0.113.10", "job": "idr_address_answers"}, "1x15"),
+                            _series("probe_success", {"instance": "203.0.113.10", "job": "idr_address_holder"}, "0x15")],
+                           {"instance": "203.0.113.20", "job": "idr_address_answers"},
+                           [_series("probe_success", {"instance": "203.0.113.20", "job": "idr_address_answers"},
+                                    "1x15"),
+                            _series("probe_success", {"instance": "203.0.113.10", "job": "idr_address_holder"},
+                                    "0x15")]),
     "DataVolumeFilling": ("1m", "20m",
                           _fs("/var/cache/nginx", 10) + _fs("/", 5),
                           {"instance": "prod-proxy", "job": "node-exporter", "mountpoint": "/var/cache/nginx"},
                           _fs("/var/cache/nginx", 50) + _fs("/", 5)),
     # Scraped every minute (a sample per hour would be stale between them).
+    # As operations.backup writes them; the nginx cache (essential="false") may be old.
     "BackupTooOld": ("1m", "8d",
-                     [_series("idr_backup_last_snapshot_timestamp_seconds", {"volume": "database"}, "0x11600")],
+                     [_series("idr_backup_last_snapshot_timestamp_seconds", BACKUP, "0x11600")],
                      {"volume": "database"},
-                     [_series("idr_backup_last_snapshot_timestamp_seconds", {"volume": "database"}, "0+60x11600")]),
+                     [_series("idr_backup_last_snapshot_timestamp_seconds", BACKUP, "0+60x11600"),
+                      _series("idr_backup_last_snapshot_timestamp_seconds",
+                              {**BACKUP, "volume": "proxy", "name": "prod-proxy-data", "essential": "false"},
+                              "0x11600")]),
     "PostgresConnectionsNearLimit": (
         "1m", "15m",
         [_series("pg_stat_activity_count", {"instance": "prod-database", "datname": "idr", "state": "active"}, "90x20"),

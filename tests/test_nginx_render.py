@@ -184,14 +184,17 @@ def test_login_guard_and_maintenance(maintenance):
         # Before them only ACME's static files (^~) and the websockets (=),
         # which never reach OMERO.web.
         # which never reach OMERO.web, and the site's own (/about/,
-        # /connection/, IDR's redirects): static files or a redirect.
+        # /connection/, IDR's redirects, the environment's name): static
+        # files, a redirect or a constant.
         everything = list(locations(blocks[name]).items())
         locs = [(k, v) for k, v in everything if k.startswith("~")]
         static = {k for k, v in everything if not k.startswith("~") and "proxy_pass" not in v}
         assert {k for k, v in everything if not k.startswith("~") and "proxy_pass" in v} <= {"= /omero-ws", "/"}
         for k in static:
             assert re.fullmatch(r"        (return 30[12] \S+;|alias \S+;(\n        index index.html;)?|"
-                                r"root \S+;\n        default_type text/plain;)\n", locations(blocks[name])[k]), k
+                                r"root \S+;\n        default_type text/plain;|"
+                                r'access_log off;\n        default_type text/plain;\n        return 200 "prod\\n";)\n',
+                                locations(blocks[name])[k]), k
         assert locs[0] == ("~* ^/api/v[0-9]+/login", "        return 403;\n")
         assert locs[1] == ("~* ^/(?:[^/]+/)?login(?:/|$)", f"        return 302 {render.PUBLIC_VIEW};\n")
         # Regex redirects (IDR's study short URLs) come next: they answer a redirect and nothing else.
@@ -289,7 +292,8 @@ def test_https_redirect_only_on_the_public_http_port():
     for name in ("https", "buster", "long"):           # untouched
         assert redirect[name] == plain[name]
     locs = locations(redirect["http"])
-    assert set(locs) == {"^~ /.well-known/acme-challenge/", "/"}
+    # The environment's name is answered there too (the probes of idr:probeAddresses use plain HTTP).
+    assert set(locs) == {"^~ /.well-known/acme-challenge/", "= /idr-environment", "/"}
     assert locs["/"] == "        return 301 https://$host$request_uri;\n"
     assert "proxy_pass" not in redirect["http"]
     # Maintenance does not stop the redirect (HTTPS shows the page).

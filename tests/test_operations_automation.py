@@ -213,10 +213,15 @@ def test_a_failed_update_reports_the_engine_error(tmp_path, monkeypatch):
 
 def test_the_cli_is_used_directly_in_one_place_only():
     """Only common.Pulumi.unprotect leaves Stack/Workspace verbs (through the
-    API's generated CLI binding); nothing in operations/ runs a process."""
+    API's generated CLI binding); nothing in operations/ runs a process but
+    the OpenSSH client that delivers the backup metrics (no Python SSH
+    library is a dependency; it reuses the operator's ssh as the deployment
+    step does)."""
     sources = {p.name: p.read_text() for p in OPERATIONS.glob("*.py")}
     for name, text in sources.items():
-        assert not re.search(r"subprocess\.(run|Popen|call|check_output|check_call)|os\.system", text), name
+        runs = re.findall(r"subprocess\.(?:run|Popen|call|check_output|check_call)|os\.system", text)
+        assert len(runs) == (1 if name == "backup.py" else 0), name
+    assert 'command = ["ssh", "-F"' in sources["backup.py"]
     assert sum(len(re.findall(r"\.cli_api\.", text)) for text in sources.values()) == 1
     assert "cli_api.state_unprotect" in sources["common.py"]
     assert sys.modules["pulumi.automation"].Stack.up  # the API itself, not a stand-in module

@@ -21,7 +21,7 @@ def settings(secret=lambda name: "secret", **overrides):
 
 def test_keys_are_the_models_fields_in_declaration_order():
     declared = [to_camel(f.name) for f in dataclasses.fields(Settings) if isinstance(f.default, FieldInfo)]
-    assert list(KEYS) == list(FIELDS) == declared and len(KEYS) == 80
+    assert list(KEYS) == list(FIELDS) == declared and len(KEYS) == 81
     assert all(key.description and key.kind in ("string", "integer", "boolean", "array") for key in KEYS.values())
     assert [k for k, key in KEYS.items() if key.secret] == ["sshPrivateKey", "tlsPrivateKey", "deploymentSecretVars"]
 

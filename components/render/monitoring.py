@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .. import layout
-from ..layout import DATA_VOLUME_MOUNTS, MANAGEMENT_MOUNT
+from ..layout import DATA_VOLUME_MOUNTS, ENVIRONMENT_PATH, MANAGEMENT_MOUNT
 from ..settings import Settings
 from . import HostFile, render_template
 
@@ -36,12 +36,14 @@ NODE_EXPORTER_PORT, MTAIL_PORT = 9100, 3903
 # amtool), instead of ome.prometheus's 2.20.1 and 0.21.0: what is checked is
 # what runs.
 PROMETHEUS_VERSION, ALERTMANAGER_VERSION = "2.42.0", "0.25.0"
+BLACKBOX_VERSION = "0.23.0"  # Debian's blackbox_exporter (ome.prometheus: 0.17.0)
 # Grafana as a container beside Prometheus (IDR runs 7.2.0, without
 # provisioning); files provisioned, anonymous read-only viewing.
 GRAFANA_IMAGE = "grafana/grafana-oss:10.4.2"
 
 # Node_exporter's textfile collector (the regeneration dispatcher writes
-# idr_bfcache.prom there: docs/operations/monitoring.md).
+# idr_bfcache.prom there, operations.backup idr_backup.prom on the management
+# host: docs/operations/monitoring.md).
 NODE_TEXTFILE_DIR = "/var/lib/node_exporter/textfile"
 # Where things live on the management host: Prometheus's rule files (the
 # glob of ome.prometheus's prometheus.yml), Grafana's provisioning, the
@@ -51,6 +53,12 @@ GRAFANA_ETC = "/etc/idr/grafana"
 GRAFANA_DASHBOARDS = f"{GRAFANA_ETC}/dashboards"
 PROMETHEUS_DATA = f"{MANAGEMENT_MOUNT}/prometheus"
 GRAFANA_DATA = f"{MANAGEMENT_MOUNT}/grafana"
+# The blackbox exporter's config: IDR's modules and the program's; the
+# program's playbook puts it where the exporter reads it.
+BLACKBOX_FILE = "/etc/idr/blackbox-exporter.yml"
+BLACKBOX_TARGET = "/etc/prometheus/blackbox-exporter.yml"
+HOLDS_MODULE, ANSWERS_MODULE = "idr_environment_holds", "idr_environment_answers"
+HOLDS_JOB, ANSWERS_JOB = "idr_address_holder", "idr_address_answers"
 # The dashboards the program adds to IDR's four (ansible/grafana-dashboards/).
 DASHBOARDS = ("idr-cache.json", "idr-regeneration.json")
 # On the proxy: the exporters' install script, units and mtail's program.
@@ -77,21 +85,83 @@ def enabled(settings: Settings) -> bool:
 
 
 def probe_targets(settings: Settings) -> list[str]:
-    """The public address, by name. Not the floating IP: a swap changes
-    idr:floatingIp and changes nothing on any host (the playbooks would not
-    run to follow it)."""
+    """The public address, by name. Not this stack's floating IP: a swap
+    changes idr:floatingIp and changes nothing on any host (the playbooks
+    would not run to follow it); the addresses are probed from
+    idr:probeAddresses instead (scrape_jobs)."""
     return [f"https://{settings.server_name}/about/"]
+
+
+def _address_probe(job: str, module: str, addresses: tuple[str, ...]) -> dict[str, Any]:
+    """A blackbox job over bare addresses: each becomes the URL of the
+    proxy's environment location (plain HTTP: answered there even with
+    idr:httpsRedirect, with no certificate to match an address), and stays
+    the series' `instance`."""
+    return {
+        "job_name": job,
+        "scrape_interval": "60s",
+        "metrics_path": "/probe",
+        "params": {"module": [module]},
+        "static_configs": [{"targets": list(addresses)}],
+        "relabel_configs": [
+            {"source_labels": ["__address__"], "target_label": "__param_target",
+             "replacement": f"http://${{1}}{ENVIRONMENT_PATH}"},
+            {"source_labels": ["__address__"], "target_label": "instance"},
+            {"target_label": "__address__", "replacement": f"blackbox-exporter:{BLACKBOX_PORT}"},
+        ],
+    }
 
 
 def scrape_jobs(settings: Settings) -> list[dict[str, Any]]:
     """Scrape jobs ome.prometheus has no variable for (its
-    prometheus_custom_targets): mtail on the proxy."""
+    prometheus_custom_targets): mtail on the proxy; the probes of
+    idr:probeAddresses: does this environment answer there (holds it), does
+    any IDR proxy answer there. The list is the same in every stack and a
+    swap does not change it, so no job changes with a swap."""
     proxy = layout.host(settings, "proxy")
-    return [{
+    jobs = [{
         "job_name": "nginx-mtail",
         "scrape_interval": "15s",
         "static_configs": [{"targets": [f"{proxy.fixed_ip}:{MTAIL_PORT}"], "labels": {"instance": proxy.name}}],
     }]
+    if settings.probe_addresses:
+        jobs += [_address_probe(HOLDS_JOB, HOLDS_MODULE, settings.probe_addresses),
+                 _address_probe(ANSWERS_JOB, ANSWERS_MODULE, settings.probe_addresses)]
+    return jobs
+
+
+def probe_list_warning(settings: Settings) -> str:
+    """Why the probes miss this stack's own address, or "". A warning, not
+    an error: a floating IP moved by hand or a new spare must not stop an
+    update for a monitoring list; the list is fixed in both stack files."""
+    s = settings
+    if not (s.monitoring_enabled and s.floating_ip and s.probe_addresses) or s.floating_ip in s.probe_addresses:
+        return ""
+    return (f"config idr:probeAddresses = {list(s.probe_addresses)} does not hold idr:floatingIp ({s.floating_ip}): "
+            f"nothing probes which environment holds it; list the public and the spare address, the same in both "
+            f"stack files")
+
+
+def blackbox_modules(settings: Settings) -> dict[str, Any]:
+    """The program's modules: `holds` succeeds only when the body is this
+    environment's name (what the proxy's environment location answers), so
+    its probe_success per address says "this environment holds it";
+    `answers` when any IDR proxy answers there. No redirect is followed:
+    the location answers itself."""
+    def module(body: str) -> dict[str, Any]:
+        return {"prober": "http", "timeout": "5s", "http": {
+            "valid_status_codes": [200], "follow_redirects": False, "preferred_ip_protocol": "ip4",
+            "ip_protocol_fallback": False, "fail_if_body_not_matches_regexp": [body]}}
+    return {HOLDS_MODULE: module(rf"\A{settings.environment}\n\z"),
+            ANSWERS_MODULE: module(r"\A[a-z0-9][a-z0-9-]*\n\z")}
+
+
+def blackbox_config(settings: Settings) -> str:
+    """IDR's modules (the role's file) and the program's."""
+    base = (FILES / "blackbox-exporter.yml").read_text()
+    ours = yaml.safe_dump({"modules": blackbox_modules(settings)}, sort_keys=False, width=200)
+    return (base.rstrip("\n") + "\n  # The program's: which environment answers at an address of "
+            "idr:probeAddresses.\n" + ours.split("modules:\n", 1)[1])
 
 
 def program_vars(settings: Settings) -> dict[str, Any]:
@@ -104,6 +174,7 @@ def program_vars(settings: Settings) -> dict[str, Any]:
         "prometheus_node_args": f"--collector.textfile.directory={NODE_TEXTFILE_DIR}",
         "prometheus_version": PROMETHEUS_VERSION,
         "prometheus_alertmanager_version": ALERTMANAGER_VERSION,
+        "prometheus_blackboxexporter_version": BLACKBOX_VERSION,
         # Metrics on the management volume, not in a Docker volume on the root disk.
         "prometheus_docker_data_volume": PROMETHEUS_DATA,
         # IDR's play requires its Slack secret; the program's Alertmanager
@@ -120,6 +191,8 @@ def program_vars(settings: Settings) -> dict[str, Any]:
             "grafana_data": GRAFANA_DATA,
             "grafana_port": GRAFANA_PORT,
             "root_url": f"https://{s.server_name}/grafana/",
+            "blackbox_file": BLACKBOX_FILE,
+            "blackbox_target": BLACKBOX_TARGET,
         },
     }
 
@@ -156,6 +229,12 @@ def rules(settings: Settings) -> dict[str, Any]:
             _alert("PublicAddressDown", 'probe_success{job="blackbox_http_2xx_external"} == 0', "5m", "error",
                    "{{ $labels.instance }} does not answer",
                    "The blackbox exporter got no 2xx answer from a public address for 5 minutes."),
+            # Unambiguous whichever environment holds what: no IDR proxy
+            # answers at an address of the list (a swap takes seconds).
+            _alert("ProbeAddressSilent", f'probe_success{{job="{ANSWERS_JOB}"}} == 0', "10m", "error",
+                   "No IDR proxy answers at {{ $labels.instance }}",
+                   "An address of idr:probeAddresses (the public or the spare floating IP) has answered no IDR "
+                   "proxy's environment location for 10 minutes."),
         ]},
         {"name": "idr-storage", "rules": [
             _alert("DataVolumeFilling",
@@ -164,7 +243,7 @@ def rules(settings: Settings) -> dict[str, Any]:
                    "{{ $labels.mountpoint }} on {{ $labels.instance }} is more than " f"{VOLUME_FULL:.0%} full",
                    f"A data volume is more than {VOLUME_FULL:.0%} full."),
             _alert("BackupTooOld",
-                   f"time() - max by (volume) (idr_backup_last_snapshot_timestamp_seconds) > "
+                   f'time() - max by (volume) (idr_backup_last_snapshot_timestamp_seconds{{essential="true"}}) > '
                    f"{BACKUP_MAX_AGE_DAYS * 86400}",
                    "1h", "error", "The last snapshot of {{ $labels.volume }} is more than " f"{BACKUP_MAX_AGE_DAYS} "
                            f"days old",
@@ -204,9 +283,10 @@ def rules_text(settings: Settings) -> str:
 # ---------------------------------------------------------------- files
 
 def management_files(settings: Settings) -> list[HostFile]:
-    """On <env>-management: the rules and Grafana's provisioning."""
+    """On <env>-management: the rules, the blackbox exporter's config
+    (the playbook moves it in place) and Grafana's provisioning."""
     grafana = FILES / "grafana"
-    files = [HostFile(RULES_FILE, rules_text(settings)),
+    files = [HostFile(RULES_FILE, rules_text(settings)), HostFile(BLACKBOX_FILE, blackbox_config(settings)),
              HostFile(f"{GRAFANA_ETC}/provisioning/datasources/idr.yml", (grafana / "datasources.yml").read_text()),
              HostFile(f"{GRAFANA_ETC}/provisioning/dashboards/idr.yml", (grafana / "dashboards.yml").read_text())]
     files += [HostFile(f"{GRAFANA_DASHBOARDS}/idr/{name}", (grafana / name).read_text()) for name in DASHBOARDS]

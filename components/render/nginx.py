@@ -13,7 +13,7 @@ import textwrap
 from dataclasses import dataclass
 
 from .. import layout
-from ..layout import DATA_VOLUME_MOUNTS, PROXY_OMERO_PORT_RANGE, PROXY_OWN_LOCATIONS
+from ..layout import DATA_VOLUME_MOUNTS, ENVIRONMENT_PATH, PROXY_OMERO_PORT_RANGE, PROXY_OWN_LOCATIONS
 from ..settings import Settings
 from . import HostFile, render_template
 
@@ -205,6 +205,7 @@ def _context(settings: Settings) -> dict:
         "website_maintenance_page": WEBSITE_MAINTENANCE_PAGE,
         "connection_dir": CONNECTION_DIR,
         "own_locations": PROXY_OWN_LOCATIONS,
+        "environment_path": ENVIRONMENT_PATH,
     }
 
 

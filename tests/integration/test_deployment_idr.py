@@ -277,7 +277,7 @@ def test_idrs_prometheus_config_with_the_programs_vars_passes_promtool(idr_deplo
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # IDR's 2 rules (instance_down) and the program's 8, each file checked.
     assert re.search(r"default-alert.rules.yml\n  SUCCESS: 2 rules found", checked.stdout), checked.stdout
-    assert re.search(r"idr.rules.yml\n  SUCCESS: 8 rules found", checked.stdout), checked.stdout
+    assert re.search(r"idr.rules.yml\n  SUCCESS: 9 rules found", checked.stdout), checked.stdout
     jobs = {j["job_name"]: j for j in yaml.safe_load(config.read_text())["scrape_configs"]}
     proxy = f"{stack}-proxy"
     # Every host's node_exporter, the proxy's and the management host's included.
@@ -286,6 +286,9 @@ def test_idrs_prometheus_config_with_the_programs_vars_passes_promtool(idr_deplo
     assert jobs["nginx-mtail"]["static_configs"] == [{"targets": ["192.168.1.10:3903"], "labels": {"instance": proxy}}]
     external = jobs["blackbox_http_2xx_external"]["static_configs"][0]["targets"]
     assert external == ["https://idr.openmicroscopy.org/about/"]
+    # The probes of idr:probeAddresses, through ome.prometheus's custom targets.
+    for job in ("idr_address_holder", "idr_address_answers"):
+        assert jobs[job]["static_configs"] == [{"targets": ["203.0.113.10", "203.0.113.20"]}]
     assert [t for c in jobs["postgres-exporter"]["static_configs"] for t in c["targets"]] == ["192.168.1.12:9187"]
 
 

@@ -15,6 +15,7 @@ DEBIAN_PACKAGES = {
     "rsync": "rsync", "mkfs.xfs": "xfsprogs", "losetup": "mount", "blkid": "util-linux",
     "curl": "curl", "git": "git", "systemd-analyze": "systemd", "openssl": "openssl", "unshare": "util-linux", "sudo": "sudo",
     "promtool": "prometheus", "amtool": "prometheus-alertmanager", "mtail": "mtail",
+    "prometheus-node-exporter": "prometheus-node-exporter", "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
 }
 
 
