@@ -43,6 +43,7 @@ def test_proxy_answers_its_environment_on_both_public_ports_unlogged(proxy_facto
     assert proxy.get("https", ENVIRONMENT_PATH + "/x")[2] != f"{name}\n"
     # A logged request for comparison: the probes never reach the access log (nor the cache metrics).
     proxy.get("https", "/about/")
+    proxy.flush_logs()
     log = (proxy.tmp / "log" / "access.log").read_text()
     assert "/about/" in log and f"GET {ENVIRONMENT_PATH} " not in log
 
@@ -114,4 +115,5 @@ def test_real_probes_tell_which_environment_holds_an_address(proxy_factory, tmp_
     finally:
         own.stop()
         other.stop()
+    proxy.flush_logs()
     assert ENVIRONMENT_PATH not in (proxy.tmp / "log" / "access.log").read_text()

@@ -53,6 +53,7 @@ def website(proxy, files: dict | None) -> None:
 
 
 def log_lines(proxy, name: str = "access.log") -> list[str]:
+    proxy.flush_logs()
     return (proxy.tmp / "log" / name).read_text().splitlines()
 
 
@@ -61,7 +62,7 @@ def log_lines(proxy, name: str = "access.log") -> list[str]:
 def test_access_log_is_idrs_and_fluentd_parses_miss_and_hit(proxy_factory):
     proxy = proxy_factory()
     assert "log_format main_timed_cache_upstream\n" in render.nginx_conf(proxy.settings)
-    assert "access_log /var/log/nginx/access.log main_timed_cache_upstream;" in render.nginx_conf(proxy.settings)
+    assert "access_log /var/log/nginx/access.log main_timed_cache_upstream buffer=64k flush=1s;" in render.nginx_conf(proxy.settings)
     agent, referer = 'Mozilla/5.0 (X11; "quoted")', "https://idr.openmicroscopy.org/webclient/?show=image-1"
     hdrs = {"User-Agent": agent, "Referer": referer, "X-Forwarded-For": "198.51.100.7"}
     for _ in range(2):                                  # MISS, then HIT

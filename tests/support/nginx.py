@@ -459,6 +459,20 @@ class Nginx:
         self.proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
 
+    def flush_logs(self):
+        """The access log is buffered (flush=1s): what logrotate's
+        `nginx -s reopen` does, SIGUSR1, makes every worker write what it
+        holds; done when the logs stop growing."""
+        logs = list((self.tmp / "log").glob("*.log"))
+        self.proc.send_signal(signal.SIGUSR1)
+        sizes, deadline = None, time.monotonic() + 3
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = [f.stat().st_size for f in logs]
+            if now == sizes:
+                break
+            sizes = now
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)
@@ -550,6 +564,9 @@ class ProxyUnderTest:
     def start(self):
         self.nginx.start()
         return self
+
+    def flush_logs(self):
+        self.nginx.flush_logs()
 
     def stop(self):
         self.nginx.stop()
