@@ -32,6 +32,7 @@ import yaml
 from components.offline import PROJECT_DIR, run_stack
 from components.render.deployment import HOSTS_POPULATE_TARGET
 from tests.support.deployment_hosts import ADDRESSES, BASTION, NAMES, SECRET_VARS, check_only, render_step, run_step
+from tests.support.settings import settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +46,7 @@ OPTIONAL_PLAYBOOKS = ["idr-upgrade-dist.yml", "idr-journald.yml", "idr-02-servic
 @pytest.fixture(scope="module")
 def idr_deployment(tmp_path_factory) -> Path:
     """The snapshot, unpacked: IDR/deployment with its roles in ansible/vendor."""
-    if not SNAPSHOT.exists():
-        pytest.skip(f"IDR/deployment snapshot {SNAPSHOT} is absent (CI has it)")
+    assert SNAPSHOT.exists(), f"IDR/deployment snapshot {SNAPSHOT} is absent: the tests need ../shared beside the project"
     assert hashlib.sha256(SNAPSHOT.read_bytes()).hexdigest() == SNAPSHOT_SHA256
     root = tmp_path_factory.mktemp("idr-snapshot")
     with tarfile.open(SNAPSHOT) as tar:
@@ -224,6 +224,17 @@ def test_idrs_dynamic_inventory_finds_the_groups_and_the_bastion_of_our_instance
 
 
 # ------------------------------------------------------------ monitoring
+
+def test_the_blackbox_modules_keep_idrs_own_as_its_role_has_them(idr_deployment):
+    """The program writes the blackbox exporter's whole file (IDR's modules
+    and its own): IDR's part is the pinned role's file, module for module."""
+    from components.render import monitoring
+    role_file = idr_deployment / "ansible/vendor/ome.prometheus/files/etc-prometheus-blackbox-exporter.yml"
+    idrs = yaml.safe_load(role_file.read_text())["modules"]
+    ours = yaml.safe_load(monitoring.blackbox_config(settings_for()))["modules"]
+    assert {name: ours[name] for name in idrs} == idrs
+    assert set(ours) - set(idrs) == {monitoring.HOLDS_MODULE, monitoring.ANSWERS_MODULE}
+
 
 def _render_idr_prometheus(idr_deployment: Path, run, out: Path) -> Path:
     """IDR's ome.prometheus templates (prometheus.yml, its alert rules) as
