@@ -28,10 +28,9 @@ from .validators import (AlertReceiver, AvailabilityZone, Bastion, CacheZones, C
                          FilePath, Flavor, FloatingIp, Generation, GitRef, GitUrl, HostKey, ImageMap, ImageName, Ipv4s,
                          LongReadTimeout, NetworkName, NotAllowed, OpenStackId, PgIdentifier, Playbooks, Port,
                          ProbeAddresses, PublicKey, PublicReadTimeout, ReadonlyCount, RedirectLocations, RedirectMap,
-                         Release, Size,
-                         Slots, SlackChannel, SourceSize, StackName, StatementTimeout, Subnet, SubnetName, UrlPath,
-                         User, VarsFile, VolumeType, WebsiteSource, alert_secret_problem, first_error, from_cli, kind,
-                         project_path, secret_vars_problem)
+                         Release, Size, Slots, SlackChannel, SourceSize, StackName, StatementTimeout, Subnet,
+                         SubnetName, UrlPath, User, VarsFile, VolumeType, WebsiteSource, alert_secret_problem,
+                         first_error, from_cli, kind, project_path, secret_vars_problem)
 
 SECRET: JsonDict = {"secret": True}
 REQUIRED: JsonDict = {"required": True}
