@@ -434,7 +434,7 @@ class Decision(NamedTuple):
     source: str
     batch: list[tuple[int, int]]
     speed: float      # the node's seconds per cost unit then
-    left: float       # seconds until the unhanded work is done
+    left: float       # seconds until all work, handed out and held by lanes or not, is done
     planned: float
     ahead: float      # seconds the lane had queued
     start: float      # the starting value the speed is pulled towards
@@ -503,9 +503,6 @@ def test_e_learned_speeds_change_what_a_slowed_node_takes(cluster):
     learned = [(k, d) for (k, d), n in zip(slow1, seen) if min(n) >= 1]
     assert learned, log
 
-    total = sum(c + 5 for c in ids.values())
-    handed = [0] + [sum(images + 5 for _, images in d.batch) for d in log]
-    pinned = []
     for k, d in learned:
         # Slower than its starting value and than SLOW2 as last learned (by
         # how much depends on how much of its own it has seen when it
@@ -517,16 +514,11 @@ def test_e_learned_speeds_change_what_a_slowed_node_takes(cluster):
         room, tolerance = d.left - d.ahead, 2e-3 * (d.left + d.ahead)
         took = sum(images + 5 for _, images in d.batch) * d.speed
         assert took == pytest.approx(d.planned, rel=2e-3) and took <= room + tolerance, d
-        # The same decision at the starting value: its lane would add more
-        # to the rate (cost units a second), so a little less time is left.
-        unhanded = total - sum(handed[:k + 1])            # cost units
-        rate = unhanded / d.left - 1 / d.speed + 1 / d.start
-        room_at_start = unhanded / rate - d.ahead
-        # Still unhanded then (handed out later), and taken by another node:
-        # too large at the learned speed, not at the starting value.
-        pinned += [(k, image, images, e.node) for e in log[k + 1:] if e.node != SLOW1 for image, images in e.batch
-                   if (images + 5) * d.speed > room + tolerance and (images + 5) * d.start <= room_at_start - tolerance]
-    assert pinned, log
+    # Which fileset a learned speed leaves to faster lanes is decided by
+    # choose() alone, proven without timing in test_bfcache_dispatch.py
+    # (test_a_slowed_node_leaves_to_faster_lanes_what_it_would_take_at_an_equal_speed):
+    # here whether such a fileset is still unhanded when SLOW1 has learned
+    # depends on when lanes ask (LEAD), so it is not asserted.
 
 
 def test_f_check_waits_for_the_nodes_software_and_says_so_on_one_line(cluster):
