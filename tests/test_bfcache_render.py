@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from components import layout, offline
 from components.bfcache import BfCache, BfCacheArgs
@@ -265,6 +267,31 @@ def render_one(tmp_path: Path, omero: Path, password_file: str = render.PUBLIC_P
     write(tmp_path / "node.conf", files[render.NODE_CONF].replace(render.PUBLIC_PASSWORD_FILE, password_file), 0o644)
     return write(tmp_path / "render-one.sh", files[f"{render.LIBEXEC}/render-one.sh"].replace(
         render.NODE_CONF, str(tmp_path / "node.conf")))
+
+
+# What the dispatcher sends and render-one accepts: ID[:IMAGES], 1-18 and 1-9
+# digits. render-one checks it with a glob (a regex costs ~0.4 ms an image).
+IMAGE_ITEM = re.compile(r"[0-9]{1,18}(:[0-9]{1,9})?")
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(st.one_of(
+    st.from_regex(IMAGE_ITEM, fullmatch=True),
+    st.text(alphabet="0123456789:a -;", max_size=30),
+    st.integers(min_value=0, max_value=10**20).map(str),
+    st.tuples(st.integers(0, 10**19), st.integers(0, 10**10)).map(lambda t: f"{t[0]}:{t[1]}")), max_size=12))
+def test_render_one_runs_exactly_the_well_formed_image_items_of_its_lane(tmp_path, items):
+    """Every line of a lane is checked before omero sees it: the well-formed
+    ones run (one result each, in order), every other one is refused on
+    stderr and the lane goes on."""
+    omero = write(tmp_path / "omero", "#!/bin/sh\necho 'ok: Pixel:1 0.1'\n")
+    script = render_one(tmp_path, omero)
+    out = subprocess.run([str(script)], input="".join(f"{i}\n" for i in items), capture_output=True, text=True,
+                         env={**os.environ, "BFCACHE_BATCH": "-", "BFCACHE_NODE": "n1"}, timeout=60)
+    good = [i for i in items if IMAGE_ITEM.fullmatch(i)]
+    assert out.returncode == 0, out.stderr
+    assert [line.split(",")[0] for line in out.stdout.splitlines()] == [i.split(":")[0] for i in good]
+    assert out.stderr.count("not an image ID") == len(items) - len(good)
 
 
 def test_render_one_takes_a_lane_of_images_on_stdin_one_line_each_as_it_finishes(tmp_path):
