@@ -17,7 +17,9 @@ reported: of each rate, and of each round's cached/static ratio, so a
 neighbour's load on the machine hits both sides alike. The exporter's cost
 is the median of each round's (cached with mtail) / (cached) ratio, mtail
 started before and stopped after its measurement (it reads only new lines),
-at the scheduling priority its unit gives it (Nice=). Its noise floor is
+at the scheduling policy its unit gives it (CPUSchedulingPolicy=, else
+Nice=), and how long it took to count the last line after the measurement
+(its catch-up) is reported. Its noise floor is
 the same ratio for a second measurement of the cached thumbnail without
 mtail (A/A), taken in the same rounds: mtail's cost is measurable when
 its median ratio falls below the A/A ratios' lower quartile.
@@ -112,7 +114,7 @@ class Exporter:
         progs.mkdir(exist_ok=True)
         (progs / monitoring.MTAIL_PROGRAM).write_text((monitoring.FILES / monitoring.MTAIL_PROGRAM).read_text())
         self.port = free_port()
-        self.proc = subprocess.Popen(["nice", "-n", str(unit_nice()), tool("mtail"), "--progs", str(progs),
+        self.proc = subprocess.Popen([*unit_scheduling()[0], tool("mtail"), "--progs", str(progs),
                                       "--logs", str(log), "--address", "127.0.0.1", "--port", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.interval, self.scrapes, self.stopping = scrape_interval, 0, threading.Event()
@@ -152,11 +154,33 @@ class Exporter:
         self.proc.wait(timeout=10)
 
 
-def unit_nice() -> int:
-    """The Nice= of the proxy's mtail unit, so mtail runs here as it runs there."""
+def unit_scheduling() -> tuple[list[str], str]:
+    """How the proxy's mtail unit schedules mtail (CPUSchedulingPolicy=idle,
+    else its Nice=), as a command prefix, so mtail runs here as it runs
+    there; and a label."""
     unit = (monitoring.FILES / "idr-mtail.service").read_text()
+    if re.search(r"^CPUSchedulingPolicy=idle$", unit, re.M):
+        return ["chrt", "--idle", "0"], "SCHED_IDLE"
     found = re.search(r"^Nice=(-?\d+)$", unit, re.M)
-    return int(found[1]) if found else 0
+    nice = int(found[1]) if found else 0
+    return ["nice", "-n", str(nice)], f"nice {nice}"
+
+
+def log_lines(log: Path) -> int:
+    with log.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def catch_up(exporter: Exporter, made: float, limit: float = 60.0) -> tuple[float, float]:
+    """Lines mtail counted once it stops counting more (or has them all), and
+    the seconds that took after the measurement's end."""
+    started, last, still = time.monotonic(), exporter.lines_seen(), 0
+    while time.monotonic() - started < limit and last < made and still < 5:
+        time.sleep(0.1)
+        seen = exporter.lines_seen()
+        still = still + 1 if seen == last else 0
+        last = seen
+    return last, time.monotonic() - started
 
 
 def get(port: int, path: str) -> tuple[int, dict, bytes]:
@@ -187,6 +211,7 @@ def main(argv=None):
 
     results = {"static": [], "cached": [], "backend": [], "exporter": [], "again": []}
     counted = []      # requests mtail counted / requests made, per round
+    caught_up = []    # seconds from the measurement's end to mtail's last line
     with tempfile.TemporaryDirectory(prefix="idr-bench-") as tmp:
         tmp = Path(tmp)
         proxy = ProxyUnderTest(tmp / "nginx", make_cert(tmp))
@@ -221,12 +246,14 @@ def main(argv=None):
                     if what == "exporter":
                         exporter = Exporter(tmp, log, args.scrape_interval, http_port)
                         warm = exporter.lines_seen()
-                        started = time.monotonic()
+                        proxy.flush_logs()
+                        lines_before = log_lines(log)
                         rate = measure(urls["cached"], args.seconds, args.connections)
-                        made = rate * (time.monotonic() - started)
                         proxy.flush_logs()                  # the buffered log's last lines
-                        time.sleep(1)                       # mtail's last lines
-                        counted.append((exporter.lines_seen() - warm) / made if made else 0)
+                        made = log_lines(log) - lines_before
+                        seen, seconds = catch_up(exporter, warm + made)
+                        counted.append((seen - warm) / made if made else 0)
+                        caught_up.append(seconds)
                         exporter.stop()
                         results[what].append(rate)
                     else:
@@ -263,9 +290,11 @@ def main(argv=None):
                else f"not measurable: at or above the A/A rounds' lower quartile {low_quartile:.2f}")
     print(f"{'cached with mtail / cached':34} {statistics.median(exporter_ratios):14.2f}   "
           f"{' '.join(f'{r:.2f}' for r in exporter_ratios)}   (scrape every {args.scrape_interval}s, mtail at "
-          f"nice {unit_nice()}; cost {verdict})")
+          f"{unit_scheduling()[1]}; cost {verdict})")
     print(f"{'lines mtail counted / requests':34} {statistics.median(counted):14.2f}   "
           f"{' '.join(f'{r:.2f}' for r in counted)}")
+    print(f"{'mtail catch-up after the run (s)':34} {statistics.median(caught_up):14.2f}   "
+          f"{' '.join(f'{r:.2f}' for r in caught_up)}   (its last line counted after the load ended)")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,31 @@ def test_the_proxy_gets_its_exporters(prod_run):
     assert f"--collector.textfile.directory={monitoring.NODE_TEXTFILE_DIR}" in unit
 
 
+def test_the_proxy_exporters_units_pass_systemd_analyze_verify(tmp_path):
+    """The proxy's two units as systemd reads them (their binaries moved into
+    tmp); mtail runs only on idle CPU time (serving comes first), and a
+    misspelt policy is reported."""
+    units = {}
+    for f in monitoring.proxy_files(settings()):
+        if f.path.endswith(".service"):
+            text = f.content
+            for binary in re.findall(r"^ExecStart=(\S+)", text, re.M):
+                stand_in = tmp_path / Path(binary).name
+                stand_in.write_text("#!/bin/sh\n")
+                stand_in.chmod(0o755)
+                text = text.replace(binary, str(stand_in))
+            units[Path(f.path).name] = tmp_path / Path(f.path).name
+            units[Path(f.path).name].write_text(text)
+    assert re.search(r"^CPUSchedulingPolicy=idle$", units["idr-mtail.service"].read_text(), re.M)
+    analyze = tool("systemd-analyze")
+    done = subprocess.run([analyze, "verify", *map(str, units.values())], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    mtail = units["idr-mtail.service"]
+    mtail.write_text(mtail.read_text().replace("CPUSchedulingPolicy=idle", "CPUSchedulingPolicy=idel"))
+    done = subprocess.run([analyze, "verify", str(mtail)], capture_output=True, text=True)
+    assert "Failed to parse CPU scheduling policy" in done.stderr
+
+
 @pytest.mark.parametrize("raw,key,allowed", [
     ({"alertReceiver": "email"}, "idr:alertReceiver", "slack, webhook, or empty"),
     ({"alertReceiver": "slack"}, "idr:deploymentSecretVars", "idr_secret_management_slack_webhook"),

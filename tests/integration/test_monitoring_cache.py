@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -135,6 +136,47 @@ def test_cache_metrics_from_the_real_access_log(proxy, tmp_path):
         checked = subprocess.run([PROMTOOL, "check", "metrics"], input="\n".join(lines) + "\n",
                                  capture_output=True, text=True)
         assert checked.returncode == 0, checked.stdout + checked.stderr
+    finally:
+        mtail.stop()
+
+
+def test_a_starved_mtail_counts_every_line_later_across_a_log_rotation(proxy, tmp_path):
+    """mtail runs under SCHED_IDLE: on a saturated proxy it gets no CPU and
+    falls behind. Stopped outright here (SIGSTOP) while nginx writes lines
+    and the log is rotated as logrotate does it (rename, then nginx's
+    reopen), it counts every one of them once it runs again: late, not lost."""
+    log = proxy.tmp / "log" / "access.log"
+    mtail = Mtail(tmp_path, log)
+    try:
+        deadline = time.monotonic() + 20
+        while 'family="other"' not in mtail.metrics():
+            proxy.get("http", "/about/")
+            assert time.monotonic() < deadline, "mtail counts nothing"
+            time.sleep(0.2)
+        proxy.flush_logs()
+        others, deadline = None, time.monotonic() + 20
+        while others != (others := value(mtail.metrics(), "idr_nginx_requests_total", family="other", cache="-")):
+            assert time.monotonic() < deadline, "mtail's count does not settle"
+            time.sleep(0.5)
+        mtail.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(30):
+                assert proxy.get("http", "/about/")[0] in (200, 404)
+            proxy.flush_logs()
+            log.rename(log.with_name("access.log.1"))
+            proxy.flush_logs()                               # nginx -s reopen: a new access.log
+            for _ in range(20):
+                assert proxy.get("http", "/about/")[0] in (200, 404)
+            proxy.flush_logs()
+            assert log.exists() and len(log.read_text().splitlines()) == 20
+        finally:
+            mtail.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while (counted := value(mtail.metrics(), "idr_nginx_requests_total", family="other", cache="-")) < others + 50:
+            assert time.monotonic() < deadline, f"mtail counted {counted - others} of 50 lines"
+            time.sleep(0.5)
+        time.sleep(1)
+        assert value(mtail.metrics(), "idr_nginx_requests_total", family="other", cache="-") == others + 50
     finally:
         mtail.stop()
 
