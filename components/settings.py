@@ -36,6 +36,7 @@ SECRET: JsonDict = {"secret": True}
 REQUIRED: JsonDict = {"required": True}
 
 NAMESPACE = PROJECT  # config keys are idr:<key>
+DEFAULT_SSH_USER = "rocky"  # the login user of IDR's Rocky Linux images
 
 
 class ConfigError(pulumi.RunError):
@@ -85,7 +86,7 @@ class Settings:
     availability_zone: AvailabilityZone = Field("", description="Availability zone of servers and volumes; empty lets "
                                                                 "the cloud choose.")
     # SSH and access
-    ssh_user: User = Field("rocky", description="Login user of the image, used by remote commands.")
+    ssh_user: User = Field(DEFAULT_SSH_USER, description="Login user of the image, used by remote commands.")
     ssh_public_key: PublicKey = Field("", description="OpenSSH public key installed for sshUser on every host "
                                                       "(required).", json_schema_extra=REQUIRED)
     ssh_private_key: Any = Field(None, description="Private key matching sshPublicKey, used by remote commands "

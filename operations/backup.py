@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import re
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 
@@ -41,7 +40,8 @@ from openstack import exceptions as os_exceptions
 
 from components import PROJECT
 from components.render.monitoring import NODE_TEXTFILE_DIR
-from components.settings import Settings
+from components.render.deployment import known_hosts_file
+from components.settings import DEFAULT_SSH_USER
 
 from .common import OperationError, Pulumi, confirm, connect, stack_environment
 
@@ -332,10 +332,6 @@ def metrics_text(environment: str, seen: Sequence[tuple[Volume, Sequence[Any]]],
     return "\n".join(lines) + "\n"
 
 
-# idr:sshUser's default, as the program's settings declare it.
-_SSH_USER_DEFAULT: str = next(f for f in fields(Settings) if f.name == "ssh_user").default.default  # type: ignore[union-attr]
-
-
 @dataclass(frozen=True)
 class MetricsTarget:
     """Where the metrics go: the management host, through the proxy."""
@@ -355,7 +351,7 @@ def metrics_target(stack: str, outputs: dict, config: dict[str, str]) -> Optiona
     bastion = outputs.get("sshBastion") or outputs.get("floatingIp") or ""
     if not bastion:
         raise OperationError(f"stack {stack} names no bastion (sshBastion output): set idr:sshBastion")
-    user = config.get(f"{PROJECT}:sshUser") or _SSH_USER_DEFAULT
+    user = config.get(f"{PROJECT}:sshUser") or DEFAULT_SSH_USER
     return MetricsTarget(outputs.get("environment") or stack_environment(stack, config), management[0]["name"],
                          management[0]["fixedIp"], bastion, user, config.get(f"{PROJECT}:sshBastionHostKey", ""))
 
@@ -383,13 +379,6 @@ def remote_write(user: str, length: int) -> str:
             f"trap '{sudo}rm -f \"$t\"' EXIT; {sudo}tee \"$t\" > /dev/null; "
             f'n=$({sudo}wc -c < "$t"); [ "$n" -eq {length} ] || {{ echo "got $n of {length} bytes" >&2; exit 1; }}; '
             f'{sudo}chmod 0644 "$t"; {sudo}mv -f "$t" "$d/"{f}')
-
-
-def known_hosts_file(environment: str) -> Path:
-    """The deployment step's record of the bastion's key (run-playbooks.sh)."""
-    cache = os.environ.get("IDR_DEPLOYMENT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "idr-deployment")
-    return Path(cache) / "known_hosts" / environment
 
 
 def deliver_metrics(target: MetricsTarget, text: str, private_key: str, *, port: int = 22,

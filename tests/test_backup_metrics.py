@@ -119,3 +119,25 @@ def test_failed_backup_keeps_its_exit_status_when_delivery_fails_too(world, clou
 def test_no_management_host_no_delivery(world, cloud, conn, capsys):
     assert backup.main(["list", "--stack", "prod"], conn=conn) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("env", [{}, {"XDG_CACHE_HOME": "/x/cache"}, {"IDR_DEPLOYMENT_CACHE": "/y/dep"}])
+def test_delivery_trusts_the_bastion_key_the_deployment_step_recorded(env, tmp_path, monkeypatch):
+    """Without idr:sshBastionHostKey, the deployment step records the
+    bastion's key on first contact; the metrics delivery reads that same
+    file: the rendered run-playbooks.sh's own lines, run by bash, name it."""
+    from components.render.deployment import known_hosts_file, run_script
+    from tests.support.settings import settings_for
+
+    s = settings_for("prod")
+    script = run_script(s, "prod-deployment")
+    lines = [line for line in script.splitlines() if line.startswith("cache=") or "known_hosts=\"$cache/" in line]
+    assert len(lines) == 2, lines
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **env}
+    out = subprocess.run(["bash", "-c", "\n".join(line.strip() for line in lines) + '\nprintf %s "$known_hosts"'],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    for key in ("HOME", "XDG_CACHE_HOME", "IDR_DEPLOYMENT_CACHE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert out == str(known_hosts_file("prod")) and out.endswith("/prod")

@@ -6,6 +6,7 @@ makes it run again. `components/deployment.py` only wires them.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -26,6 +27,12 @@ _CHECKOUT_SKIP = {"vendor", "roles", ".git", "__pycache__"}
 # Where IDR's ome.hosts_populate writes its /etc/hosts: beside the real one,
 # which the program's hosts step owns (components/render/host.py).
 HOSTS_POPULATE_TARGET = "/etc/hosts.idr-playbooks"
+# The deployment step's cache on the operator's machine (checkouts, and the
+# bastion's key recorded on first contact, per environment): run-playbooks.sh
+# and operations.backup both reach the hosts with it.
+CACHE_ENV = "IDR_DEPLOYMENT_CACHE"
+CACHE_NAME = "idr-deployment"          # under $XDG_CACHE_HOME, else ~/.cache
+KNOWN_HOSTS_DIR = "known_hosts"
 
 
 def program_vars(s: Settings) -> str:
@@ -74,6 +81,7 @@ def run_script(s: Settings, name: str) -> str:
         "deployment/run-playbooks.sh.j2", step=name, environment=s.environment,
         path=s.deployment_path, repository=s.deployment_repository, ref=s.deployment_ref,
         cache_name=cache_name(s.deployment_repository), vars_file=s.deployment_vars_file,
+        cache_env=CACHE_ENV, cache_dir=CACHE_NAME, known_hosts_dir=KNOWN_HOSTS_DIR,
         playbooks=playbooks(s),
         own_playbooks=[MONITORING_OWN_PLAYBOOK] if monitoring.enabled(s) else [])
 
@@ -113,3 +121,15 @@ def triggers(settings: Settings) -> list[str]:
     that have this deployment already are skipped by the step itself."""
     hosts = ",".join(f"{h.name}={h.fixed_ip}" for h in layout.hosts(settings))
     return [*what_is_deployed(settings), hosts]
+
+
+def deployment_cache() -> Path:
+    """The cache directory as run-playbooks.sh finds it."""
+    return Path(os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), CACHE_NAME))
+
+
+def known_hosts_file(environment: str) -> Path:
+    """Where the deployment step records the bastion's key of `environment`
+    when idr:sshBastionHostKey does not pin it."""
+    return deployment_cache() / KNOWN_HOSTS_DIR / environment
