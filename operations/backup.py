@@ -427,7 +427,9 @@ def publish_metrics(pulumi: Pulumi, conn, stack: str, *, now: Optional[dt.dateti
         every = list(conn.block_storage.snapshots(details=True))
         seen = [(v, [s for s in every if s.volume_id == v.id]) for v in volumes]
         text = metrics_text(target.environment, seen, now)
-        key = private_key if private_key is not None else pulumi.secret(stack, f"{PROJECT}:sshPrivateKey")
+        key = private_key
+        if key is None:
+            key = pulumi.config(stack, secrets=True).get(f"{PROJECT}:sshPrivateKey", "")
         if not key:
             raise OperationError(f"stack {stack} has no {PROJECT}:sshPrivateKey to log in with")
         deliver_metrics(target, text, key, port=port)

@@ -118,17 +118,12 @@ class Pulumi:
         self.say(f"$ {command}")
 
     # ----------------------------------------------------------- config
-    def config(self, stack: str) -> dict[str, str]:
-        """Every config value of the stack (secrets left out)."""
-        values = self._call(stack, f"pulumi config -s {stack}", lambda: self.stack(stack).get_all_config())
-        return {k: ("" if v.value is None else str(v.value)) for k, v in values.items() if not v.secret}
-
-    def secret(self, stack: str, key: str) -> str:
-        """A secret config value in clear ("" when unset): for a login the command makes itself."""
-        values = self._call(stack, f"pulumi config -s {stack} --show-secrets",
-                            lambda: self.stack(stack).get_all_config())
-        value = values.get(key)
-        return "" if value is None or value.value is None else str(value.value)
+    def config(self, stack: str, *, secrets: bool = False) -> dict[str, str]:
+        """Every config value of the stack; the secrets left out, or in clear
+        with `secrets` (only for a login the command makes itself)."""
+        command = f"pulumi config -s {stack}" + (" --show-secrets" if secrets else "")
+        values = self._call(stack, command, lambda: self.stack(stack).get_all_config())
+        return {k: ("" if v.value is None else str(v.value)) for k, v in values.items() if secrets or not v.secret}
 
     def config_set(self, stack: str, key: str, value: str) -> None:
         command = f"pulumi config set {shlex.quote(key)} {shlex.quote(value)} -s {stack}"

@@ -187,6 +187,9 @@ def test_reads_leave_secrets_out_and_updates_need_a_message(tmp_path, monkeypatc
     # The stack's values and, as `pulumi config` shows them, the project's defaults; no secret.
     assert config["idr:floatingIp"] == PUBLIC and config["idr:sshBastion"] == "" and config["idr:sshUser"] == "rocky"
     assert "idr:sshPrivateKey" not in config
+    # Asked for (a login the command makes itself): in clear, with the rest.
+    clear = pulumi.config("prod", secrets=True)
+    assert clear["idr:sshPrivateKey"] == "-----BEGIN OPENSSH PRIVATE KEY-----" and clear["idr:floatingIp"] == PUBLIC
     assert pulumi.outputs("prod")["floatingIp"] == PUBLIC
     with pytest.raises(ValueError):
         pulumi.up_target("prod", URN.format("prod"), "")
