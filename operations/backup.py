@@ -445,9 +445,14 @@ def publish_metrics(pulumi: Pulumi, conn, stack: str, *, now: Optional[dt.dateti
 def snapshot_stack(pulumi: Pulumi, conn, stack: str, *, include_cache: bool = False,
                    timeout: float = DEFAULT_TIMEOUT, today: Optional[dt.date] = None, say=print) -> bool:
     """Take and wait for the stack's snapshots; True when every one is available
-    (otherwise the failures are reported to `say`). Used by `swap --snapshot`."""
+    (otherwise the failures are reported to `say`). Used by `swap --snapshot`.
+    The snapshots as they then are go to the management host's metrics, as
+    after `snapshot`; a failed delivery is only warned about (it must not
+    stop a swap)."""
     volumes = stack_volumes(pulumi, stack, include_cache)
-    return finish(stack, Backups(conn, say).snapshot(volumes, today or dt.date.today(), timeout), say)
+    available = finish(stack, Backups(conn, say).snapshot(volumes, today or dt.date.today(), timeout), say)
+    publish_metrics(pulumi, conn, stack, say=say)
+    return available
 
 
 def main(argv=None, conn=None, today: Optional[dt.date] = None, now: Optional[dt.datetime] = None,

@@ -71,3 +71,21 @@ def test_declining_takes_no_snapshot(world, web, cloud, conn, volumes, monkeypat
     assert asked == ["Snapshot prod's data volumes now, then swap? [yes/no] "]
     assert [k for k, _ in cloud.requests if k == "create"] == []
     assert world.mutating() == []
+
+
+def test_the_snapshots_reach_the_backup_metrics_and_a_failed_delivery_does_not_stop_the_swap(
+        world, web, cloud, conn, volumes, today, monkeypatch, capsys):
+    """After its snapshots, the swap hands the old stack to the backup
+    command's metrics delivery (tested over real sshd in
+    tests/integration/test_backup_metrics.py); when that fails, the swap
+    goes on: the metrics are only late."""
+    delivered = []
+
+    def publish(pulumi, conn_, stack, **kwargs):
+        delivered.append((stack, sorted(body["name"] for kind, body in cloud.requests if kind == "create")))
+        return False
+
+    monkeypatch.setattr(backup, "publish_metrics", publish)
+    assert run(world, web, conn, "--snapshot") == 0
+    assert_swapped(world)
+    assert delivered == [("prod", [f"prod-database-data-{today}", f"prod-omeroreadwrite-data-{today}"])]
