@@ -89,7 +89,7 @@ def test_a_slowed_node_leaves_to_faster_lanes_what_it_would_take_at_an_equal_spe
     for node in (RO1, RO2):
         source, batch, note, took = equal.choose(equal.plan(), node)
         assert (source, batch, took) == ("fit", [X], pytest.approx(cost(X) * 10.0))
-        assert note == "10 s/unit, %.4g s left, 450 s planned, 0 s ahead, 10 s/unit start" % left
+        assert note == "10 s/unit, %.4g s left, 0 s longest, 450 s planned, 0 s ahead, 10 s/unit start" % left
 
     # ro1's results: four times slower than ro2. Its speed is that measure
     # blended with the starting value (base x 10, base now 2 s a unit),
@@ -110,7 +110,7 @@ def test_a_slowed_node_leaves_to_faster_lanes_what_it_would_take_at_an_equal_spe
     source, batch, note, took = slowed.choose(state, RO1)
     assert (source, batch) == ("fit", [Y])
     assert took == pytest.approx(cost(Y) * f[RO1])
-    assert note == "%.4g s/unit, %.4g s left, %.4g s planned, 0 s ahead, %.4g s/unit start" % (
+    assert note == "%.4g s/unit, %.4g s left, 0 s longest, %.4g s planned, 0 s ahead, %.4g s/unit start" % (
         f[RO1], left, cost(Y) * f[RO1], base * 10)
     assert cost(Y) * f[RO1] <= left < cost(MID) * f[RO1] < cost(X) * f[RO1]
     assert cost(X) * 10.0 <= total / 3.2                  # at the equal speeds, X fitted
@@ -133,7 +133,7 @@ def test_what_a_lane_has_queued_counts_against_what_it_may_take(tmp_path):
     ahead = left - 30 * f[RO2]
     source, batch, note, took = run.choose(state, RO2, ahead)
     assert (source, batch) == ("fit", [MID])
-    assert note.split(", ")[3] == "%.4g s ahead" % ahead
+    assert note.split(", ")[4] == "%.4g s ahead" % ahead
     # Nothing fits in what is left after the queue: the lane waits.
     assert run.choose(run.plan(), RO2, left)[:2] == ("idle", [])
 

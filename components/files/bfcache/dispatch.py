@@ -310,9 +310,10 @@ def choose(state: State, node: str, nodes: Dict[str, Node], down: Dict[str, floa
         return Choice("idle", [], "%.3g" % wait, wait)
     state.remaining -= len(batch)
     state.left -= sum(cost(images) for _, images in batch)
-    # The log shows the starting value too: what the node's own results changed.
-    return Choice(source, batch, "%.4g s/unit, %.4g s left, %.4g s planned, %.4g s ahead, %.4g s/unit start" % (
-        mine, left, took, ahead, starts(state, nodes)[node]), took)
+    # The log shows what the fit rule used (its room: max(left, longest) -
+    # ahead) and the starting value (what the node's own results changed).
+    return Choice(source, batch, "%.4g s/unit, %.4g s left, %.4g s longest, %.4g s planned, %.4g s ahead, "
+                  "%.4g s/unit start" % (mine, left, longest, took, ahead, starts(state, nodes)[node]), took)
 
 
 # --- processes ------------------------------------------------------------------
