@@ -11,10 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from components.render.deployment import known_hosts_file, run_script
 from operations import backup
 from operations.backup import MetricsTarget, Volume, metrics_target, metrics_text, remote_write, ssh_config
 from tests.support.backup_metrics import prod_world, with_management
 from tests.support.fake_cloud import cloud, conn, quick_polls  # noqa: F401  (fixtures; quick_polls is autouse)
+from tests.support.settings import settings_for
 from tests.support.tools import tool
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:openstack")
@@ -126,9 +128,6 @@ def test_delivery_trusts_the_bastion_key_the_deployment_step_recorded(env, tmp_p
     """Without idr:sshBastionHostKey, the deployment step records the
     bastion's key on first contact; the metrics delivery reads that same
     file: the rendered run-playbooks.sh's own lines, run by bash, name it."""
-    from components.render.deployment import known_hosts_file, run_script
-    from tests.support.settings import settings_for
-
     s = settings_for("prod")
     script = run_script(s, "prod-deployment")
     lines = [line for line in script.splitlines() if line.startswith("cache=") or "known_hosts=\"$cache/" in line]
