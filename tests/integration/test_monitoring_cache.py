@@ -98,22 +98,29 @@ def value(text: str, name: str, **labels) -> float:
     return found[0]
 
 
+def warmed_up(proxy, mtail) -> float:
+    """mtail counting the log, every warm-up line in: the count of nginx's
+    own (family other, not cacheable) requests to add to."""
+    # mtail reads the log from its end once it has opened it: until a line
+    # is counted, it may not have.
+    deadline = time.monotonic() + 20
+    while 'family="other"' not in mtail.metrics():
+        proxy.get("http", "/about/")
+        assert time.monotonic() < deadline, "mtail counts nothing"
+        time.sleep(0.2)
+    # Every warm-up line written out (the log is buffered) and counted.
+    proxy.flush_logs()
+    others, deadline = None, time.monotonic() + 20
+    while others != (others := value(mtail.metrics(), "idr_nginx_requests_total", family="other", cache="-")):
+        assert time.monotonic() < deadline, "mtail's count does not settle"
+        time.sleep(0.5)
+    return others
+
+
 def test_cache_metrics_from_the_real_access_log(proxy, tmp_path):
     mtail = Mtail(tmp_path, proxy.tmp / "log" / "access.log")
     try:
-        # mtail reads the log from its end once it has opened it: until a
-        # line is counted, it may not have.
-        deadline = time.monotonic() + 20
-        while 'family="other"' not in mtail.metrics():
-            proxy.get("http", "/about/")
-            assert time.monotonic() < deadline, "mtail counts nothing"
-            time.sleep(0.2)
-        # Every warm-up line written out (the log is buffered) and counted.
-        proxy.flush_logs()
-        others, deadline = None, time.monotonic() + 20
-        while others != (others := value(mtail.metrics(), "idr_nginx_requests_total", family="other", cache="-")):
-            assert time.monotonic() < deadline, "mtail's count does not settle"
-            time.sleep(0.5)
+        others = warmed_up(proxy, mtail)
         for _ in range(2):                                   # MISS, then HIT
             assert proxy.get("http", THUMB)[0] == 200
         assert proxy.get("https", FAILING)[0] == 502
@@ -148,16 +155,7 @@ def test_a_starved_mtail_counts_every_line_later_across_a_log_rotation(proxy, tm
     log = proxy.tmp / "log" / "access.log"
     mtail = Mtail(tmp_path, log)
     try:
-        deadline = time.monotonic() + 20
-        while 'family="other"' not in mtail.metrics():
-            proxy.get("http", "/about/")
-            assert time.monotonic() < deadline, "mtail counts nothing"
-            time.sleep(0.2)
-        proxy.flush_logs()
-        others, deadline = None, time.monotonic() + 20
-        while others != (others := value(mtail.metrics(), "idr_nginx_requests_total", family="other", cache="-")):
-            assert time.monotonic() < deadline, "mtail's count does not settle"
-            time.sleep(0.5)
+        others = warmed_up(proxy, mtail)
         mtail.proc.send_signal(signal.SIGSTOP)
         try:
             for _ in range(30):
