@@ -171,16 +171,16 @@ def log_lines(log: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def catch_up(exporter: Exporter, made: float, limit: float = 60.0) -> tuple[float, float]:
+def catch_up(exporter: Exporter, made: float, ended: float, limit: float = 60.0) -> tuple[float, float]:
     """Lines mtail counted once it stops counting more (or has them all), and
-    the seconds that took after the measurement's end."""
-    started, last, still = time.monotonic(), exporter.lines_seen(), 0
-    while time.monotonic() - started < limit and last < made and still < 5:
+    the seconds from the load's end (`ended`, monotonic) to then."""
+    last, still = exporter.lines_seen(), 0
+    while time.monotonic() - ended < limit and last < made and still < 5:
         time.sleep(0.1)
         seen = exporter.lines_seen()
         still = still + 1 if seen == last else 0
         last = seen
-    return last, time.monotonic() - started
+    return last, time.monotonic() - ended
 
 
 def get(port: int, path: str) -> tuple[int, dict, bytes]:
@@ -249,9 +249,10 @@ def main(argv=None):
                         proxy.flush_logs()
                         lines_before = log_lines(log)
                         rate = measure(urls["cached"], args.seconds, args.connections)
+                        ended = time.monotonic()
                         proxy.flush_logs()                  # the buffered log's last lines
                         made = log_lines(log) - lines_before
-                        seen, seconds = catch_up(exporter, warm + made)
+                        seen, seconds = catch_up(exporter, warm + made, ended)
                         counted.append((seen - warm) / made if made else 0)
                         caught_up.append(seconds)
                         exporter.stop()
