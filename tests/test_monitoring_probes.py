@@ -11,6 +11,7 @@ import pulumi
 import pytest
 import yaml
 
+from components.hostfiles import TYPE as HOSTFILES
 from components.layout import ENVIRONMENT_PATH
 from components.offline import run_stack
 from components.render import monitoring
@@ -19,7 +20,7 @@ from components.settings import ConfigError
 from tests.support.settings import settings_for
 
 PUBLIC, SPARE = "203.0.113.10", "203.0.113.20"
-HOSTFILES, REMOTE, LOCAL = "idr:hostfiles:HostFiles", "command:remote:Command", "command:local:Command"
+REMOTE, LOCAL = "command:remote:Command", "command:local:Command"
 
 
 @pytest.mark.parametrize("value,shown,allowed", [
@@ -143,3 +144,28 @@ def test_setting_the_list_on_a_running_prod_reruns_only_the_playbooks():
                if (b := first.by_urn(r.urn)) is None or b.inputs != r.inputs}
     assert {(t, n) for t, n in changed if t not in (HOSTFILES, REMOTE, LOCAL)} == set()
     assert {n for t, n in changed if t in (HOSTFILES, REMOTE, LOCAL)} == {"prod-deployment"}
+
+
+def test_mtail_s_new_scheduling_on_a_running_prod_reruns_only_the_proxy_exporters(monkeypatch):
+    """A prod deployed with the unit as it was (Nice=10), updated to
+    SCHED_IDLE: only the proxy's exporter step runs again (it reinstalls the
+    unit and restarts mtail and node_exporter); no server, volume, port or
+    rule changes, nginx's files and the deployment step stay as they are."""
+    real = monitoring.proxy_files
+
+    def as_before(s):
+        files = real(s)
+        for f in files:
+            if f.path.endswith("/idr-mtail.service"):
+                assert "CPUSchedulingPolicy=idle\n" in f.content
+                object.__setattr__(f, "content", f.content.replace("CPUSchedulingPolicy=idle\nIOSchedulingClass=idle\n",
+                                                                   "Nice=10\n"))
+        return files
+
+    monkeypatch.setattr(monitoring, "proxy_files", as_before)
+    first = run_stack("prod")
+    monkeypatch.setattr(monitoring, "proxy_files", real)
+    after = run_stack("prod", deployed=first.outputs)
+    changed = {(r.type, r.name) for r in after.resources
+               if (b := first.by_urn(r.urn)) is None or b.inputs != r.inputs}
+    assert changed == {(HOSTFILES, "prod-monitoring-proxy-exporters"), (REMOTE, "prod-monitoring-proxy-exporters")}
