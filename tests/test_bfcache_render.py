@@ -638,6 +638,27 @@ def test_jobs_log_in_as_public_with_the_password_the_deployment_wrote(tmp_path):
         assert (tmp_path / "calls").read_text() == f"render -s localhost -u public -w {expected} test --force Image:42\n"
 
 
+def test_omeros_output_is_a_file_on_tmpfs_of_the_lane_alone_and_removed_when_the_lane_ends(tmp_path):
+    """Each image truncates and rewrites omero's output file: on tmpfs (where
+    there is one), mode 0600, one file for the whole lane, gone at its end."""
+    assert Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK)
+    omero = write(tmp_path / "omero", f"""#!/bin/bash
+out=$(readlink /proc/$$/fd/1)
+echo "$out $(stat -f -c %T "$out") $(stat -c %a "$out")" >> {tmp_path}/outs
+echo "ok: Pixel:1 0.1"
+""")
+    script = render_one(tmp_path, omero)
+    out = subprocess.run([str(script), "1", "2", "3"], capture_output=True, text=True,
+                         env={**os.environ, "BFCACHE_NODE": "n1"})
+    assert out.returncode == 0, out.stderr
+    assert [line.split(",")[:3] for line in out.stdout.splitlines()] == [[i, "n1", "ok"] for i in ("1", "2", "3")]
+    seen = {tuple(line.split()) for line in (tmp_path / "outs").read_text().splitlines()}
+    assert len(seen) == 1, seen
+    ((path, fs, mode),) = seen
+    assert path.startswith("/dev/shm/bfcache-render-one.") and fs == "tmpfs" and mode == "600"
+    assert not Path(path).exists()
+
+
 def test_a_hung_omero_is_stopped_after_job_timeout_and_the_lane_goes_on(tmp_path):
     """The lane's watchdog (no `timeout` per image): an omero running longer
     than job_timeout_seconds is stopped, its image fails, the next runs."""

@@ -534,5 +534,76 @@ def test_f_check_waits_for_the_nodes_software_and_says_so_on_one_line(cluster):
         "waiting for omero on test-omeroreadwrite,test-omeroreadonly-1,test-omeroreadonly-2: install it, "
         "then bump idr:deploymentGeneration and run pulumi up"]
     marker.write_text(render.ready_marker(settings()) + "\n")
+    for pyc in (root / "__pycache__").glob("dispatch.*.pyc"):
+        pyc.unlink()
     out = subprocess.run([str(root / "run.sh"), "--check"], capture_output=True, text=True, env=env(root))
     assert out.returncode == 0 and out.stdout == "", out.stdout + out.stderr
+    # The check compiled the dispatcher: the run's first second loads it.
+    assert list((root / "__pycache__").glob("dispatch.*.pyc"))
+
+
+def test_f2_check_refuses_a_dispatcher_python_cannot_compile_and_a_missing_setpriv(cluster):
+    root, _ = cluster
+    dispatch = root / "dispatch.py"
+    shipped = dispatch.read_text()
+    try:
+        dispatch.write_text(shipped.replace("def main(", "def main((", 1))
+        out = subprocess.run([str(root / "run.sh"), "--check"], capture_output=True, text=True, env=env(root))
+        assert out.returncode == 2 and "bfcache: cannot compile" in out.stderr and "SyntaxError" in out.stderr
+    finally:
+        dispatch.write_text(shipped)
+    # setpriv starts the masters (their death signal): without it, no start.
+    out = subprocess.run([str(root / "run.sh"), "--check"], capture_output=True, text=True,
+                         env={**env(root), "PATH": "/nonexistent"})
+    assert out.returncode == 2 and "setpriv (util-linux) is missing" in out.stderr, out.stderr
+    out = subprocess.run([str(root / "run.sh"), "--check"], capture_output=True, text=True, env=env(root))
+    assert out.returncode == 0, out.stderr
+
+
+def test_g_the_masters_end_with_the_dispatcher_however_it_dies(cluster):
+    """SIGKILL of the dispatcher alone (not its session: nothing else is
+    told): each master gets its death signal (setpriv --pdeathsig TERM) and
+    closes, the lanes end as their input closes, and no ssh is left."""
+    root, _ = cluster
+    state = root / "state" / "7"
+    p = subprocess.Popen([str(root / "run.sh"), "7"], start_new_session=True, env=env(root), text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while len(results(state)) < 5:
+            assert p.poll() is None and time.time() < deadline, "the run did not get going"
+            time.sleep(0.02)
+        masters = [c for c in ssh_processes(root) if "ControlMaster=yes" in c]
+        assert len(masters) == len(NODES), masters
+        (dispatcher,) = [int(c.parent.name) for c in Path("/proc").glob("[0-9]*/cmdline")
+                         if c.read_bytes().split(b"\0")[:1] == [b"/usr/bin/python3"]
+                         and str(state).encode() in c.read_bytes()]
+        os.kill(dispatcher, signal.SIGKILL)
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 137 and "interrupted (dispatcher exit 137)" in out, out
+        deadline = time.time() + 30
+        while ssh_processes(root):
+            assert time.time() < deadline, ssh_processes(root)
+            time.sleep(0.05)
+        # TERM, not KILL: each master removed its socket.
+        assert not [c for c in (root / "cm").iterdir() if c.is_socket()]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_h_a_finished_generation_keeps_the_state_of_the_newest_generations_and_of_every_subset(cluster):
+    root, _ = cluster
+    state = root / "state"
+    for name in ("10", "11", "12"):
+        (state / name).mkdir()
+        (state / name / "finished").write_text("1\n")
+    (state / "2-plates").mkdir()                     # a subset: its name begins with a digit
+    (state / "2-plates" / "subset").write_text("images\n1\n")
+    numeric = sorted(int(p.name) for p in state.iterdir() if p.name.isdigit())
+    assert len(numeric) > render.KEEP_GENERATIONS + 1
+    out = run(root, "13")
+    assert out.returncode == 0, out
+    kept = sorted(int(p.name) for p in state.iterdir() if p.name.isdigit())
+    assert kept == sorted([*numeric, 13])[-render.KEEP_GENERATIONS:] == [11, 12, 13]
+    assert (state / "2-plates" / "subset").exists() and (state / "13" / "finished").read_text().strip().isdigit()

@@ -35,13 +35,11 @@ Python 3.9 (Rocky Linux 9), standard library only.
 """
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import re
 import selectors
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -318,13 +316,11 @@ def choose(state: State, node: str, nodes: Dict[str, Node], down: Dict[str, floa
 
 # --- processes ------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """In a child before exec: SIGTERM when the dispatcher dies, however it
-    dies (kill -9 included), so no ssh outlives the run."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+# A master gets SIGTERM when the dispatcher dies, however it dies (kill -9
+# included), so no ssh outlives the run. setpriv (util-linux) sets it before
+# exec: a preexec_fn doing it would make Popen fork the whole interpreter
+# (~2 ms a master, one after the other, before any handshake begins).
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "TERM", "--")
 
 
 class Master:
@@ -360,9 +356,9 @@ class Master:
         except FileNotFoundError:
             pass
         self.proc = subprocess.Popen(
-            [self.run.conf.ssh, *self.options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N",
-             self.run.login(self.node)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            [*DIE_WITH_PARENT, self.run.conf.ssh, *self.options(), "-o", "ControlMaster=yes", "-o",
+             "ControlPersist=no", "-N", self.run.login(self.node)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
     def poll(self) -> Optional[bool]:
         """True once usable, False if it failed, None while connecting."""

@@ -56,9 +56,13 @@ for item in "${items[@]}"; do
 done
 
 # omero's output: a new file created by bash itself (noclobber opens it
-# O_EXCL, as mktemp does, without a process on the lane's start).
+# O_EXCL, as mktemp does, without a process on the lane's start), on tmpfs
+# where there is one: each image truncates and rewrites it, which cost
+# ~0.25 ms an image on ext4 (measured), next to nothing on tmpfs.
 umask 077   # the lane's files (omero's output) are its own, as mktemp's 0600
-out=${TMPDIR:-/tmp}/bfcache-render-one.$$.$RANDOM$RANDOM
+scratch=/dev/shm
+[ -d "$scratch" ] && [ -w "$scratch" ] || scratch=${TMPDIR:-/tmp}
+out=$scratch/bfcache-render-one.$$.$RANDOM$RANDOM
 set -C
 { : > "$out"; } 2> /dev/null || { echo "render-one: cannot create $out" >&2; exit 2; }
 set +C

@@ -28,6 +28,18 @@ say() { echo "bfcache: $*"; }
 db() { ssh -F "$ssh_config" -o ControlMaster=no -o ControlPath=none "$database_login" "$@"; }
 
 check_ready() {
+    # The coordinator's own part first. The dispatcher compiled now: a file
+    # Python cannot compile stops the start here, and the first run after an
+    # install does not compile it (~20 ms) before its first connection.
+    # setpriv starts the dispatcher's masters.
+    if ! /usr/bin/python3 -I -m py_compile "$dispatch"; then
+        say "cannot compile $dispatch" >&2
+        return 2
+    fi
+    if ! command -v setpriv > /dev/null; then
+        say "setpriv (util-linux) is missing on the coordinator" >&2
+        return 2
+    fi
     # Every node holds the ready marker of its node-setup step (omero and
     # omero-cli-render in place) and the database has psql.
     local address name waiting=() out rc
@@ -62,6 +74,9 @@ check_ready() {
 
 prune() {
     # Keep the state of the newest generations only (subset runs stay).
+    # Counted with a glob first: no process at the end of most runs.
+    local dirs=("$state_dir"/[0-9]*/)
+    [ "${#dirs[@]}" -gt "$keep_generations" ] || return 0
     find "$state_dir" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' -printf '%f\n' \
         | sort -n | head -n "-$keep_generations" \
         | while read -r old; do rm -rf -- "${state_dir:?}/$old"; done
@@ -111,7 +126,7 @@ main() {
         say "run $run interrupted (dispatcher exit $rc); run again to continue" >&2
         return "$rc"
     fi
-    date +%s > "$dir/finished"
+    printf '%(%s)T\n' -1 > "$dir/finished"
     prune
     say "run $run finished with $(failures "$dir") failed image(s)"
 }

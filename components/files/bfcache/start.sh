@@ -38,6 +38,8 @@ fi
 if [ ! -x /usr/bin/python3 ]; then
     dnf -y -q install python3
 fi
+# The dispatcher starts its masters through setpriv (util-linux).
+command -v setpriv > /dev/null || dnf -y -q install util-linux
 ready=0
 "$run" --check || ready=$?
 case "$ready" in
