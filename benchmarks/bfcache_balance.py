@@ -1,7 +1,8 @@
 """Cache regeneration wall time on unequal nodes, with a 0.1 s SSH
 handshake: the page's invocation, this project's run before this branch
-(main's tree, rendered from git at run time) and now, against the lower
-bound, on two workload shapes at two time units. Run by hand, one command
+(main's tree, rendered from git at run time) and now, and the floor (no
+dispatcher), against the lower bound, on two workload shapes at two time
+units. Run by hand, one command
 prints every figure (about 3 minutes on an idle machine):
 
     .venv/bin/python benchmarks/bfcache_balance.py [--seconds-prod 6] [--seconds-stress 4] [--before main]
@@ -26,6 +27,10 @@ Runs:
 - page:   parallel --sshloginfile nodes -a ids -j10 'omero render ... test --force'
 - before: run.sh of the tree at --before (default main), rendered from git
 - after:  run.sh of this tree
+- floor:  no dispatcher at all: an oracle's plan (the exact image times) run
+          by bash, every connection opened at once, each node's lanes in one
+          session as soon as its master listens, nothing recorded. What this
+          machine and model allow; no run can know the plan in advance.
 - bound:  max(longest image on the fast node, total work / total throughput)
 Figures: wall / bound; start-up (run start to the first image on every
 node); per-image overhead (a lane's gap between one omero's end and the
@@ -293,6 +298,48 @@ echo "$t0 $EPOCHREALTIME $BENCH_NODE $lane $id" >> "$BENCH_ROOT/omero.log"
 """
 
 
+FLOOR = r"""#!/bin/bash
+# floor.sh ROOT DATABASE MASTER_TAG NODE...: connections at once, then per node one
+# session as soon as its master listens; waits with `read -t` on a FIFO
+# nobody writes (no process per poll).
+root=$1 database=$2 tag=$3; shift 3
+"$root/ssh" -o ControlPath=none "root@$database" ids > /dev/null &
+for node in "$@"; do
+    "$root/ssh" -o "ControlPath=$root/cm/$node" -o ControlMaster=yes -o ControlPersist=no -N "root@$node" &
+done
+exec 3<> "$root/tick"
+for node in "$@"; do
+    (
+        # Listening: the pid file is written, and its process is the
+        # master (the stand-in writes the file just before it becomes it).
+        until [ -s "$root/cm/$node" ] && read -r pid < "$root/cm/$node" \
+            && mapfile -d '' -t argv < "/proc/$pid/cmdline" && [ "${argv[0]:-}" = "$tag" ]; do
+            read -r -t 0.002 -u 3 _
+        done
+        "$root/ssh" -o "ControlPath=$root/cm/$node" -o ControlMaster=no "root@$node" -- "$root/floor-node.sh $root $node"
+    ) &
+    sessions+=($!)
+done
+wait "${sessions[@]}"
+for node in "$@"; do "$root/ssh" -o "ControlPath=$root/cm/$node" -O exit "root@$node"; done
+wait
+"""
+
+FLOOR_NODE = r"""#!/bin/bash
+# floor-node.sh ROOT NODE: each lane of the node a bash running its planned
+# images one after the other (named render-one: the omero stand-in finds its
+# lane by that name, so the floor's gaps per image are measured too).
+root=$1 node=$2
+for lane in "$root/lane-$node"-*; do
+    bash -c '# render-one of the floor
+        while read -r id; do
+            "$0" render -s localhost -u public -w public test --force "Image:$id" < /dev/null > /dev/null
+        done' "$root/omero" < "$lane" &
+done
+wait
+"""
+
+
 def omero_standin(directory: Path) -> tuple[Path, str]:
     """The stand-in omero: compiled C if `cc` is there, else bash."""
     source = write(directory / "omero.c", OMERO_C, 0o644)
@@ -373,6 +420,40 @@ class Bench:
                     end=t_end - max(b for _, b, *_ in calls), images=len(calls),
                     handshakes=len((root / "handshakes").read_text().split()), left=leftover(root))
 
+    # -- the floor: no dispatcher at all
+    def schedule(self) -> dict[tuple[str, int], list[int]]:
+        """An oracle's plan (the exact image times, which no run knows):
+        largest fileset first, each to the lane where it ends earliest."""
+        lanes = [(a, k, 1 if r == "omeroreadwrite" else SLOWDOWN) for a, r, n in self.nodes for k in range(n)]
+        ends = {(a, k): 0.0 for a, k, _ in lanes}
+        plan: dict[tuple[str, int], list[int]] = {(a, k): [] for a, k, _ in lanes}
+        for image, n in sorted(self.jobs, key=lambda j: -j[1]):
+            a, k, f = min(lanes, key=lambda lane: ends[lane[:2]] + (BASE + n) * self.unit * lane[2])
+            ends[(a, k)] += (BASE + n) * self.unit * f
+            plan[(a, k)].append(image)
+        return plan
+
+    def floor(self) -> dict:
+        """What this machine and model allow without any run-time work: the
+        oracle's plan, bash only, every connection opened at once (the ID
+        list's too), each node's lanes started in one session as soon as its
+        master listens, nothing recorded."""
+        root = self.root("floor")
+        for (a, k), images in self.schedule().items():
+            write(root / f"lane-{a}-{k}", "".join(f"{i}\n" for i in images), 0o644)
+        write(root / "floor-node.sh", FLOOR_NODE)
+        write(root / "floor.sh", FLOOR)
+        os.mkfifo(root / "tick")
+        (root / "cm").mkdir(mode=0o700)
+        t0 = time.time()
+        subprocess.run(["bash", str(root / "floor.sh"), str(root), self.database, f"{MASTER_TAG}-{root.name}-{os.getpid()}",
+                        *[a for a, _, _ in self.nodes]],
+                       check=True, stdout=subprocess.DEVNULL, cwd=root, env=self.env(root))
+        t_end = time.time()
+        f = self.figures(root, t0, t_end, t_end - t0)
+        kill_leftovers(root)
+        return f
+
     # -- the page
     def page(self) -> dict:
         root = self.root("page")
@@ -415,6 +496,10 @@ class Bench:
                     write(target, local(content))
         (root / "state").mkdir()
         (root / "cm").mkdir(mode=0o700)
+        # Compiled before the clock starts, as `run.sh --check` does before
+        # every start (start.sh, idr-bfcache-start); the same for every tree.
+        if (root / "dispatch.py").exists():
+            subprocess.run(["/usr/bin/python3", "-I", "-m", "py_compile", str(root / "dispatch.py")], check=True)
         return root / "run.sh"
 
     def ours(self, name: str) -> dict:
@@ -522,7 +607,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--shape", choices=sorted(SHAPES), action="append")
     ap.add_argument("--unit", choices=["prod", "stress"], action="append")
-    ap.add_argument("--run", choices=["page", "before", "after"], action="append",
+    ap.add_argument("--run", choices=["page", "before", "after", "floor"], action="append",
                     help="only these runs (default all; the page takes ~10x the bound)")
     args = ap.parse_args()
     started = time.time()
@@ -543,7 +628,8 @@ def main() -> None:
         for label in args.unit or ["prod", "stress"]:
             unit, seconds = units[label]
             b = Bench(shape, label, unit, seconds, args.seed, trees, omero)
-            runs = {"page": b.page, "before": lambda: b.ours("before"), "after": lambda: b.ours("after")}
+            runs = {"page": b.page, "before": lambda: b.ours("before"), "after": lambda: b.ours("after"),
+                    "floor": b.floor}
             rows.append((b, {name: go() for name, go in runs.items() if not args.run or name in args.run}))
     print(f"{'shape':6} {'unit':>9} {'bound s':>7} {'run':6} {'wall s':>7} {'/bound':>6} {'/b+hs':>6} {'start s':>7} "
           f"{'nodes':>5} {'ovh/img ms':>10} {'(median)':>8} {'end s':>6} {'hs':>3} {'left':>4} {'resumed hs':>10} {'left':>4}")
@@ -558,6 +644,7 @@ def main() -> None:
     for b, _ in rows:
         print(f"{b.shape} {b.label}: {len(b.sizes)} filesets, {sum(b.sizes)} images, bound = max(longest image "
               f"{b.longest:.2f} s, work/throughput {b.balanced:.2f} s)")
+    print("floor: the oracle's plan in bash, no dispatcher (what this machine and model allow at this size)")
     print("/b+hs: wall over the bound plus one handshake (no image can start before a connection is up); "
           "/bound is the issue's figure")
     print("start: run start to the first image on each of `nodes` nodes (those that got one); ovh/img: a lane's gap "
