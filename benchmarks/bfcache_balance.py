@@ -2,8 +2,8 @@
 handshake: the page's invocation, this project's run before this branch
 (main's tree, rendered from git at run time) and now, and the floor (no
 dispatcher), against the lower bound, on two workload shapes at two time
-units. Run by hand, one command
-prints every figure (about 3 minutes on an idle machine):
+units. Run by hand, one command prints every figure (about 7 minutes on an
+idle machine, most of it the page's; --run picks runs):
 
     .venv/bin/python benchmarks/bfcache_balance.py [--seconds-prod 6] [--seconds-stress 4] [--before main]
 
@@ -29,8 +29,9 @@ Runs:
 - after:  run.sh of this tree
 - floor:  no dispatcher at all: an oracle's plan (the exact image times) run
           by bash, every connection opened at once, each node's lanes in one
-          session as soon as its master listens, nothing recorded. What this
-          machine and model allow; no run can know the plan in advance.
+          session as soon as its master listens (not waiting for the ID
+          list, which a run must have), nothing recorded. What this machine
+          and model allow; no run can know the plan in advance.
 - bound:  max(longest image on the fast node, total work / total throughput)
 Figures: wall / bound; start-up (run start to the first image on every
 node); per-image overhead (a lane's gap between one omero's end and the
