@@ -673,3 +673,47 @@ def test_a_hung_omero_is_stopped_after_job_timeout_and_the_lane_goes_on(tmp_path
     assert [line.split(",")[:3] for line in out.stdout.splitlines()] == [["1", "n1", "fail"], ["2", "n1", "ok"]]
     assert out.returncode == 1 and "ran longer than 1 s: stopped" in out.stderr
     assert time.monotonic() - t0 < 10
+
+
+# ---------------------------------------- a running environment
+
+def test_new_shipped_programs_on_a_running_prod_rerun_only_the_regeneration_install_steps(monkeypatch):
+    """prod regenerating (generation 1), deployed with other versions of the
+    shipped programs, then updated: the coordinator's run step and each
+    node's step run again (they install the files; start.sh refuses a
+    finished generation and leaves a running one alone) and nothing else
+    changes: no server, volume, port or rule, no other step."""
+    from components.hostfiles import TYPE as HOSTFILES
+    from components.offline import run_stack
+    real = render.shipped
+
+    def older(name, path):
+        f = real(name, path)
+        return type(f)(f.path, f.content + "# an older version\n", f.mode)
+
+    monkeypatch.setattr(render, "shipped", older)
+    first = run_stack("prod", {"bfcacheGeneration": "1"})
+    monkeypatch.setattr(render, "shipped", real)
+    after = run_stack("prod", {"bfcacheGeneration": "1"}, deployed=first.outputs)
+    changed = {(r.type, r.name) for r in after.resources
+               if (b := first.by_urn(r.urn)) is None or b.inputs != r.inputs}
+    steps = {"prod-bfcache-run"} | {r.name for r in after.resources if r.name.startswith("prod-bfcache-node-")}
+    assert len(steps) == 6   # the coordinator, omeroreadwrite and prod's four omeroreadonly
+    assert changed == {(t, n) for t in (HOSTFILES, "command:remote:Command") for n in steps}
+
+
+def test_a_reinstalled_program_is_a_new_file_a_running_lane_keeps_reading_the_old_one(tmp_path):
+    """The install step (install(1)) replaces a file by a new one: a bash
+    running render-one.sh reads its script as it goes, and keeps the old
+    text, never a mix of the two."""
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+    path = f"{render.LIBEXEC}/render-one.sh"
+    env = {**os.environ, "IDR_ROOT": str(tmp_path)}
+    old = render.HostFile(path, "#!/bin/bash\n# old\n", "0755")
+    subprocess.run(["bash", "-c", install_script(host, [old])], check=True, env=env)
+    with open(f"{tmp_path}{path}") as running:
+        subprocess.run(["bash", "-c", install_script(host, [render.shipped("render-one.sh", path)])], check=True,
+                       env=env)
+        assert running.read() == old.content
+        assert os.fstat(running.fileno()).st_ino != os.stat(f"{tmp_path}{path}").st_ino
+    assert Path(f"{tmp_path}{path}").read_text() == (render.FILES / "render-one.sh").read_text()
